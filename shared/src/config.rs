@@ -1,0 +1,396 @@
+//! The agent's configuration file (TOML).
+//!
+//! ```toml
+//! node_id = "master"
+//! priority = 100
+//! data_dir = "/var/lib/nonstop"
+//! fence_command = "/usr/local/bin/fence-peer"   # optional
+//!
+//! [service]
+//! interface = "eth0"
+//! vip = "198.18.1.100/24"
+//! ports = [7000]
+//! command = "/usr/bin/my-server --port 7000"    # optional
+//!
+//! [sync]
+//! address = "198.19.1.1:7701"    # our heartbeat/replication address on the sync link
+//! peer = "198.19.1.2:7701"       # the other agent's
+//! heartbeat_ms = 100
+//! misses = 3
+//!
+//! [control]
+//! listen = ["127.0.0.1:7700", "198.19.1.1:7700"]
+//!
+//! [garp]
+//! count = 5
+//! interval_ms = 500
+//! ```
+//!
+//! Unknown keys are rejected (the parser names them); values are range-checked by
+//! [`AgentConfig::validate`], whose errors name the offending key.
+
+use crate::heartbeat::MAX_NODE_ID_LEN;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use thiserror::Error;
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's unique name in the pair (1..=64 bytes).
+    pub node_id: String,
+    /// Election priority: higher wins when epochs tie.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Directory for persistent state (epoch, recovery data).
+    pub data_dir: PathBuf,
+    /// Shell command run before taking over from a silent master; non-zero exit
+    /// means the takeover is refused and the node enters `fault`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_command: Option<String>,
+    /// The service the pair keeps available.
+    pub service: ServiceConfig,
+    /// The master↔backup sync link.
+    pub sync: SyncConfig,
+    /// The control API.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Gratuitous ARP after promotion.
+    #[serde(default)]
+    pub garp: GarpConfig,
+}
+
+/// The service side: interface, virtual IP, ports, command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Interface on the service LAN that carries the VIP.
+    pub interface: String,
+    /// Virtual IP with prefix length, e.g. `198.18.1.100/24`.
+    pub vip: Vip,
+    /// TCP ports of the service on the VIP.
+    pub ports: Vec<u16>,
+    /// Command line of the service (run with `sh -c`), if the agent manages it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// The sync link: heartbeats (and replication) between the two agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Our UDP heartbeat address on the sync link.
+    pub address: SocketAddr,
+    /// The other agent's heartbeat address.
+    pub peer: SocketAddr,
+    /// Heartbeat interval in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Missed heartbeats before the peer is declared dead.
+    #[serde(default = "default_misses")]
+    pub misses: u32,
+}
+
+/// The control API's listening addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Addresses to listen on (JSON lines over TCP). Default: `127.0.0.1:7700`.
+    #[serde(default = "default_control_listen")]
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: default_control_listen(),
+        }
+    }
+}
+
+/// Gratuitous ARP burst sent after taking the VIP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GarpConfig {
+    /// How many announcements in total (the first goes out at once).
+    #[serde(default = "default_garp_count")]
+    pub count: u32,
+    /// Milliseconds between announcements.
+    #[serde(default = "default_garp_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for GarpConfig {
+    fn default() -> Self {
+        GarpConfig {
+            count: default_garp_count(),
+            interval_ms: default_garp_interval_ms(),
+        }
+    }
+}
+
+fn default_priority() -> u8 {
+    100
+}
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_misses() -> u32 {
+    3
+}
+fn default_control_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 7700))]
+}
+fn default_garp_count() -> u32 {
+    5
+}
+fn default_garp_interval_ms() -> u64 {
+    500
+}
+
+/// An IPv4 virtual address with its prefix length (`198.18.1.100/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vip {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 1..=32.
+    pub prefix: u8,
+}
+
+impl FromStr for Vip {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not ADDRESS/PREFIX (e.g. 198.18.1.100/24)"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (1..=32).contains(p))
+            .ok_or_else(|| format!("prefix `{prefix}` is not a number in 1..=32"))?;
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return Err(format!("`{addr}` cannot be a virtual IP"));
+        }
+        Ok(Vip { addr, prefix })
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Vip {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Vip {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value out of range; the first field names the key.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `sync.heartbeat_ms`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        AgentConfig::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Renders as TOML (used by the lab to write ready-to-use files).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every value's range and the relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() || self.node_id.len() > MAX_NODE_ID_LEN {
+            return Err(invalid(
+                "node_id",
+                format!("must be 1..={MAX_NODE_ID_LEN} bytes"),
+            ));
+        }
+        if self.node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid("node_id", "must not contain spaces or control characters"));
+        }
+        if self.service.interface.is_empty() || self.service.interface.len() > 15 {
+            return Err(invalid("service.interface", "must be an interface name of 1..=15 bytes"));
+        }
+        if self.service.ports.is_empty() {
+            return Err(invalid("service.ports", "must list at least one port"));
+        }
+        if self.service.ports.contains(&0) {
+            return Err(invalid("service.ports", "port 0 is not a service port"));
+        }
+        if self.service.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(invalid("service.command", "must not be empty when given"));
+        }
+        if !(1..=60_000).contains(&self.sync.heartbeat_ms) {
+            return Err(invalid(
+                "sync.heartbeat_ms",
+                format!("must be in 1..=60000, got {}", self.sync.heartbeat_ms),
+            ));
+        }
+        if !(1..=100).contains(&self.sync.misses) {
+            return Err(invalid(
+                "sync.misses",
+                format!("must be in 1..=100, got {}", self.sync.misses),
+            ));
+        }
+        if self.sync.address == self.sync.peer {
+            return Err(invalid("sync.peer", "must differ from sync.address"));
+        }
+        if self.sync.address.port() == 0 || self.sync.peer.port() == 0 {
+            return Err(invalid("sync.address", "heartbeat ports must not be 0"));
+        }
+        if self.control.listen.is_empty() {
+            return Err(invalid("control.listen", "must list at least one address"));
+        }
+        if self.garp.count == 0 || self.garp.count > 100 {
+            return Err(invalid("garp.count", format!("must be in 1..=100, got {}", self.garp.count)));
+        }
+        if !(1..=60_000).contains(&self.garp.interval_ms) {
+            return Err(invalid(
+                "garp.interval_ms",
+                format!("must be in 1..=60000, got {}", self.garp.interval_ms),
+            ));
+        }
+        if self.fence_command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(invalid("fence_command", "must not be empty when given"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = "master"
+data_dir = "/tmp/nonstop-test"
+[service]
+interface = "eth0"
+vip = "198.18.1.100/24"
+ports = [7000]
+[sync]
+address = "198.19.1.1:7701"
+peer = "198.19.1.2:7701"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = AgentConfig::from_toml(GOOD).expect("valid");
+        assert_eq!(config.priority, 100);
+        assert_eq!(config.sync.heartbeat_ms, 100);
+        assert_eq!(config.sync.misses, 3);
+        assert_eq!(config.control.listen, default_control_listen());
+        assert_eq!(config.garp, GarpConfig::default());
+        assert_eq!(config.service.vip.to_string(), "198.18.1.100/24");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = AgentConfig::from_toml(GOOD).expect("valid");
+        let again = AgentConfig::from_toml(&config.to_toml()).expect("still valid");
+        assert_eq!(config, again);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("ports = [7000]", "ports = [7000]\nportz = 1");
+        let err = AgentConfig::from_toml(&text).expect_err("unknown key").to_string();
+        assert!(err.contains("portz"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("ports = [7000]", "ports = []", "service.ports"),
+            ("peer = \"198.19.1.2:7701\"", "peer = \"198.19.1.2:7701\"\nheartbeat_ms = 0", "sync.heartbeat_ms"),
+            ("peer = \"198.19.1.2:7701\"", "peer = \"198.19.1.2:7701\"\nmisses = 0", "sync.misses"),
+            ("node_id = \"master\"", "node_id = \"\"", "node_id"),
+            ("peer = \"198.19.1.2:7701\"", "peer = \"198.19.1.1:7701\"", "sync.peer"),
+        ];
+        for (from, to, key) in cases {
+            let err = AgentConfig::from_toml(&GOOD.replace(from, to))
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_vip_is_explained_with_its_key() {
+        for vip in ["198.18.1.100", "198.18.1.300/24", "198.18.1.100/40", "0.0.0.0/8"] {
+            let text = GOOD.replace("198.18.1.100/24", vip);
+            let err = AgentConfig::from_toml(&text).expect_err(vip).to_string();
+            assert!(err.contains("vip"), "{vip}: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let text = GOOD.replace("ports = [7000]", "ports = \"7000\"");
+        assert!(AgentConfig::from_toml(&text).is_err());
+        let text = GOOD.replace("ports = [7000]", "ports = [70000]");
+        assert!(AgentConfig::from_toml(&text).is_err());
+    }
+}

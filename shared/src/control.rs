@@ -1,0 +1,336 @@
+//! The control protocol: JSON lines over TCP between the console and an agent.
+//!
+//! The client writes one [`Request`] per line; the agent answers each with one
+//! [`Reply`] line. After `{"cmd":"events"}` the connection becomes a stream of
+//! [`Reply::Event`] lines (the recent history first, then live events).
+//!
+//! ```text
+//! → {"cmd":"status"}
+//! ← {"type":"status","node_id":"master","mode":"master","epoch":1,...}
+//! → {"cmd":"switchover"}
+//! ← {"type":"ack","message":"handing over to backup"}
+//! → nonsense
+//! ← {"type":"error","message":"malformed request: ..."}
+//! ```
+
+use crate::Mode;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest request line the agent accepts, in bytes.
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// A command from the console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Report [`NodeStatus`].
+    Status,
+    /// Planned switchover: the master hands the VIP to the backup.
+    Switchover,
+    /// Turn this connection into an event stream.
+    Events,
+}
+
+/// One line from the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to `status`.
+    Status(NodeStatus),
+    /// A command was accepted.
+    Ack {
+        /// What the agent is doing about it.
+        message: String,
+    },
+    /// A command was refused or could not be parsed.
+    Error {
+        /// Why.
+        message: String,
+    },
+    /// One event of the stream.
+    Event(AgentEvent),
+}
+
+/// Why a node changed mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// Started and heard no master within the listening window.
+    NoMasterAtStartup,
+    /// Started (or recovered) and heard a master.
+    HeardMaster {
+        /// The master's node id.
+        master: String,
+        /// The master's epoch.
+        epoch: u64,
+    },
+    /// Both nodes starting at once; election by priority then node id.
+    WonStartupElection,
+    /// The master went silent.
+    PeerSilent {
+        /// Consecutive heartbeat intervals without a heartbeat.
+        missed: u32,
+    },
+    /// No master in the pair while both nodes are alive; the better one promotes.
+    NoMasterInPair,
+    /// An operator asked for a switchover.
+    Switchover,
+    /// The master handed mastership to us.
+    HandoverReceived,
+    /// Two masters met; the other one wins (higher epoch, priority, node id).
+    LostToMaster {
+        /// The winner's node id.
+        master: String,
+        /// The winner's epoch.
+        epoch: u64,
+    },
+    /// The service interface lost its carrier or vanished.
+    ServiceLinkDown,
+    /// The service interface came back.
+    ServiceLinkUp,
+    /// The fence command failed, so taking over was refused.
+    FenceFailed {
+        /// Exit status or error text.
+        detail: String,
+    },
+    /// Adding or removing the VIP failed.
+    VipFailed {
+        /// The netlink error.
+        detail: String,
+    },
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::NoMasterAtStartup => write!(f, "no master heard at startup"),
+            Cause::HeardMaster { master, epoch } => write!(f, "heard master {master} (epoch {epoch})"),
+            Cause::WonStartupElection => write!(f, "won startup election"),
+            Cause::PeerSilent { missed } => write!(f, "master silent for {missed} heartbeats"),
+            Cause::NoMasterInPair => write!(f, "no master in the pair"),
+            Cause::Switchover => write!(f, "operator switchover"),
+            Cause::HandoverReceived => write!(f, "handover from master"),
+            Cause::LostToMaster { master, epoch } => {
+                write!(f, "yielded to master {master} (epoch {epoch})")
+            }
+            Cause::ServiceLinkDown => write!(f, "service link down"),
+            Cause::ServiceLinkUp => write!(f, "service link up"),
+            Cause::FenceFailed { detail } => write!(f, "fence command failed: {detail}"),
+            Cause::VipFailed { detail } => write!(f, "VIP operation failed: {detail}"),
+            Cause::Shutdown => write!(f, "agent shutdown"),
+        }
+    }
+}
+
+/// A change of mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Mode before.
+    pub from: Mode,
+    /// Mode after.
+    pub to: Mode,
+    /// Epoch after.
+    pub epoch: u64,
+    /// Why.
+    pub cause: Cause,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// What the agent knows of the other node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Its node id, once heard.
+    pub node_id: Option<String>,
+    /// Its mode as last heard.
+    pub mode: Option<Mode>,
+    /// Its epoch as last heard.
+    pub epoch: Option<u64>,
+    /// Milliseconds since its last heartbeat.
+    pub last_heard_ms: Option<u64>,
+    /// Last measured heartbeat round-trip time, microseconds.
+    pub rtt_us: Option<u64>,
+}
+
+/// Counters of things worth alarming on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Heartbeats sent.
+    pub heartbeats_sent: u64,
+    /// Valid heartbeats received from the peer.
+    pub heartbeats_received: u64,
+    /// Datagrams on the heartbeat port that were not valid heartbeats.
+    pub malformed_heartbeats: u64,
+    /// Valid heartbeats from an unexpected source or node id.
+    pub foreign_heartbeats: u64,
+    /// Control lines that could not be parsed.
+    pub malformed_control_lines: u64,
+    /// Promotions to master since start.
+    pub promotions: u64,
+    /// Gratuitous ARP frames sent.
+    pub garps_sent: u64,
+}
+
+/// Answer to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub node_id: String,
+    /// Current mode.
+    pub mode: Mode,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Election priority.
+    pub priority: u8,
+    /// The configured VIP (`addr/prefix`).
+    pub vip: String,
+    /// Whether the VIP is on our service interface right now.
+    pub vip_held: bool,
+    /// Heartbeat interval, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Misses before failover.
+    pub misses: u32,
+    /// Heartbeat intervals since the peer was last heard (0 while healthy).
+    pub missed_heartbeats: u32,
+    /// The other node as we see it.
+    pub peer: PeerView,
+    /// Agent uptime, milliseconds.
+    pub uptime_ms: u64,
+    /// Agent process id.
+    pub pid: u32,
+    /// The last mode change, if any.
+    pub last_transition: Option<Transition>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// One event of the agent's event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// Per-agent sequence number, +1 per event.
+    pub seq: u64,
+    /// Node that produced it.
+    pub node_id: String,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The node changed mode.
+    ModeChanged(Transition),
+    /// The VIP was added to the service interface.
+    VipAdded {
+        /// `addr/prefix`.
+        vip: String,
+    },
+    /// The VIP was removed from the service interface.
+    VipRemoved {
+        /// `addr/prefix`.
+        vip: String,
+    },
+    /// A gratuitous ARP announcement went out.
+    GarpSent {
+        /// 1-based number within the burst.
+        number: u32,
+    },
+    /// The fence command ran.
+    FenceRan {
+        /// Whether it succeeded.
+        ok: bool,
+        /// Exit status or error.
+        detail: String,
+    },
+    /// Something failed that the operator should know about.
+    Error {
+        /// What.
+        detail: String,
+    },
+}
+
+impl Request {
+    /// Parses one request line (without its newline).
+    pub fn parse_line(line: &str) -> Result<Request, String> {
+        if line.len() > MAX_LINE_LEN {
+            return Err(format!("request line longer than {MAX_LINE_LEN} bytes"));
+        }
+        serde_json::from_str(line.trim()).map_err(|e| format!("malformed request: {e}"))
+    }
+
+    /// Serialises as one line including the newline.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+impl Reply {
+    /// Serialises as one line including the newline.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"message\":\"encode: {e}\"}}"));
+        line.push('\n');
+        line
+    }
+
+    /// Parses one reply line.
+    pub fn parse_line(line: &str) -> Result<Reply, String> {
+        serde_json::from_str(line.trim()).map_err(|e| format!("malformed reply: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        assert_eq!(Request::Status.to_line(), "{\"cmd\":\"status\"}\n");
+        assert_eq!(Request::parse_line("{\"cmd\":\"switchover\"}"), Ok(Request::Switchover));
+        assert_eq!(Request::parse_line(" {\"cmd\":\"events\"} \r"), Ok(Request::Events));
+    }
+
+    #[test]
+    fn malformed_requests_are_errors_not_panics() {
+        for line in ["", "nonsense", "{}", "{\"cmd\":\"reboot\"}", "[1,2]", "\u{0}"] {
+            assert!(Request::parse_line(line).is_err(), "{line:?}");
+        }
+        let huge = "x".repeat(MAX_LINE_LEN + 1);
+        assert!(Request::parse_line(&huge).unwrap_err().contains("longer"));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let event = Reply::Event(AgentEvent {
+            seq: 3,
+            node_id: "backup".into(),
+            at_unix_ms: 1_700_000_000_000,
+            kind: EventKind::ModeChanged(Transition {
+                from: Mode::Backup,
+                to: Mode::Master,
+                epoch: 2,
+                cause: Cause::PeerSilent { missed: 3 },
+                at_unix_ms: 1_700_000_000_000,
+            }),
+        });
+        let line = event.to_line();
+        assert!(line.contains("\"type\":\"event\""));
+        assert!(line.contains("\"event\":\"mode_changed\""));
+        assert_eq!(Reply::parse_line(&line), Ok(event));
+        let err = Reply::Error { message: "no".into() };
+        assert_eq!(Reply::parse_line(&err.to_line()), Ok(err));
+    }
+
+    #[test]
+    fn causes_read_well() {
+        assert_eq!(Cause::PeerSilent { missed: 3 }.to_string(), "master silent for 3 heartbeats");
+    }
+}
