@@ -67,6 +67,11 @@ pub enum Cause {
     },
     /// Both nodes starting at once; election by priority then node id.
     WonStartupElection,
+    /// Both nodes starting at once and the other one ranks higher.
+    LostStartupElection {
+        /// The node that will become master.
+        winner: String,
+    },
     /// The master went silent.
     PeerSilent {
         /// Consecutive heartbeat intervals without a heartbeat.
@@ -109,6 +114,7 @@ impl fmt::Display for Cause {
             Cause::NoMasterAtStartup => write!(f, "no master heard at startup"),
             Cause::HeardMaster { master, epoch } => write!(f, "heard master {master} (epoch {epoch})"),
             Cause::WonStartupElection => write!(f, "won startup election"),
+            Cause::LostStartupElection { winner } => write!(f, "lost startup election to {winner}"),
             Cause::PeerSilent { missed } => write!(f, "master silent for {missed} heartbeats"),
             Cause::NoMasterInPair => write!(f, "no master in the pair"),
             Cause::Switchover => write!(f, "operator switchover"),

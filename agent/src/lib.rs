@@ -1,0 +1,16 @@
+//! nonstop-agent: the daemon that runs on the master and on the backup.
+//!
+//! # Layout
+//! - [`failover`]: the failover manager — a sans-IO state machine ([`failover::machine`])
+//!   and the tokio driver that feeds it heartbeats and time ([`failover::driver`]).
+//! - [`vip`]: the virtual IP on the service interface (netlink) and gratuitous ARP
+//!   (raw packet socket).
+//! - [`control`]: the JSON-lines control API the console talks to.
+//! - [`events`]: the event log shared by the drivers and the control API.
+//! - [`shutdown`]: the one shutdown path every task listens to.
+
+pub mod control;
+pub mod events;
+pub mod failover;
+pub mod shutdown;
+pub mod vip;

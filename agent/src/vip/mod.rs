@@ -1,0 +1,1 @@
+//! The virtual IP: netlink address management and gratuitous ARP.
