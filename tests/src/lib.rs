@@ -1,1 +1,210 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for nonstop's end-to-end tests, which run on a real lab (network
+//! namespaces, veth, bridges, nftables) and therefore need root.
+//!
+//! Every test brings up its own lab with a unique name (so tests run in parallel) in
+//! a [`LabGuard`], which tears it down even when the test panics.
+
+use anyhow::{bail, Context};
+use nonstop_lab::{Lab, LabGuard, LabSpec, Node};
+use nonstop_shared::control::{AgentEvent, EventKind, NodeStatus};
+use nonstop_shared::Mode;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Fails the test unless running as root (CI runs as root; a skipped e2e test would
+/// hide a regression). `NONSTOP_SKIP_ROOT_TESTS=1` skips on a developer laptop.
+pub fn require_root() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("NONSTOP_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipping: not root and NONSTOP_SKIP_ROOT_TESTS is set");
+        return false;
+    }
+    panic!("end-to-end tests need root (namespaces, nftables); set NONSTOP_SKIP_ROOT_TESTS=1 to skip");
+}
+
+/// A lab name unique to this process and tag: `t` + tag + pid in base 36.
+pub fn unique_name(tag: &str) -> String {
+    let mut pid = std::process::id();
+    let mut suffix = String::new();
+    while pid > 0 {
+        let digit = (pid % 36) as u8;
+        suffix.insert(0, char::from(if digit < 10 { b'0' + digit } else { b'a' + digit - 10 }));
+        pid /= 36;
+    }
+    let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
+    format!("t{}{}", tag.to_ascii_lowercase(), suffix)
+}
+
+/// Brings up a lab with both agents running and waits until it has one master and
+/// one backup.
+pub fn lab_with_agents(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
+    let spec = LabSpec {
+        name: unique_name(tag),
+        peers: 1,
+        heartbeat_ms,
+        misses,
+        service: None,
+    };
+    let guard = LabGuard::up(&spec).expect("lab up");
+    guard.start_agent(Node::Master).expect("start master agent");
+    std::thread::sleep(Duration::from_millis(heartbeat_ms * u64::from(misses) + 200));
+    guard.start_agent(Node::Backup).expect("start backup agent");
+    wait_for(Duration::from_secs(10), || {
+        let (m, b) = statuses(&guard);
+        (m.as_ref().map(|s| s.mode) == Some(Mode::Master) && b.as_ref().map(|s| s.mode) == Some(Mode::Backup))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("pair never settled: {e:#}\n{}", logs(&guard)));
+    guard
+}
+
+/// Path of one of the workspace's binaries, next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let candidate = dir.join(name);
+    if candidate.exists() {
+        return candidate;
+    }
+    dir.parent().expect("target dir").join(name)
+}
+
+/// Runs `nonstop-console --lab NAME ARGS...` and returns its exit status and stdout.
+pub fn console(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("nonstop-console"))
+        .arg("--lab")
+        .arg(lab.name())
+        .args(args)
+        .output()
+        .expect("run nonstop-console");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Both nodes' status as the console's `status --json` reports it (None when
+/// unreachable), in (master node, backup node) order.
+pub fn statuses(lab: &Lab) -> (Option<NodeStatus>, Option<NodeStatus>) {
+    let (_, out) = console(lab, &["status", "--json", "--timeout-ms", "500"]);
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return (None, None);
+    };
+    let pick = |i: usize| -> Option<NodeStatus> {
+        serde_json::from_value(doc["agents"][i]["status"].clone()).ok()
+    };
+    (pick(0), pick(1))
+}
+
+/// The status of one node.
+pub fn status_of(lab: &Lab, node: Node) -> Option<NodeStatus> {
+    let (m, b) = statuses(lab);
+    match node {
+        Node::Master => m,
+        Node::Backup => b,
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Milliseconds since the Unix epoch (the agents stamp events with the same clock).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The event history of both agents.
+pub fn events(lab: &Lab) -> anyhow::Result<Vec<AgentEvent>> {
+    let (_, out) = console(lab, &["events", "--json"]);
+    out.lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("event line {line}")))
+        .collect()
+}
+
+/// When `node_id` became master after `after_ms`, from the event logs.
+pub fn promoted_at(lab: &Lab, node_id: &str, after_ms: u64) -> Option<u64> {
+    events(lab).ok()?.into_iter().find_map(|e| match e.kind {
+        EventKind::ModeChanged(t) if e.node_id == node_id && t.to == Mode::Master && t.at_unix_ms >= after_ms => {
+            Some(t.at_unix_ms)
+        }
+        _ => None,
+    })
+}
+
+/// Whether `host`'s service interface carries the VIP right now.
+pub fn holds_vip(lab: &Lab, node: Node) -> bool {
+    let vip = format!("{}/", lab.vip());
+    lab.addresses(node.as_str(), "eth0")
+        .map(|addrs| addrs.iter().any(|a| a.starts_with(&vip)))
+        .unwrap_or(false)
+}
+
+/// The tails of both agents' logs, for failure messages.
+pub fn logs(lab: &Lab) -> String {
+    let mut out = String::new();
+    for node in [Node::Master, Node::Backup] {
+        let text = std::fs::read_to_string(lab.log_path(node)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        out.push_str(&format!("--- {node} log (last 40 lines) ---\n"));
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Percentile (0..=100) of a sample, nearest-rank.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `trials` failures of the current master with `fail`, recovering with
+/// `recover`, and returns each detection time in ms (failure → other node promoted).
+pub fn detection_trials(lab: &Lab, trials: usize, fail: impl Fn(&Lab, Node), recover: impl Fn(&Lab, Node)) -> Vec<u64> {
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        let (m, b) = statuses(lab);
+        let victim = match (m.map(|s| s.mode), b.map(|s| s.mode)) {
+            (Some(Mode::Master), Some(Mode::Backup)) => Node::Master,
+            (Some(Mode::Backup), Some(Mode::Master)) => Node::Backup,
+            other => panic!("trial {trial}: pair not settled: {other:?}\n{}", logs(lab)),
+        };
+        let survivor = victim.other();
+        // Fail at a random phase of the heartbeat cycle.
+        std::thread::sleep(Duration::from_millis(137 + 29 * trial as u64 % 100));
+        let failed_at = unix_ms();
+        fail(lab, victim);
+        let promoted = wait_for(Duration::from_secs(3), || promoted_at(lab, survivor.as_str(), failed_at))
+            .unwrap_or_else(|e| panic!("trial {trial}: {survivor} never promoted: {e}\n{}", logs(lab)));
+        times.push(promoted - failed_at);
+        assert!(holds_vip(lab, survivor), "trial {trial}: survivor lacks the VIP");
+        recover(lab, victim);
+        // The recovered node comes back as backup and does not take the VIP.
+        wait_for(Duration::from_secs(5), || {
+            (status_of(lab, victim)?.mode == Mode::Backup).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("trial {trial}: {victim} did not come back as backup: {e}\n{}", logs(lab)));
+        assert!(!holds_vip(lab, victim), "trial {trial}: recovered node holds the VIP");
+        assert_eq!(status_of(lab, survivor).map(|s| s.mode), Some(Mode::Master));
+    }
+    times
+}
+

@@ -283,9 +283,10 @@ impl Driver {
         Ok(())
     }
 
-    /// Announces the VIP: the first frame at once, the rest spaced out so that a lost
-    /// frame or a neighbour entry still locked (Linux ignores updates within
-    /// `locktime`, 1 s by default) does not strand the VIP.
+    /// Announces the VIP: the first frame at once, the rest spaced out so that one
+    /// lost frame does not strand the VIP. (Current Linux applies a gratuitous ARP at
+    /// once; older kernels ignore updates within `locktime`, 1 s, which the spacing
+    /// also covers.)
     fn start_garp_burst(&mut self) -> anyhow::Result<()> {
         let sender = GarpSender::open(self.link.index)
             .with_context(|| format!("raw socket on {}", self.config.service.interface))?;

@@ -29,7 +29,6 @@ struct SimNode {
 }
 
 struct Sim {
-    t0: Instant,
     now: Instant,
     nodes: Vec<SimNode>,
     sync_up: bool,
@@ -49,7 +48,6 @@ impl Sim {
             transitions: vec![],
         };
         Sim {
-            t0,
             now: t0,
             nodes: vec![node(a), node(b)],
             sync_up: true,
