@@ -94,6 +94,8 @@ pub enum Cause {
     ServiceLinkDown,
     /// The service interface came back.
     ServiceLinkUp,
+    /// A fence or VIP failure is retried: the node listens again before deciding.
+    FaultRetry,
     /// The fence command failed, so taking over was refused.
     FenceFailed {
         /// Exit status or error text.
@@ -124,6 +126,7 @@ impl fmt::Display for Cause {
             }
             Cause::ServiceLinkDown => write!(f, "service link down"),
             Cause::ServiceLinkUp => write!(f, "service link up"),
+            Cause::FaultRetry => write!(f, "retrying after fault"),
             Cause::FenceFailed { detail } => write!(f, "fence command failed: {detail}"),
             Cause::VipFailed { detail } => write!(f, "VIP operation failed: {detail}"),
             Cause::Shutdown => write!(f, "agent shutdown"),

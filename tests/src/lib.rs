@@ -203,7 +203,18 @@ pub fn detection_trials(lab: &Lab, trials: usize, fail: impl Fn(&Lab, Node), rec
         })
         .unwrap_or_else(|e| panic!("trial {trial}: {victim} did not come back as backup: {e}\n{}", logs(lab)));
         assert!(!holds_vip(lab, victim), "trial {trial}: recovered node holds the VIP");
-        assert_eq!(status_of(lab, survivor).map(|s| s.mode), Some(Mode::Master));
+        // Settled: each side hears the other within two intervals, roles unchanged.
+        wait_for(Duration::from_secs(5), || {
+            let (m, b) = statuses(lab);
+            let (m, b) = (m?, b?);
+            let fresh = |s: &NodeStatus| s.peer.last_heard_ms.is_some_and(|ms| ms <= 2 * s.heartbeat_ms);
+            let roles = match survivor {
+                Node::Master => (m.mode, b.mode) == (Mode::Master, Mode::Backup),
+                Node::Backup => (m.mode, b.mode) == (Mode::Backup, Mode::Master),
+            };
+            (roles && fresh(&m) && fresh(&b)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("trial {trial}: pair did not settle after recovery: {e}\n{}", logs(lab)));
     }
     times
 }

@@ -208,8 +208,7 @@ fn malformed_heartbeats_and_control_lines_are_rejected_and_counted() {
         }
         Ok(())
     })
-    .expect("namespace thread")
-    .expect("send junk");
+    .expect("send junk from the master namespace");
     // Garbage on the control connection.
     let control = lab.control_addr(Node::Backup);
     let mut conn = connect_in_netns(&lab.namespace("backup"), control, Duration::from_secs(1)).expect("control");

@@ -3,14 +3,14 @@
 use crate::events::EventLog;
 use crate::shutdown::Shutdown;
 use anyhow::Context;
-use futures::{SinkExt, StreamExt};
 use nonstop_shared::control::{NodeStatus, Reply, Request, MAX_LINE_LEN};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
 /// A request the control API forwards to the failover driver.
 #[derive(Debug)]
@@ -77,27 +77,92 @@ pub async fn serve(
     Ok(())
 }
 
+/// One line read under a length limit.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A complete line, without its newline.
+    Line(String),
+    /// A line longer than the limit; its bytes were discarded up to the newline.
+    TooLong,
+    /// Invalid UTF-8.
+    NotUtf8,
+    /// The peer closed the connection.
+    Eof,
+}
+
+/// Reads one newline-terminated line of at most `max` bytes. Over-long lines are
+/// skipped to their end without buffering them, so a hostile client cannot make the
+/// agent allocate more than `max` bytes per connection.
+async fn read_bounded_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::io::Result<LineRead> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            // EOF: a final unterminated line still counts.
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else if line.is_empty() {
+                LineRead::Eof
+            } else {
+                to_line(line)
+            });
+        }
+        let (part, found) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        if !too_long && line.len() + part.len() <= max {
+            line.extend_from_slice(part);
+        } else {
+            too_long = true;
+            line.clear();
+        }
+        let consumed = found.unwrap_or(chunk.len());
+        reader.consume(consumed);
+        if found.is_some() {
+            return Ok(if too_long { LineRead::TooLong } else { to_line(line) });
+        }
+    }
+}
+
+fn to_line(bytes: Vec<u8>) -> LineRead {
+    match String::from_utf8(bytes) {
+        Ok(mut line) => {
+            if line.ends_with('\r') {
+                line.pop();
+            }
+            LineRead::Line(line)
+        }
+        Err(_) => LineRead::NotUtf8,
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     handle: ControlHandle,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
     loop {
-        let line = tokio::select! {
+        let read = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
-            line = framed.next() => line,
+            read = read_bounded_line(&mut reader, MAX_LINE_LEN) => read?,
         };
-        let line = match line {
-            None => return Ok(()),
-            Some(Ok(line)) => line,
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+        let line = match read {
+            LineRead::Eof => return Ok(()),
+            LineRead::Line(line) => line,
+            LineRead::TooLong | LineRead::NotUtf8 => {
                 handle.malformed_lines.fetch_add(1, Ordering::Relaxed);
-                let message = format!("request line longer than {MAX_LINE_LEN} bytes");
-                framed.send(reply_line(&Reply::Error { message })).await?;
+                let message = if read == LineRead::TooLong {
+                    format!("request line longer than {MAX_LINE_LEN} bytes")
+                } else {
+                    "request line is not UTF-8".to_owned()
+                };
+                send(&mut write, &Reply::Error { message }).await?;
                 continue;
             }
-            Some(Err(LinesCodecError::Io(e))) => return Err(e.into()),
         };
         if line.trim().is_empty() {
             continue;
@@ -107,7 +172,7 @@ async fn serve_connection(
             Err(message) => {
                 handle.malformed_lines.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%message, "malformed control line");
-                framed.send(reply_line(&Reply::Error { message })).await?;
+                send(&mut write, &Reply::Error { message }).await?;
                 continue;
             }
         };
@@ -118,7 +183,7 @@ async fn serve_connection(
                     Ok(status) => Reply::Status(status),
                     Err(message) => Reply::Error { message },
                 };
-                framed.send(reply_line(&reply)).await?;
+                send(&mut write, &reply).await?;
             }
             Request::Switchover => {
                 let (tx, rx) = oneshot::channel();
@@ -126,11 +191,15 @@ async fn serve_connection(
                     Ok(Ok(message)) => Reply::Ack { message },
                     Ok(Err(message)) | Err(message) => Reply::Error { message },
                 };
-                framed.send(reply_line(&reply)).await?;
+                send(&mut write, &reply).await?;
             }
-            Request::Events => return stream_events(framed, &handle, shutdown).await,
+            Request::Events => return stream_events(reader, write, &handle, shutdown).await,
         }
     }
+}
+
+async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    write.write_all(reply.to_line().as_bytes()).await
 }
 
 async fn ask<T>(
@@ -146,25 +215,31 @@ async fn ask<T>(
     rx.await.map_err(|_| "agent is shutting down".to_owned())
 }
 
-async fn stream_events(
-    mut framed: Framed<TcpStream, LinesCodec>,
+async fn stream_events<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    mut write: OwnedWriteHalf,
     handle: &ControlHandle,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (history, mut live) = handle.events.subscribe();
     for event in history {
-        framed.send(reply_line(&Reply::Event(event))).await?;
+        send(&mut write, &Reply::Event(event)).await?;
     }
     loop {
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
-            // The client may close; reading also notices that.
-            incoming = framed.next() => if incoming.is_none() { return Ok(()) },
+            // The client may close; reading also notices that. Anything it sends on a
+            // stream is ignored.
+            read = read_bounded_line(&mut reader, MAX_LINE_LEN) => {
+                if matches!(read, Ok(LineRead::Eof) | Err(_)) {
+                    return Ok(());
+                }
+            }
             event = live.recv() => match event {
-                Ok(event) => framed.send(reply_line(&Reply::Event(event))).await?,
+                Ok(event) => send(&mut write, &Reply::Event(event)).await?,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     let message = format!("event stream lagged: {missed} events dropped");
-                    framed.send(reply_line(&Reply::Error { message })).await?;
+                    send(&mut write, &Reply::Error { message }).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
@@ -172,9 +247,41 @@ async fn stream_events(
     }
 }
 
-/// A reply as a line for [`LinesCodec`] (which adds the newline itself).
-fn reply_line(reply: &Reply) -> String {
-    let mut line = reply.to_line();
-    line.pop();
-    line
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<LineRead> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut out = Vec::new();
+        loop {
+            let read = read_bounded_line(&mut reader, max).await.expect("in-memory read");
+            let eof = read == LineRead::Eof;
+            out.push(read);
+            if eof {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_lines_skip_overlong_ones_and_keep_going() {
+        let input = b"short\r\nthis one is far too long\nok\n\xff\xfe\nlast";
+        assert_eq!(
+            lines(input, 10).await,
+            [
+                LineRead::Line("short".into()),
+                LineRead::TooLong,
+                LineRead::Line("ok".into()),
+                LineRead::NotUtf8,
+                LineRead::Line("last".into()),
+                LineRead::Eof,
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn exactly_max_is_accepted() {
+        assert_eq!(lines(b"abcde\nabcdef\n", 5).await, [LineRead::Line("abcde".into()), LineRead::TooLong, LineRead::Eof]);
+    }
 }

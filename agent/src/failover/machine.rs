@@ -25,6 +25,9 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// Extra listening after a fault, covering the kernel's ARP retry interval.
+pub const REJOIN_EXTRA: Duration = Duration::from_secs(1);
+
 /// Static settings of the machine, taken from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -127,6 +130,8 @@ pub struct Machine {
     handing_over_until: Option<Instant>,
     /// A promotion waiting for the fence command.
     pending_promotion: Option<Cause>,
+    /// How long the current `startup` listens before deciding.
+    listen_window: Duration,
     fault: Option<FaultReason>,
     service_link_up: bool,
     repl_pos: u64,
@@ -137,6 +142,7 @@ pub struct Machine {
 impl Machine {
     /// A node starting at `now` with the epoch it persisted last time.
     pub fn new(settings: Settings, epoch: u64, now: Instant) -> Machine {
+        let listen_window = settings.detection_window() + settings.heartbeat;
         let mut machine = Machine {
             settings,
             origin: now,
@@ -149,6 +155,7 @@ impl Machine {
             next_heartbeat_at: now,
             handing_over_until: None,
             pending_promotion: None,
+            listen_window,
             fault: None,
             service_link_up: true,
             repl_pos: 0,
@@ -249,7 +256,7 @@ impl Machine {
             return None;
         }
         match self.mode {
-            Mode::Startup => Some(self.mode_since + window + self.settings.heartbeat),
+            Mode::Startup => Some(self.mode_since + self.listen_window),
             Mode::Backup => {
                 let silent_since = self
                     .peer
@@ -422,7 +429,7 @@ impl Machine {
             }
             Mode::Fault => {
                 self.fault = None;
-                self.transition(Mode::Backup, Cause::ServiceLinkUp, now);
+                self.rejoin(Cause::FaultRetry, now);
             }
             Mode::Master => {}
         }
@@ -492,8 +499,23 @@ impl Machine {
             self.enter_fault(FaultReason::ServiceLink, Cause::ServiceLinkDown, now);
         } else if self.mode == Mode::Fault && self.fault == Some(FaultReason::ServiceLink) {
             self.fault = None;
-            self.transition(Mode::Backup, Cause::ServiceLinkUp, now);
+            self.rejoin(Cause::ServiceLinkUp, now);
         }
+    }
+
+    /// Leaves `fault` through `startup` with a longer listening window: after an
+    /// outage the neighbour caches on the sync link may hold failed entries that the
+    /// kernel retries only every `retrans_time` (1 s), so the master may stay unheard
+    /// for that long. Promoting sooner would depose a healthy master (both would have
+    /// the same epoch, since we missed its promotion).
+    fn rejoin(&mut self, cause: Cause, now: Instant) {
+        self.listen_window = self.rejoin_window();
+        self.transition(Mode::Startup, cause, now);
+    }
+
+    /// Listening window after a fault: a detection window plus the ARP retry time.
+    pub fn rejoin_window(&self) -> Duration {
+        self.settings.detection_window() + self.settings.detection_window().max(REJOIN_EXTRA)
     }
 
     fn enter_fault(&mut self, reason: FaultReason, cause: Cause, now: Instant) {

@@ -329,6 +329,26 @@ fn service_link_down_on_master_releases_the_vip_and_the_backup_takes_over() {
 }
 
 #[test]
+fn a_node_back_from_fault_waits_out_slow_arp_before_promoting() {
+    let mut sim = healthy_pair();
+    sim.set_link(0, false);
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.mode(1), Mode::Master);
+    // The link returns but the sync link stays deaf for 900 ms (a failed neighbour
+    // entry waiting for the kernel's 1 s ARP retry).
+    sim.sync_up = false;
+    sim.set_link(0, true);
+    assert_eq!(sim.mode(0), Mode::Startup);
+    sim.run(Duration::from_millis(900));
+    assert_eq!(sim.mode(0), Mode::Startup, "must not promote while merely deaf");
+    sim.sync_up = true;
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.mode(0), Mode::Backup);
+    assert_eq!(sim.mode(1), Mode::Master, "the healthy master was not deposed");
+    assert_eq!(sim.nodes[1].transitions.len(), 2, "no extra transitions on beta");
+}
+
+#[test]
 fn a_faulty_node_never_promotes() {
     let mut sim = healthy_pair();
     sim.set_link(1, false);
@@ -356,7 +376,8 @@ fn failed_fence_refuses_takeover_and_retries() {
     assert!(!sim.nodes[1].vip);
     assert!(matches!(sim.last_transition(1).2, Cause::FenceFailed { .. }));
     sim.nodes[1].fence_ok = true;
-    sim.run(Duration::from_secs(2));
+    // retry after 1 s, then listen a rejoin window (1.3 s), then fence and promote
+    sim.run(Duration::from_secs(3));
     assert_eq!(sim.mode(1), Mode::Master);
     assert!(sim.nodes[1].fence_runs >= 2);
 }

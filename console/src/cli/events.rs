@@ -1,0 +1,79 @@
+//! `events [--follow]`: the agents' event logs, merged in time order.
+
+use crate::client::{AgentAddr, AgentConnection};
+use nonstop_shared::control::{AgentEvent, EventKind, Reply, Request};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Prints past events of every agent, then (with `follow`) new ones as they come.
+pub fn run(agents: &[AgentAddr], timeout: Duration, json: bool, follow: bool) -> anyhow::Result<ExitCode> {
+    let (tx, rx) = mpsc::channel::<Result<AgentEvent, String>>();
+    for agent in agents {
+        let tx = tx.clone();
+        let agent = agent.clone();
+        std::thread::spawn(move || {
+            let result = (|| -> anyhow::Result<()> {
+                let mut conn = AgentConnection::connect(&agent, timeout)?;
+                conn.request_stream(&Request::Events)?;
+                // History arrives at once; after a quiet moment it is complete.
+                conn.set_read_timeout(Some(if follow { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_millis(300) }))?;
+                loop {
+                    match conn.read_reply() {
+                        Ok(Reply::Event(event)) => {
+                            if tx.send(Ok(event)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(Reply::Error { message }) => {
+                            let _ = tx.send(Err(format!("{agent}: {message}")));
+                        }
+                        Ok(_) => {}
+                        Err(e) if !follow => {
+                            let _ = e;
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            })();
+            if let Err(e) = result {
+                let _ = tx.send(Err(format!("{agent}: {e:#}")));
+            }
+        });
+    }
+    drop(tx);
+    let mut buffered = Vec::new();
+    let mut failures = 0;
+    for item in rx {
+        match item {
+            Ok(event) if follow => print_event(&event, json),
+            Ok(event) => buffered.push(event),
+            Err(e) => {
+                failures += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    buffered.sort_by_key(|e| (e.at_unix_ms, e.seq));
+    for event in &buffered {
+        print_event(event, json);
+    }
+    Ok(if failures == agents.len() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn print_event(event: &AgentEvent, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(event).unwrap_or_default());
+        return;
+    }
+    let what = match &event.kind {
+        EventKind::ModeChanged(t) => format!("{} -> {} (epoch {}): {}", t.from, t.to, t.epoch, t.cause),
+        EventKind::VipAdded { vip } => format!("VIP {vip} added"),
+        EventKind::VipRemoved { vip } => format!("VIP {vip} removed"),
+        EventKind::GarpSent { number } => format!("gratuitous ARP #{number} sent"),
+        EventKind::FenceRan { ok, detail } => format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" }),
+        EventKind::Error { detail } => format!("error: {detail}"),
+    };
+    println!("{} {:<8} #{:<4} {what}", event.at_unix_ms, event.node_id, event.seq);
+}

@@ -1,0 +1,72 @@
+//! Subcommands of `nonstop-console`. Every one prints for people by default and one
+//! JSON document with `--json`; the exit status says whether it succeeded.
+
+mod events;
+mod render;
+mod status;
+mod switchover;
+
+use crate::client::AgentAddr;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Command line of the console.
+#[derive(Debug, Parser)]
+#[command(name = "nonstop-console", version, about = "Operator console for a nonstop pair")]
+pub struct Cli {
+    /// An agent's control address, `IP:PORT` or `NETNS@IP:PORT`; give it once per node.
+    #[arg(long = "agent", global = true)]
+    pub agents: Vec<AgentAddr>,
+    /// Find both agents of a lab started with `nonstop-lab up`.
+    #[arg(long, global = true)]
+    pub lab: Option<String>,
+    /// Network timeout per request, milliseconds.
+    #[arg(long, global = true, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mode, epoch, VIP and heartbeat health of each node.
+    Status {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: the master hands the VIP to the backup.
+    Switchover {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the backup to become master, milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        wait_ms: u64,
+    },
+    /// Print the agents' event logs.
+    Events {
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keep following new events until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let agents = crate::pair::resolve(&cli.agents, cli.lab.as_deref())?;
+    let timeout = Duration::from_millis(cli.timeout_ms.max(1));
+    match cli.command {
+        Command::Status { json } => status::run(&agents, timeout, json),
+        Command::Switchover { json, wait_ms } => {
+            switchover::run(&agents, timeout, Duration::from_millis(wait_ms), json)
+        }
+        Command::Events { json, follow } => events::run(&agents, timeout, json, follow),
+    }
+}

@@ -1,0 +1,62 @@
+//! Plain-text rendering for people.
+
+use crate::pair::AgentReport;
+use std::fmt::Write;
+
+/// The status table, one row per agent, plus each node's last transition.
+pub fn status_table(reports: &[AgentReport]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<8} {:>5} {:>4}  {:<20} {:>9} {:>6}  {:<16} {:>9}",
+        "NODE", "MODE", "EPOCH", "PRIO", "VIP", "HB RTT", "MISSED", "PEER", "UPTIME"
+    );
+    for report in reports {
+        match &report.status {
+            Some(s) => {
+                let vip = if s.vip_held { format!("{} (held)", s.vip) } else { "-".into() };
+                let rtt = s
+                    .peer
+                    .rtt_us
+                    .map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0));
+                let peer = match (&s.peer.node_id, s.peer.mode) {
+                    (Some(id), Some(mode)) => format!("{id}/{mode}"),
+                    _ => "never heard".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<8} {:>5} {:>4}  {:<20} {:>9} {:>6}  {:<16} {:>8.1}s",
+                    s.node_id,
+                    s.mode.as_str(),
+                    s.epoch,
+                    s.priority,
+                    vip,
+                    rtt,
+                    s.missed_heartbeats,
+                    peer,
+                    s.uptime_ms as f64 / 1000.0
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<8} {}",
+                    "?",
+                    "DOWN",
+                    report.error.as_deref().unwrap_or("unreachable")
+                );
+            }
+        }
+    }
+    for report in reports {
+        if let Some(t) = report.status.as_ref().and_then(|s| s.last_transition.as_ref().map(|t| (s, t))) {
+            let (s, t) = t;
+            let _ = writeln!(
+                out,
+                "{}: {} -> {} at epoch {}: {}",
+                s.node_id, t.from, t.to, t.epoch, t.cause
+            );
+        }
+    }
+    out
+}
