@@ -72,7 +72,10 @@ impl EventLog {
     /// The recent history and a receiver for everything after it.
     pub fn subscribe(&self) -> (Vec<AgentEvent>, broadcast::Receiver<AgentEvent>) {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (inner.recent.iter().cloned().collect(), self.live.subscribe())
+        (
+            inner.recent.iter().cloned().collect(),
+            self.live.subscribe(),
+        )
     }
 }
 

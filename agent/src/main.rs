@@ -16,7 +16,11 @@ use std::sync::Arc;
 
 /// Command line of the agent.
 #[derive(Debug, Parser)]
-#[command(name = "nonstop-agent", version, about = "nonstop high-availability agent")]
+#[command(
+    name = "nonstop-agent",
+    version,
+    about = "nonstop high-availability agent"
+)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(long, short)]
@@ -87,7 +91,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();
-    let control = tokio::spawn(async move { control::serve(&control_addrs, handle, control_shutdown).await });
+    let control =
+        tokio::spawn(async move { control::serve(&control_addrs, handle, control_shutdown).await });
     tokio::spawn(shutdown::trip_on_signals(trigger.clone()));
     let mut driver_task = tokio::spawn(driver.run());
     tokio::select! {

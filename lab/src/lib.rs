@@ -32,6 +32,8 @@
 //!
 //! The `nonstop-lab` binary (`src/main.rs`) is only a command line over this library.
 
+#![warn(missing_docs)]
+
 pub mod agent_config;
 pub mod agents;
 pub mod faults;

@@ -187,16 +187,30 @@ pub fn del_netns(ns: &str) -> Result<()> {
     }
 }
 
+/// The inode that identifies namespace `ns` (what `/proc/<pid>/ns/net` points to), if
+/// it exists.
+pub fn netns_inode(ns: &str) -> Result<Option<u64>> {
+    let path = netns_path(ns);
+    match std::fs::metadata(&path) {
+        Ok(meta) => Ok(Some(meta.ino())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
+}
+
 /// The pids of every process whose network namespace is `ns` (what `ip netns pids`
 /// prints), read from `/proc/*/ns/net`. Zombies have no namespace and are not listed.
 pub fn netns_pids(ns: &str) -> Result<Vec<u32>> {
-    let path = netns_path(ns);
-    let target = match std::fs::metadata(&path) {
-        Ok(meta) => meta.ino(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
-    };
-    let wanted = format!("net:[{target}]");
+    match netns_inode(ns)? {
+        Some(inode) => pids_in_netns_inode(inode),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The pids of every process in the network namespace with this inode; works after
+/// the namespace's name is gone.
+pub fn pids_in_netns_inode(inode: u64) -> Result<Vec<u32>> {
+    let wanted = format!("net:[{inode}]");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").context("cannot list /proc")? {
         let Ok(entry) = entry else { continue };
@@ -295,10 +309,22 @@ pub fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
 /// SIGKILLs every process in namespace `ns` (never this process) and waits until
 /// they are gone, retrying for processes started meanwhile.
 pub fn kill_all_in(ns: &str, timeout: Duration) -> Result<()> {
+    match netns_inode(ns)? {
+        Some(inode) => kill_all_in_inode(inode, timeout)
+            .with_context(|| format!("cannot empty namespace {ns}")),
+        None => Ok(()),
+    }
+}
+
+/// [`kill_all_in`] by namespace inode (see [`netns_inode`]).
+pub fn kill_all_in_inode(inode: u64, timeout: Duration) -> Result<()> {
     let me = std::process::id();
     let deadline = Instant::now() + timeout;
     loop {
-        let pids: Vec<u32> = netns_pids(ns)?.into_iter().filter(|&p| p != me).collect();
+        let pids: Vec<u32> = pids_in_netns_inode(inode)?
+            .into_iter()
+            .filter(|&p| p != me)
+            .collect();
         if pids.is_empty() {
             return Ok(());
         }
@@ -307,7 +333,7 @@ pub fn kill_all_in(ns: &str, timeout: Duration) -> Result<()> {
         }
         let left = wait_gone(&pids, deadline.saturating_duration_since(Instant::now()));
         if Instant::now() >= deadline && !left.is_empty() {
-            anyhow::bail!("processes {left:?} in namespace {ns} survived SIGKILL");
+            anyhow::bail!("processes {left:?} survived SIGKILL");
         }
     }
 }

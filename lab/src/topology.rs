@@ -222,13 +222,26 @@ impl Lab {
                 }
             }
         }
+        let mut inodes = Vec::new();
         for ns in &namespaces {
+            match netns::netns_inode(ns) {
+                Ok(Some(inode)) => inodes.push(inode),
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{e:#}")),
+            }
             if let Err(e) = netns::kill_all_in(ns, KILL_TIMEOUT) {
                 errors.push(format!("{e:#}"));
             }
         }
         for ns in &namespaces {
             if let Err(e) = netns::del_netns(ns) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        // Once the names are gone nothing new can enter; a process that was entering
+        // during the first pass (`ip netns exec` between open and setns) dies here.
+        for inode in inodes {
+            if let Err(e) = netns::kill_all_in_inode(inode, KILL_TIMEOUT) {
                 errors.push(format!("{e:#}"));
             }
         }

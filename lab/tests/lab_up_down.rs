@@ -230,8 +230,17 @@ fn up_reach_cut_heal_down() {
     ));
 
     // A process left running inside is killed by `down`.
-    let child = lab.spawn("peer", &["sleep", "600"]).expect("spawn");
+    let mut child = lab.spawn("peer", &["sleep", "600"]).expect("spawn");
     let pid = child.id();
+    let peer_ns = lab.namespace("peer");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !netns::netns_pids(&peer_ns).expect("pids").contains(&pid) {
+        assert!(
+            Instant::now() < deadline,
+            "sleep {pid} never entered {peer_ns}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     drop(guard);
     assert!(
@@ -240,7 +249,9 @@ fn up_reach_cut_heal_down() {
         lab_namespaces(&name)
     );
     assert!(!nonstop_lab::lab_dir(&name).exists());
-    assert!(!netns::pid_alive(pid), "sleep {pid} survived down");
+    let status = child.wait().expect("wait for sleep");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
 }
 
 #[test]

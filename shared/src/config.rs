@@ -264,11 +264,21 @@ impl AgentConfig {
                 format!("must be 1..={MAX_NODE_ID_LEN} bytes"),
             ));
         }
-        if self.node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("node_id", "must not contain spaces or control characters"));
+        if self
+            .node_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(invalid(
+                "node_id",
+                "must not contain spaces or control characters",
+            ));
         }
         if self.service.interface.is_empty() || self.service.interface.len() > 15 {
-            return Err(invalid("service.interface", "must be an interface name of 1..=15 bytes"));
+            return Err(invalid(
+                "service.interface",
+                "must be an interface name of 1..=15 bytes",
+            ));
         }
         if self.service.ports.is_empty() {
             return Err(invalid("service.ports", "must list at least one port"));
@@ -276,7 +286,12 @@ impl AgentConfig {
         if self.service.ports.contains(&0) {
             return Err(invalid("service.ports", "port 0 is not a service port"));
         }
-        if self.service.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        if self
+            .service
+            .command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
             return Err(invalid("service.command", "must not be empty when given"));
         }
         if !(1..=60_000).contains(&self.sync.heartbeat_ms) {
@@ -301,7 +316,10 @@ impl AgentConfig {
             return Err(invalid("control.listen", "must list at least one address"));
         }
         if self.garp.count == 0 || self.garp.count > 100 {
-            return Err(invalid("garp.count", format!("must be in 1..=100, got {}", self.garp.count)));
+            return Err(invalid(
+                "garp.count",
+                format!("must be in 1..=100, got {}", self.garp.count),
+            ));
         }
         if !(1..=60_000).contains(&self.garp.interval_ms) {
             return Err(invalid(
@@ -309,7 +327,11 @@ impl AgentConfig {
                 format!("must be in 1..=60000, got {}", self.garp.interval_ms),
             ));
         }
-        if self.fence_command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        if self
+            .fence_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
             return Err(invalid("fence_command", "must not be empty when given"));
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -356,7 +378,9 @@ peer = "198.19.1.2:7701"
     #[test]
     fn unknown_key_is_named() {
         let text = GOOD.replace("ports = [7000]", "ports = [7000]\nportz = 1");
-        let err = AgentConfig::from_toml(&text).expect_err("unknown key").to_string();
+        let err = AgentConfig::from_toml(&text)
+            .expect_err("unknown key")
+            .to_string();
         assert!(err.contains("portz"), "{err}");
     }
 
@@ -364,10 +388,22 @@ peer = "198.19.1.2:7701"
     fn bad_values_name_their_key() {
         let cases = [
             ("ports = [7000]", "ports = []", "service.ports"),
-            ("peer = \"198.19.1.2:7701\"", "peer = \"198.19.1.2:7701\"\nheartbeat_ms = 0", "sync.heartbeat_ms"),
-            ("peer = \"198.19.1.2:7701\"", "peer = \"198.19.1.2:7701\"\nmisses = 0", "sync.misses"),
+            (
+                "peer = \"198.19.1.2:7701\"",
+                "peer = \"198.19.1.2:7701\"\nheartbeat_ms = 0",
+                "sync.heartbeat_ms",
+            ),
+            (
+                "peer = \"198.19.1.2:7701\"",
+                "peer = \"198.19.1.2:7701\"\nmisses = 0",
+                "sync.misses",
+            ),
             ("node_id = \"master\"", "node_id = \"\"", "node_id"),
-            ("peer = \"198.19.1.2:7701\"", "peer = \"198.19.1.1:7701\"", "sync.peer"),
+            (
+                "peer = \"198.19.1.2:7701\"",
+                "peer = \"198.19.1.1:7701\"",
+                "sync.peer",
+            ),
         ];
         for (from, to, key) in cases {
             let err = AgentConfig::from_toml(&GOOD.replace(from, to))
@@ -379,7 +415,12 @@ peer = "198.19.1.2:7701"
 
     #[test]
     fn bad_vip_is_explained_with_its_key() {
-        for vip in ["198.18.1.100", "198.18.1.300/24", "198.18.1.100/40", "0.0.0.0/8"] {
+        for vip in [
+            "198.18.1.100",
+            "198.18.1.300/24",
+            "198.18.1.100/40",
+            "0.0.0.0/8",
+        ] {
             let text = GOOD.replace("198.18.1.100/24", vip);
             let err = AgentConfig::from_toml(&text).expect_err(vip).to_string();
             assert!(err.contains("vip"), "{vip}: {err}");

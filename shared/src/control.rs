@@ -114,7 +114,9 @@ impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Cause::NoMasterAtStartup => write!(f, "no master heard at startup"),
-            Cause::HeardMaster { master, epoch } => write!(f, "heard master {master} (epoch {epoch})"),
+            Cause::HeardMaster { master, epoch } => {
+                write!(f, "heard master {master} (epoch {epoch})")
+            }
             Cause::WonStartupElection => write!(f, "won startup election"),
             Cause::LostStartupElection { winner } => write!(f, "lost startup election to {winner}"),
             Cause::PeerSilent { missed } => write!(f, "master silent for {missed} heartbeats"),
@@ -303,13 +305,26 @@ mod tests {
     #[test]
     fn requests_have_a_stable_wire_form() {
         assert_eq!(Request::Status.to_line(), "{\"cmd\":\"status\"}\n");
-        assert_eq!(Request::parse_line("{\"cmd\":\"switchover\"}"), Ok(Request::Switchover));
-        assert_eq!(Request::parse_line(" {\"cmd\":\"events\"} \r"), Ok(Request::Events));
+        assert_eq!(
+            Request::parse_line("{\"cmd\":\"switchover\"}"),
+            Ok(Request::Switchover)
+        );
+        assert_eq!(
+            Request::parse_line(" {\"cmd\":\"events\"} \r"),
+            Ok(Request::Events)
+        );
     }
 
     #[test]
     fn malformed_requests_are_errors_not_panics() {
-        for line in ["", "nonsense", "{}", "{\"cmd\":\"reboot\"}", "[1,2]", "\u{0}"] {
+        for line in [
+            "",
+            "nonsense",
+            "{}",
+            "{\"cmd\":\"reboot\"}",
+            "[1,2]",
+            "\u{0}",
+        ] {
             assert!(Request::parse_line(line).is_err(), "{line:?}");
         }
         let huge = "x".repeat(MAX_LINE_LEN + 1);
@@ -334,12 +349,17 @@ mod tests {
         assert!(line.contains("\"type\":\"event\""));
         assert!(line.contains("\"event\":\"mode_changed\""));
         assert_eq!(Reply::parse_line(&line), Ok(event));
-        let err = Reply::Error { message: "no".into() };
+        let err = Reply::Error {
+            message: "no".into(),
+        };
         assert_eq!(Reply::parse_line(&err.to_line()), Ok(err));
     }
 
     #[test]
     fn causes_read_well() {
-        assert_eq!(Cause::PeerSilent { missed: 3 }.to_string(), "master silent for 3 heartbeats");
+        assert_eq!(
+            Cause::PeerSilent { missed: 3 }.to_string(),
+            "master silent for 3 heartbeats"
+        );
     }
 }

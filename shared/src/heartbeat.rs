@@ -238,10 +238,16 @@ mod tests {
         );
         let mut bad = good.clone();
         bad[5] = 77;
-        assert_eq!(Heartbeat::decode(&bad), Err(HeartbeatError::UnknownMode(77)));
+        assert_eq!(
+            Heartbeat::decode(&bad),
+            Err(HeartbeatError::UnknownMode(77))
+        );
         let mut bad = good.clone();
         bad[6] = 0x80;
-        assert_eq!(Heartbeat::decode(&bad), Err(HeartbeatError::UnknownFlags(0x80)));
+        assert_eq!(
+            Heartbeat::decode(&bad),
+            Err(HeartbeatError::UnknownFlags(0x80))
+        );
         let mut bad = good.clone();
         bad[52] = 0;
         assert_eq!(Heartbeat::decode(&bad), Err(HeartbeatError::BadNodeId));
@@ -250,7 +256,10 @@ mod tests {
         assert_eq!(Heartbeat::decode(&bad), Err(HeartbeatError::BadNodeId));
         let mut bad = good;
         bad.push(0);
-        assert_eq!(Heartbeat::decode(&bad), Err(HeartbeatError::TrailingBytes(1)));
+        assert_eq!(
+            Heartbeat::decode(&bad),
+            Err(HeartbeatError::TrailingBytes(1))
+        );
     }
 
     #[test]

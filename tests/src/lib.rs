@@ -22,7 +22,9 @@ pub fn require_root() -> bool {
         eprintln!("skipping: not root and NONSTOP_SKIP_ROOT_TESTS is set");
         return false;
     }
-    panic!("end-to-end tests need root (namespaces, nftables); set NONSTOP_SKIP_ROOT_TESTS=1 to skip");
+    panic!(
+        "end-to-end tests need root (namespaces, nftables); set NONSTOP_SKIP_ROOT_TESTS=1 to skip"
+    );
 }
 
 /// A lab name unique to this process and tag: `t` + tag + pid in base 36.
@@ -31,10 +33,21 @@ pub fn unique_name(tag: &str) -> String {
     let mut suffix = String::new();
     while pid > 0 {
         let digit = (pid % 36) as u8;
-        suffix.insert(0, char::from(if digit < 10 { b'0' + digit } else { b'a' + digit - 10 }));
+        suffix.insert(
+            0,
+            char::from(if digit < 10 {
+                b'0' + digit
+            } else {
+                b'a' + digit - 10
+            }),
+        );
         pid /= 36;
     }
-    let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(5)
+        .collect();
     format!("t{}{}", tag.to_ascii_lowercase(), suffix)
 }
 
@@ -50,12 +63,15 @@ pub fn lab_with_agents(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
     };
     let guard = LabGuard::up(&spec).expect("lab up");
     guard.start_agent(Node::Master).expect("start master agent");
-    std::thread::sleep(Duration::from_millis(heartbeat_ms * u64::from(misses) + 200));
+    std::thread::sleep(Duration::from_millis(
+        heartbeat_ms * u64::from(misses) + 200,
+    ));
     guard.start_agent(Node::Backup).expect("start backup agent");
     wait_for(Duration::from_secs(10), || {
         let (m, b) = statuses(&guard);
-        (m.as_ref().map(|s| s.mode) == Some(Mode::Master) && b.as_ref().map(|s| s.mode) == Some(Mode::Backup))
-            .then_some(())
+        (m.as_ref().map(|s| s.mode) == Some(Mode::Master)
+            && b.as_ref().map(|s| s.mode) == Some(Mode::Backup))
+        .then_some(())
     })
     .unwrap_or_else(|e| panic!("pair never settled: {e:#}\n{}", logs(&guard)));
     guard
@@ -80,7 +96,10 @@ pub fn console(lab: &Lab, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run nonstop-console");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Both nodes' status as the console's `status --json` reports it (None when
@@ -137,7 +156,9 @@ pub fn events(lab: &Lab) -> anyhow::Result<Vec<AgentEvent>> {
 /// When `node_id` became master after `after_ms`, from the event logs.
 pub fn promoted_at(lab: &Lab, node_id: &str, after_ms: u64) -> Option<u64> {
     events(lab).ok()?.into_iter().find_map(|e| match e.kind {
-        EventKind::ModeChanged(t) if e.node_id == node_id && t.to == Mode::Master && t.at_unix_ms >= after_ms => {
+        EventKind::ModeChanged(t)
+            if e.node_id == node_id && t.to == Mode::Master && t.at_unix_ms >= after_ms =>
+        {
             Some(t.at_unix_ms)
         }
         _ => None,
@@ -178,7 +199,12 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// Runs `trials` failures of the current master with `fail`, recovering with
 /// `recover`, and returns each detection time in ms (failure → other node promoted).
-pub fn detection_trials(lab: &Lab, trials: usize, fail: impl Fn(&Lab, Node), recover: impl Fn(&Lab, Node)) -> Vec<u64> {
+pub fn detection_trials(
+    lab: &Lab,
+    trials: usize,
+    fail: impl Fn(&Lab, Node),
+    recover: impl Fn(&Lab, Node),
+) -> Vec<u64> {
     let mut times = Vec::new();
     for trial in 0..trials {
         let (m, b) = statuses(lab);
@@ -192,30 +218,56 @@ pub fn detection_trials(lab: &Lab, trials: usize, fail: impl Fn(&Lab, Node), rec
         std::thread::sleep(Duration::from_millis(137 + 29 * trial as u64 % 100));
         let failed_at = unix_ms();
         fail(lab, victim);
-        let promoted = wait_for(Duration::from_secs(3), || promoted_at(lab, survivor.as_str(), failed_at))
-            .unwrap_or_else(|e| panic!("trial {trial}: {survivor} never promoted: {e}\n{}", logs(lab)));
+        let promoted = wait_for(Duration::from_secs(3), || {
+            promoted_at(lab, survivor.as_str(), failed_at)
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "trial {trial}: {survivor} never promoted: {e}\n{}",
+                logs(lab)
+            )
+        });
         times.push(promoted - failed_at);
-        assert!(holds_vip(lab, survivor), "trial {trial}: survivor lacks the VIP");
+        assert!(
+            holds_vip(lab, survivor),
+            "trial {trial}: survivor lacks the VIP"
+        );
         recover(lab, victim);
         // The recovered node comes back as backup and does not take the VIP.
         wait_for(Duration::from_secs(5), || {
             (status_of(lab, victim)?.mode == Mode::Backup).then_some(())
         })
-        .unwrap_or_else(|e| panic!("trial {trial}: {victim} did not come back as backup: {e}\n{}", logs(lab)));
-        assert!(!holds_vip(lab, victim), "trial {trial}: recovered node holds the VIP");
+        .unwrap_or_else(|e| {
+            panic!(
+                "trial {trial}: {victim} did not come back as backup: {e}\n{}",
+                logs(lab)
+            )
+        });
+        assert!(
+            !holds_vip(lab, victim),
+            "trial {trial}: recovered node holds the VIP"
+        );
         // Settled: each side hears the other within two intervals, roles unchanged.
         wait_for(Duration::from_secs(5), || {
             let (m, b) = statuses(lab);
             let (m, b) = (m?, b?);
-            let fresh = |s: &NodeStatus| s.peer.last_heard_ms.is_some_and(|ms| ms <= 2 * s.heartbeat_ms);
+            let fresh = |s: &NodeStatus| {
+                s.peer
+                    .last_heard_ms
+                    .is_some_and(|ms| ms <= 2 * s.heartbeat_ms)
+            };
             let roles = match survivor {
                 Node::Master => (m.mode, b.mode) == (Mode::Master, Mode::Backup),
                 Node::Backup => (m.mode, b.mode) == (Mode::Backup, Mode::Master),
             };
             (roles && fresh(&m) && fresh(&b)).then_some(())
         })
-        .unwrap_or_else(|e| panic!("trial {trial}: pair did not settle after recovery: {e}\n{}", logs(lab)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "trial {trial}: pair did not settle after recovery: {e}\n{}",
+                logs(lab)
+            )
+        });
     }
     times
 }
-

@@ -15,7 +15,8 @@ const SERVICE_PORT: u16 = 7000;
 /// connection with the node's name.
 fn serve_name(lab: &Lab, node: Node) {
     let addr: SocketAddr = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, SERVICE_PORT).into();
-    let listener = listen_in_netns(&lab.namespace(node.as_str()), addr).expect("listen in node namespace");
+    let listener =
+        listen_in_netns(&lab.namespace(node.as_str()), addr).expect("listen in node namespace");
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let _ = conn.write_all(node.as_str().as_bytes());
@@ -26,8 +27,10 @@ fn serve_name(lab: &Lab, node: Node) {
 /// Connects from the peer namespace to VIP:port and returns what the server said.
 fn ask_vip(lab: &Lab) -> Option<String> {
     let vip = SocketAddr::from((lab.vip(), SERVICE_PORT));
-    let mut conn = connect_in_netns(&lab.namespace("peer"), vip, Duration::from_millis(500)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut conn =
+        connect_in_netns(&lab.namespace("peer"), vip, Duration::from_millis(500)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer).ok()?;
     Some(answer)
@@ -40,16 +43,24 @@ fn lab_up_master_holds_vip_and_peer_reaches_the_service() {
     }
     let lab = lab_with_agents("up", 100, 3);
     assert!(holds_vip(&lab, Node::Master), "master must hold the VIP");
-    assert!(!holds_vip(&lab, Node::Backup), "backup must not hold the VIP");
+    assert!(
+        !holds_vip(&lab, Node::Backup),
+        "backup must not hold the VIP"
+    );
     serve_name(&lab, Node::Master);
     serve_name(&lab, Node::Backup);
     assert_eq!(ask_vip(&lab).as_deref(), Some("master"));
     let (ok, out) = console(&lab, &["status", "--json"]);
     assert!(ok, "status failed: {out}");
     let doc: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
-    let modes: Vec<&str> = (0..2).map(|i| doc["agents"][i]["status"]["mode"].as_str().unwrap_or("?")).collect();
+    let modes: Vec<&str> = (0..2)
+        .map(|i| doc["agents"][i]["status"]["mode"].as_str().unwrap_or("?"))
+        .collect();
     assert_eq!(modes, ["master", "backup"]);
-    assert_eq!(doc["agents"][0]["status"]["epoch"], doc["agents"][1]["status"]["epoch"]);
+    assert_eq!(
+        doc["agents"][0]["status"]["epoch"],
+        doc["agents"][1]["status"]["epoch"]
+    );
     assert_eq!(doc["agents"][0]["status"]["vip_held"], true);
 }
 
@@ -65,7 +76,12 @@ fn switchover_moves_the_vip_and_gratuitous_arp_repoints_the_peer() {
     assert_eq!(ask_vip(&lab).as_deref(), Some("master"));
     let master_mac = lab.mac_of("master", "eth0").expect("master MAC");
     let backup_mac = lab.mac_of("backup", "eth0").expect("backup MAC");
-    assert_eq!(lab.neighbour_mac("peer", lab.vip()).expect("neigh").as_deref(), Some(master_mac.as_str()));
+    assert_eq!(
+        lab.neighbour_mac("peer", lab.vip())
+            .expect("neigh")
+            .as_deref(),
+        Some(master_mac.as_str())
+    );
     let epoch_before = status_of(&lab, Node::Master).expect("status").epoch;
 
     let (ok, out) = console(&lab, &["switchover", "--json"]);
@@ -79,9 +95,17 @@ fn switchover_moves_the_vip_and_gratuitous_arp_repoints_the_peer() {
     wait_for(Duration::from_secs(4), || {
         (lab.neighbour_mac("peer", lab.vip()).ok()?? == backup_mac).then_some(())
     })
-    .unwrap_or_else(|e| panic!("peer's neighbour entry never moved to the backup: {e}\n{}", logs(&lab)));
+    .unwrap_or_else(|e| {
+        panic!(
+            "peer's neighbour entry never moved to the backup: {e}\n{}",
+            logs(&lab)
+        )
+    });
     let (m, b) = statuses(&lab);
-    let (m, b) = (m.expect("master node status"), b.expect("backup node status"));
+    let (m, b) = (
+        m.expect("master node status"),
+        b.expect("backup node status"),
+    );
     assert_eq!((m.mode, b.mode), (Mode::Backup, Mode::Master));
     assert_eq!((m.epoch, b.epoch), (epoch_before + 1, epoch_before + 1));
     assert!(b.counters.garps_sent >= 1);
@@ -114,7 +138,10 @@ fn sigkill_of_the_master_agent_is_detected_under_400ms_and_the_restarted_node_st
         },
     );
     report("SIGKILL", &times);
-    assert!(times.iter().all(|&t| t < 400), "detection times {times:?} (limit 400 ms)");
+    assert!(
+        times.iter().all(|&t| t < 400),
+        "detection times {times:?} (limit 400 ms)"
+    );
 }
 
 #[test]
@@ -130,7 +157,10 @@ fn link_down_of_the_master_host_is_detected_under_400ms() {
         |lab, node| lab.set_host_links(node, true).expect("links up"),
     );
     report("link down", &times);
-    assert!(times.iter().all(|&t| t < 400), "detection times {times:?} (limit 400 ms)");
+    assert!(
+        times.iter().all(|&t| t < 400),
+        "detection times {times:?} (limit 400 ms)"
+    );
 }
 
 #[test]
@@ -139,16 +169,27 @@ fn restarted_old_master_comes_back_as_backup_and_leaves_the_vip_alone() {
         return;
     }
     let lab = lab_with_agents("back", 100, 3);
-    lab.stop_agent(Node::Master, libc::SIGKILL).expect("kill master agent");
-    wait_for(Duration::from_secs(3), || (status_of(&lab, Node::Backup)?.mode == Mode::Master).then_some(()))
-        .expect("backup promoted");
+    lab.stop_agent(Node::Master, libc::SIGKILL)
+        .expect("kill master agent");
+    wait_for(Duration::from_secs(3), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Master).then_some(())
+    })
+    .expect("backup promoted");
     // SIGKILL left the VIP on the old master's interface; the restart must clean it.
-    assert!(holds_vip(&lab, Node::Master), "SIGKILL cannot remove the VIP");
+    assert!(
+        holds_vip(&lab, Node::Master),
+        "SIGKILL cannot remove the VIP"
+    );
     lab.start_agent(Node::Master).expect("restart");
-    wait_for(Duration::from_secs(3), || (status_of(&lab, Node::Master)?.mode == Mode::Backup).then_some(()))
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&lab)));
+    wait_for(Duration::from_secs(3), || {
+        (status_of(&lab, Node::Master)?.mode == Mode::Backup).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&lab)));
     for _ in 0..10 {
-        assert!(!holds_vip(&lab, Node::Master), "restarted node took the VIP");
+        assert!(
+            !holds_vip(&lab, Node::Master),
+            "restarted node took the VIP"
+        );
         let (m, b) = statuses(&lab);
         assert_eq!(m.map(|s| s.mode), Some(Mode::Backup));
         assert_eq!(b.map(|s| s.mode), Some(Mode::Master));
@@ -167,7 +208,12 @@ fn sync_link_cut_makes_two_masters_and_healing_leaves_exactly_one_within_a_secon
         let (m, b) = statuses(&lab);
         (m?.mode == Mode::Master && b?.mode == Mode::Master).then_some(())
     })
-    .unwrap_or_else(|e| panic!("no split brain after cutting the sync link: {e}\n{}", logs(&lab)));
+    .unwrap_or_else(|e| {
+        panic!(
+            "no split brain after cutting the sync link: {e}\n{}",
+            logs(&lab)
+        )
+    });
     assert!(holds_vip(&lab, Node::Master) && holds_vip(&lab, Node::Backup));
     lab.heal_sync().expect("heal");
     let healed = std::time::Instant::now();
@@ -183,8 +229,10 @@ fn sync_link_cut_makes_two_masters_and_healing_leaves_exactly_one_within_a_secon
     eprintln!("converged {:?} after healing", healed.elapsed());
     // The backup promoted with a higher epoch, so it wins.
     assert_eq!(winner, Node::Backup);
-    wait_for(Duration::from_millis(500), || (!holds_vip(&lab, Node::Master)).then_some(()))
-        .expect("loser removed the VIP");
+    wait_for(Duration::from_millis(500), || {
+        (!holds_vip(&lab, Node::Master)).then_some(())
+    })
+    .expect("loser removed the VIP");
     assert!(holds_vip(&lab, Node::Backup));
     let (m, b) = statuses(&lab);
     assert_eq!(m.map(|s| s.epoch), b.map(|s| s.epoch));
@@ -202,7 +250,13 @@ fn malformed_heartbeats_and_control_lines_are_rejected_and_counted() {
     let master_ip = lab.sync_ip(Node::Master);
     nonstop_lab::run_in_netns(&lab.namespace("master"), move || -> std::io::Result<()> {
         let sock = std::net::UdpSocket::bind((master_ip, 0))?;
-        let junk: [&[u8]; 5] = [b"", b"NSHB", b"hello world", &[0xff; 1400], b"NSHB\x01\x02\x00\x64"];
+        let junk: [&[u8]; 5] = [
+            b"",
+            b"NSHB",
+            b"hello world",
+            &[0xff; 1400],
+            b"NSHB\x01\x02\x00\x64",
+        ];
         for payload in junk {
             sock.send_to(payload, backup_hb)?;
         }
@@ -211,8 +265,10 @@ fn malformed_heartbeats_and_control_lines_are_rejected_and_counted() {
     .expect("send junk from the master namespace");
     // Garbage on the control connection.
     let control = lab.control_addr(Node::Backup);
-    let mut conn = connect_in_netns(&lab.namespace("backup"), control, Duration::from_secs(1)).expect("control");
-    conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut conn = connect_in_netns(&lab.namespace("backup"), control, Duration::from_secs(1))
+        .expect("control");
+    conn.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
     let mut lines = String::new();
     lines.push_str("nonsense\n{\"cmd\":\"reboot\"}\n");
     lines.push_str(&"x".repeat(70_000));
@@ -225,7 +281,12 @@ fn malformed_heartbeats_and_control_lines_are_rejected_and_counted() {
         std::io::BufRead::read_line(&mut reader, &mut line).expect("reply");
         replies.push(line);
     }
-    assert!(replies[..3].iter().all(|r| r.contains("\"type\":\"error\"")), "{replies:?}");
+    assert!(
+        replies[..3]
+            .iter()
+            .all(|r| r.contains("\"type\":\"error\"")),
+        "{replies:?}"
+    );
     assert!(replies[3].contains("\"type\":\"status\""), "{replies:?}");
 
     let status = wait_for(Duration::from_secs(2), || {
@@ -235,7 +296,10 @@ fn malformed_heartbeats_and_control_lines_are_rejected_and_counted() {
     .unwrap_or_else(|e| panic!("malformed heartbeats not counted: {e}\n{}", logs(&lab)));
     assert_eq!(status.counters.malformed_control_lines, 3);
     assert_eq!(status.mode, Mode::Backup);
-    assert_eq!(status_of(&lab, Node::Master).map(|s| s.mode), Some(Mode::Master));
+    assert_eq!(
+        status_of(&lab, Node::Master).map(|s| s.mode),
+        Some(Mode::Master)
+    );
 }
 
 #[test]
@@ -255,11 +319,23 @@ fn lab_down_removes_everything_even_after_a_failed_test() {
     assert!(failing_test.join().is_err(), "the simulated test must fail");
     let (name, pids) = rx.recv().expect("lab was up");
     let prefix = format!("nonstop-{name}-");
-    let listed = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
     let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(!listed.contains(&prefix), "namespaces left behind:\n{listed}");
+    assert!(
+        !listed.contains(&prefix),
+        "namespaces left behind:\n{listed}"
+    );
     for pid in pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "agent {pid} still running");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "agent {pid} still running"
+        );
     }
-    assert!(!nonstop_lab::lab_dir(&name).exists(), "lab directory left behind");
+    assert!(
+        !nonstop_lab::lab_dir(&name).exists(),
+        "lab directory left behind"
+    );
 }

@@ -93,7 +93,10 @@ enum LineRead {
 /// Reads one newline-terminated line of at most `max` bytes. Over-long lines are
 /// skipped to their end without buffering them, so a hostile client cannot make the
 /// agent allocate more than `max` bytes per connection.
-async fn read_bounded_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::io::Result<LineRead> {
+async fn read_bounded_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<LineRead> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -121,7 +124,11 @@ async fn read_bounded_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) 
         let consumed = found.unwrap_or(chunk.len());
         reader.consume(consumed);
         if found.is_some() {
-            return Ok(if too_long { LineRead::TooLong } else { to_line(line) });
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                to_line(line)
+            });
         }
     }
 }
@@ -255,7 +262,9 @@ mod tests {
         let mut reader = BufReader::with_capacity(7, input);
         let mut out = Vec::new();
         loop {
-            let read = read_bounded_line(&mut reader, max).await.expect("in-memory read");
+            let read = read_bounded_line(&mut reader, max)
+                .await
+                .expect("in-memory read");
             let eof = read == LineRead::Eof;
             out.push(read);
             if eof {
@@ -282,6 +291,13 @@ mod tests {
 
     #[tokio::test]
     async fn exactly_max_is_accepted() {
-        assert_eq!(lines(b"abcde\nabcdef\n", 5).await, [LineRead::Line("abcde".into()), LineRead::TooLong, LineRead::Eof]);
+        assert_eq!(
+            lines(b"abcde\nabcdef\n", 5).await,
+            [
+                LineRead::Line("abcde".into()),
+                LineRead::TooLong,
+                LineRead::Eof
+            ]
+        );
     }
 }

@@ -213,7 +213,11 @@ impl Driver {
         while let Some(action) = self.machine.poll_action() {
             match action {
                 Action::SendHeartbeat(hb) => {
-                    if let Err(e) = self.socket.send_to(&hb.encode(), self.config.sync.peer).await {
+                    if let Err(e) = self
+                        .socket
+                        .send_to(&hb.encode(), self.config.sync.peer)
+                        .await
+                    {
                         tracing::debug!(error = %e, "heartbeat send failed");
                     }
                 }
@@ -250,8 +254,10 @@ impl Driver {
                     if let Err(e) = write_epoch(&self.epoch_file, epoch) {
                         tracing::error!(error = %e, "cannot persist epoch");
                     }
-                    self.events
-                        .emit_at(EventKind::ModeChanged(transition.clone()), transition.at_unix_ms);
+                    self.events.emit_at(
+                        EventKind::ModeChanged(transition.clone()),
+                        transition.at_unix_ms,
+                    );
                     self.last_transition = Some(transition);
                 }
             }
@@ -321,11 +327,14 @@ impl Driver {
 
     fn run_fence(&self) {
         let Some(command) = self.config.fence_command.clone() else {
-            let _ = self.fence_results.try_send((true, "no fence command".into()));
+            let _ = self
+                .fence_results
+                .try_send((true, "no fence command".into()));
             return;
         };
         let results = self.fence_results.clone();
-        let limit = Duration::from_millis(self.config.sync.heartbeat_ms * 50).max(Duration::from_secs(5));
+        let limit =
+            Duration::from_millis(self.config.sync.heartbeat_ms * 50).max(Duration::from_secs(5));
         tokio::spawn(async move {
             tracing::info!(%command, "running fence command");
             let run = tokio::process::Command::new("sh")

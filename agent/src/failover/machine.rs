@@ -198,9 +198,9 @@ impl Machine {
 
     /// Whether the peer was heard within the detection window.
     pub fn peer_alive(&self, now: Instant) -> bool {
-        self.peer
-            .as_ref()
-            .is_some_and(|p| now.saturating_duration_since(p.last_heard) < self.settings.detection_window())
+        self.peer.as_ref().is_some_and(|p| {
+            now.saturating_duration_since(p.last_heard) < self.settings.detection_window()
+        })
     }
 
     /// Heartbeat intervals since the peer was last heard (0 while it is on time).
@@ -293,7 +293,11 @@ impl Machine {
         self.counters.heartbeats_received += 1;
         let now_us = self.clock_us(now);
         let rtt = (hb.echo_us != 0)
-            .then(|| now_us.checked_sub(hb.echo_us)?.checked_sub(u64::from(hb.echo_delay_us)))
+            .then(|| {
+                now_us
+                    .checked_sub(hb.echo_us)?
+                    .checked_sub(u64::from(hb.echo_delay_us))
+            })
             .flatten()
             .map(Duration::from_micros)
             .or(self.peer.as_ref().and_then(|p| p.rtt));
@@ -356,7 +360,11 @@ impl Machine {
             self.epoch = self.epoch.max(hb.epoch);
             return;
         }
-        let ours = (self.epoch, self.settings.priority, self.settings.node_id.as_str());
+        let ours = (
+            self.epoch,
+            self.settings.priority,
+            self.settings.node_id.as_str(),
+        );
         let theirs = (hb.epoch, hb.priority, hb.node_id.as_str());
         if theirs.cmp(&ours) == Ordering::Greater {
             self.epoch = self.epoch.max(hb.epoch);

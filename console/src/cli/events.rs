@@ -7,7 +7,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Prints past events of every agent, then (with `follow`) new ones as they come.
-pub fn run(agents: &[AgentAddr], timeout: Duration, json: bool, follow: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    agents: &[AgentAddr],
+    timeout: Duration,
+    json: bool,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel::<Result<AgentEvent, String>>();
     for agent in agents {
         let tx = tx.clone();
@@ -17,7 +22,11 @@ pub fn run(agents: &[AgentAddr], timeout: Duration, json: bool, follow: bool) ->
                 let mut conn = AgentConnection::connect(&agent, timeout)?;
                 conn.request_stream(&Request::Events)?;
                 // History arrives at once; after a quiet moment it is complete.
-                conn.set_read_timeout(Some(if follow { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_millis(300) }))?;
+                conn.set_read_timeout(Some(if follow {
+                    Duration::from_secs(3600 * 24 * 365)
+                } else {
+                    Duration::from_millis(300)
+                }))?;
                 loop {
                     match conn.read_reply() {
                         Ok(Reply::Event(event)) => {
@@ -59,7 +68,11 @@ pub fn run(agents: &[AgentAddr], timeout: Duration, json: bool, follow: bool) ->
     for event in &buffered {
         print_event(event, json);
     }
-    Ok(if failures == agents.len() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failures == agents.len() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_event(event: &AgentEvent, json: bool) {
@@ -68,12 +81,19 @@ fn print_event(event: &AgentEvent, json: bool) {
         return;
     }
     let what = match &event.kind {
-        EventKind::ModeChanged(t) => format!("{} -> {} (epoch {}): {}", t.from, t.to, t.epoch, t.cause),
+        EventKind::ModeChanged(t) => {
+            format!("{} -> {} (epoch {}): {}", t.from, t.to, t.epoch, t.cause)
+        }
         EventKind::VipAdded { vip } => format!("VIP {vip} added"),
         EventKind::VipRemoved { vip } => format!("VIP {vip} removed"),
         EventKind::GarpSent { number } => format!("gratuitous ARP #{number} sent"),
-        EventKind::FenceRan { ok, detail } => format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" }),
+        EventKind::FenceRan { ok, detail } => {
+            format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" })
+        }
         EventKind::Error { detail } => format!("error: {detail}"),
     };
-    println!("{} {:<8} #{:<4} {what}", event.at_unix_ms, event.node_id, event.seq);
+    println!(
+        "{} {:<8} #{:<4} {what}",
+        event.at_unix_ms, event.node_id, event.seq
+    );
 }

@@ -13,7 +13,11 @@ use std::time::Duration;
 
 /// Command line of the console.
 #[derive(Debug, Parser)]
-#[command(name = "nonstop-console", version, about = "Operator console for a nonstop pair")]
+#[command(
+    name = "nonstop-console",
+    version,
+    about = "Operator console for a nonstop pair"
+)]
 pub struct Cli {
     /// An agent's control address, `IP:PORT` or `NETNS@IP:PORT`; give it once per node.
     #[arg(long = "agent", global = true)]

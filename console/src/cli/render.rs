@@ -14,7 +14,11 @@ pub fn status_table(reports: &[AgentReport]) -> String {
     for report in reports {
         match &report.status {
             Some(s) => {
-                let vip = if s.vip_held { format!("{} (held)", s.vip) } else { "-".into() };
+                let vip = if s.vip_held {
+                    format!("{} (held)", s.vip)
+                } else {
+                    "-".into()
+                };
                 let rtt = s
                     .peer
                     .rtt_us
@@ -49,7 +53,11 @@ pub fn status_table(reports: &[AgentReport]) -> String {
         }
     }
     for report in reports {
-        if let Some(t) = report.status.as_ref().and_then(|s| s.last_transition.as_ref().map(|t| (s, t))) {
+        if let Some(t) = report
+            .status
+            .as_ref()
+            .and_then(|s| s.last_transition.as_ref().map(|t| (s, t)))
+        {
             let (s, t) = t;
             let _ = writeln!(
                 out,

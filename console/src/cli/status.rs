@@ -16,5 +16,9 @@ pub fn run(agents: &[AgentAddr], timeout: Duration, json: bool) -> anyhow::Resul
         print!("{}", render::status_table(&reports));
     }
     let any = reports.iter().any(|r| r.reachable);
-    Ok(if any { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if any {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

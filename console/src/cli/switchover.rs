@@ -45,7 +45,10 @@ pub fn run(
     let deadline = started + wait;
     loop {
         let now = pair::poll(&[agents[old].clone(), agents[new].clone()], timeout);
-        let modes: Vec<Option<Mode>> = now.iter().map(|r| r.status.as_ref().map(|s| s.mode)).collect();
+        let modes: Vec<Option<Mode>> = now
+            .iter()
+            .map(|r| r.status.as_ref().map(|s| s.mode))
+            .collect();
         if modes == [Some(Mode::Backup), Some(Mode::Master)] {
             let elapsed_ms = started.elapsed().as_millis() as u64;
             let new_status = now[1].status.clone().expect("reachable");
@@ -71,7 +74,10 @@ pub fn run(
         }
         if Instant::now() >= deadline {
             if json {
-                println!("{}", json!({ "ok": false, "error": "timed out waiting for the new master", "agents": now }));
+                println!(
+                    "{}",
+                    json!({ "ok": false, "error": "timed out waiting for the new master", "agents": now })
+                );
             } else {
                 eprintln!("switchover did not complete within {wait:?}: modes {modes:?}");
             }

@@ -60,7 +60,11 @@ fn main() {
     }
     let command = format!(
         "scripts/bench-failover --intervals {} --misses {} --trials {} --idle-secs {}",
-        args.intervals.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+        args.intervals
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         args.misses,
         args.trials,
         args.idle_secs
@@ -68,7 +72,10 @@ fn main() {
     println!("reproduce: {command}");
     let mut rows = Vec::new();
     for &hb in &args.intervals {
-        eprintln!("heartbeat_ms={hb} misses={}: {} kill trials…", args.misses, args.trials);
+        eprintln!(
+            "heartbeat_ms={hb} misses={}: {} kill trials…",
+            args.misses, args.trials
+        );
         let lab = lab_with_agents(&format!("bf{hb}"), hb, args.misses);
         let times = detection_trials(
             &lab,
@@ -85,7 +92,9 @@ fn main() {
             .map(|evs| {
                 evs.iter()
                     .filter(|e| e.at_unix_ms >= idle_from)
-                    .filter(|e| matches!(&e.kind, EventKind::ModeChanged(t) if t.to == Mode::Master))
+                    .filter(
+                        |e| matches!(&e.kind, EventKind::ModeChanged(t) if t.to == Mode::Master),
+                    )
                     .count()
             })
             .unwrap_or(usize::MAX);
@@ -112,16 +121,25 @@ fn main() {
     for r in &rows {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r["heartbeat_ms"], r["misses"], r["window_ms"], r["trials"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["false_failovers"]
+            r["heartbeat_ms"],
+            r["misses"],
+            r["window_ms"],
+            r["trials"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["max_ms"],
+            r["false_failovers"]
         );
     }
     let doc = json!({ "benchmark": "failover-detection", "command": command, "results": rows });
     if let Some(dir) = std::path::Path::new(&args.out).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    match std::fs::write(&args.out, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
+    match std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    ) {
         Ok(()) => println!("\nwrote {}", args.out),
         Err(e) => eprintln!("cannot write {}: {e}", args.out),
     }
 }
-

@@ -80,8 +80,12 @@ impl Sim {
         loop {
             let now = self.now;
             let node = &mut self.nodes[i];
-            let Some(machine) = node.machine.as_mut() else { return };
-            let Some(action) = machine.poll_action() else { return };
+            let Some(machine) = node.machine.as_mut() else {
+                return;
+            };
+            let Some(action) = machine.poll_action() else {
+                return;
+            };
             match action {
                 Action::SendHeartbeat(hb) => {
                     if self.sync_up {
@@ -93,9 +97,15 @@ impl Sim {
                 Action::RunFence => {
                     node.fence_runs += 1;
                     let ok = node.fence_ok;
-                    machine.fence_finished(ok, if ok { "exit 0".into() } else { "exit 1".into() }, now);
+                    machine.fence_finished(
+                        ok,
+                        if ok { "exit 0".into() } else { "exit 1".into() },
+                        now,
+                    );
                 }
-                Action::Transitioned { from, to, cause, .. } => node.transitions.push((from, to, cause, now)),
+                Action::Transitioned {
+                    from, to, cause, ..
+                } => node.transitions.push((from, to, cause, now)),
             }
         }
     }
@@ -105,7 +115,8 @@ impl Sim {
         while self.now < end {
             self.now += Duration::from_millis(1);
             let now = self.now;
-            let (due, later): (Vec<_>, Vec<_>) = self.in_flight.drain(..).partition(|(at, _, _)| *at <= now);
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.in_flight.drain(..).partition(|(at, _, _)| *at <= now);
             self.in_flight = later;
             for (_, to, hb) in due {
                 if let Some(m) = self.nodes[to].machine.as_mut() {
@@ -135,7 +146,11 @@ impl Sim {
 
     fn switchover(&mut self, i: usize) -> Result<(), CommandError> {
         let now = self.now;
-        let result = self.nodes[i].machine.as_mut().expect("running").request_switchover(now);
+        let result = self.nodes[i]
+            .machine
+            .as_mut()
+            .expect("running")
+            .request_switchover(now);
         self.drain(i);
         result
     }
@@ -171,7 +186,10 @@ fn first_node_up_becomes_master_and_second_becomes_backup_with_equal_epoch() {
     assert!(sim.nodes[0].vip && !sim.nodes[1].vip);
     // Beta was already starting when alpha's window ended: alpha won the election.
     assert_eq!(sim.nodes[0].transitions[0].2, Cause::WonStartupElection);
-    assert!(matches!(sim.nodes[1].transitions[0].2, Cause::HeardMaster { .. }));
+    assert!(matches!(
+        sim.nodes[1].transitions[0].2,
+        Cause::HeardMaster { .. }
+    ));
 }
 
 #[test]
@@ -216,9 +234,15 @@ fn silent_master_is_replaced_within_the_detection_window() {
     sim.run(Duration::from_secs(1));
     assert_eq!(sim.mode(1), Mode::Master);
     let (_, _, cause, at) = sim.last_transition(1).clone();
-    assert!(matches!(cause, Cause::PeerSilent { missed } if missed >= 3), "{cause:?}");
+    assert!(
+        matches!(cause, Cause::PeerSilent { missed } if missed >= 3),
+        "{cause:?}"
+    );
     let detection = at - crash_at;
-    assert!(detection <= HB * 3 + Duration::from_millis(2), "detected after {detection:?}");
+    assert!(
+        detection <= HB * 3 + Duration::from_millis(2),
+        "detected after {detection:?}"
+    );
     assert!(detection >= HB * 2, "too eager: {detection:?}");
     assert_eq!(sim.m(1).epoch(), 2);
     assert!(sim.nodes[1].vip);
@@ -241,7 +265,10 @@ fn restarted_old_master_comes_back_as_backup_without_the_vip() {
 fn switchover_moves_mastership_and_bumps_both_epochs() {
     let mut sim = healthy_pair();
     sim.switchover(0).expect("accepted");
-    assert!(!sim.nodes[0].vip, "old master drops the VIP before the handover");
+    assert!(
+        !sim.nodes[0].vip,
+        "old master drops the VIP before the handover"
+    );
     sim.run(Duration::from_millis(5));
     assert_eq!(sim.mode(1), Mode::Master);
     assert_eq!(sim.last_transition(1).2, Cause::HandoverReceived);
@@ -259,10 +286,16 @@ fn switchover_moves_mastership_and_bumps_both_epochs() {
 #[test]
 fn switchover_is_refused_when_it_cannot_be_safe() {
     let mut sim = healthy_pair();
-    assert_eq!(sim.switchover(1), Err(CommandError::NotMaster(Mode::Backup)));
+    assert_eq!(
+        sim.switchover(1),
+        Err(CommandError::NotMaster(Mode::Backup))
+    );
     sim.crash(1);
     sim.run(Duration::from_secs(1));
-    assert!(matches!(sim.switchover(0), Err(CommandError::PeerNotReady(_))));
+    assert!(matches!(
+        sim.switchover(0),
+        Err(CommandError::PeerNotReady(_))
+    ));
     assert_eq!(sim.mode(0), Mode::Master);
 }
 
@@ -340,12 +373,24 @@ fn a_node_back_from_fault_waits_out_slow_arp_before_promoting() {
     sim.set_link(0, true);
     assert_eq!(sim.mode(0), Mode::Startup);
     sim.run(Duration::from_millis(900));
-    assert_eq!(sim.mode(0), Mode::Startup, "must not promote while merely deaf");
+    assert_eq!(
+        sim.mode(0),
+        Mode::Startup,
+        "must not promote while merely deaf"
+    );
     sim.sync_up = true;
     sim.run(Duration::from_secs(2));
     assert_eq!(sim.mode(0), Mode::Backup);
-    assert_eq!(sim.mode(1), Mode::Master, "the healthy master was not deposed");
-    assert_eq!(sim.nodes[1].transitions.len(), 2, "no extra transitions on beta");
+    assert_eq!(
+        sim.mode(1),
+        Mode::Master,
+        "the healthy master was not deposed"
+    );
+    assert_eq!(
+        sim.nodes[1].transitions.len(),
+        2,
+        "no extra transitions on beta"
+    );
 }
 
 #[test]
@@ -374,7 +419,10 @@ fn failed_fence_refuses_takeover_and_retries() {
     sim.run(Duration::from_millis(500));
     assert_eq!(sim.mode(1), Mode::Fault);
     assert!(!sim.nodes[1].vip);
-    assert!(matches!(sim.last_transition(1).2, Cause::FenceFailed { .. }));
+    assert!(matches!(
+        sim.last_transition(1).2,
+        Cause::FenceFailed { .. }
+    ));
     sim.nodes[1].fence_ok = true;
     // retry after 1 s, then listen a rejoin window (1.3 s), then fence and promote
     sim.run(Duration::from_secs(3));
@@ -404,7 +452,11 @@ fn handover_needs_no_fence() {
 fn shutdown_of_master_hands_over_immediately() {
     let mut sim = healthy_pair();
     let now = sim.now;
-    sim.nodes[0].machine.as_mut().expect("running").shutdown(now);
+    sim.nodes[0]
+        .machine
+        .as_mut()
+        .expect("running")
+        .shutdown(now);
     sim.drain(0);
     assert!(!sim.nodes[0].vip);
     sim.run(Duration::from_millis(5));
@@ -415,7 +467,11 @@ fn shutdown_of_master_hands_over_immediately() {
 fn vip_failure_puts_master_in_fault() {
     let mut sim = healthy_pair();
     let now = sim.now;
-    sim.nodes[0].machine.as_mut().expect("running").vip_failed("EPERM".into(), now);
+    sim.nodes[0]
+        .machine
+        .as_mut()
+        .expect("running")
+        .vip_failed("EPERM".into(), now);
     sim.drain(0);
     assert_eq!(sim.mode(0), Mode::Fault);
     sim.run(Duration::from_secs(1));
