@@ -5,6 +5,7 @@
 //!   and the tokio driver that feeds it heartbeats and time ([`failover::driver`]).
 //! - [`vip`]: the virtual IP on the service interface (netlink) and gratuitous ARP
 //!   (raw packet socket).
+//! - [`session`]: the session manager — interception, tracking, replication, storage.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
@@ -12,5 +13,6 @@
 pub mod control;
 pub mod events;
 pub mod failover;
+pub mod session;
 pub mod shutdown;
 pub mod vip;

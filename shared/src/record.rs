@@ -1,0 +1,1 @@
+//! The binary layout of recovery records (being written).
