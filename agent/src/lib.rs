@@ -6,6 +6,7 @@
 //! - [`vip`]: the virtual IP on the service interface (netlink) and gratuitous ARP
 //!   (raw packet socket).
 //! - [`session`]: the session manager — interception, tracking, replication, storage.
+//! - [`replication`]: records master → backup over TCP on the sync link, with acks.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
@@ -13,6 +14,7 @@
 pub mod control;
 pub mod events;
 pub mod failover;
+pub mod replication;
 pub mod session;
 pub mod shutdown;
 pub mod vip;

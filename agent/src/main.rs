@@ -1,18 +1,30 @@
 //! `nonstop-agent --config FILE`: the daemon on the master and on the backup.
 //!
-//! Starts the failover driver and the control API, then waits for SIGTERM/SIGINT, on
-//! which a master hands over to the backup and removes the VIP before exiting.
+//! Starts the session manager (store, NFQUEUE interception, replication), the failover
+//! driver and the control API, then waits for SIGTERM/SIGINT, on which a master hands
+//! over to the backup, removes the VIP and its nftables table before exiting.
 
 use anyhow::Context;
 use clap::Parser;
 use nonstop_agent::control::{self, ControlHandle};
 use nonstop_agent::events::EventLog;
 use nonstop_agent::failover::driver::{Driver, DriverParts};
+use nonstop_agent::replication::receiver::{self, ReceiverParts};
+use nonstop_agent::replication::sender::{self, SenderParts};
+use nonstop_agent::replication::stats::ReplicationStats;
+use nonstop_agent::session::interceptor::{
+    self, InterceptorConfig, InterceptorHandle, QueueCommand,
+};
+use nonstop_agent::session::replica::Replica;
+use nonstop_agent::session::tracker::TrackerLimits;
+use nonstop_agent::session::view::SessionView;
 use nonstop_agent::shutdown;
-use nonstop_shared::config::AgentConfig;
+use nonstop_shared::config::{AgentConfig, ReplicationMode};
+use nonstop_shared::Mode;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
 
 /// Command line of the agent.
 #[derive(Debug, Parser)]
@@ -75,12 +87,74 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let events = EventLog::new(&config.node_id);
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(64);
     let malformed = Arc::new(AtomicU64::new(0));
+    let (mode_tx, mode_rx) = watch::channel((Mode::Startup, 0u64));
+
+    // Session manager: the persisted copy seeds the tracker (an agent restart keeps
+    // its sessions), then interception starts.
+    let replica = Arc::new(Mutex::new(
+        Replica::open(&config.data_dir, &config.session).context("session store")?,
+    ));
+    let (restored, first_seq) = {
+        let replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
+        (replica.states(), replica.last_seq() + 1)
+    };
+    let (records_tx, records_rx) = tokio::sync::mpsc::unbounded_channel();
+    let interceptor_config = InterceptorConfig {
+        vip: config.service.vip.addr,
+        ports: config.service.ports.clone(),
+        queue: config.session.queue,
+        limits: TrackerLimits {
+            max_sessions: config.session.max_sessions,
+            ..TrackerLimits::default()
+        },
+    };
+    let (interceptor, queue_thread) =
+        interceptor::spawn(interceptor_config, records_tx, restored, first_seq)
+            .context("interception")?;
+    let stats = Arc::new(ReplicationStats::default());
+    let receiver = receiver::bind(ReceiverParts {
+        listen: config.sync.address,
+        peer_ip: config.sync.peer.ip(),
+        replica: Arc::clone(&replica),
+        mode: mode_rx.clone(),
+        stats: Arc::clone(&stats),
+        shutdown: shutdown.clone(),
+    })
+    .await?;
+    tokio::spawn(receiver);
+    tokio::spawn(sender::run(SenderParts {
+        records: records_rx,
+        interceptor: interceptor.clone(),
+        replica: Arc::clone(&replica),
+        peer: config.sync.peer,
+        local: config.sync.address,
+        node_id: config.node_id.clone(),
+        mode: mode_rx.clone(),
+        stats: Arc::clone(&stats),
+        shutdown: shutdown.clone(),
+    }));
+    tokio::spawn(hold_while_sync_master(
+        interceptor.clone(),
+        mode_rx.clone(),
+        config.session.replication,
+    ));
+    let view = SessionView {
+        node_id: config.node_id.clone(),
+        replication: config.session.replication,
+        interceptor: interceptor.clone(),
+        replica,
+        stats,
+        mode: mode_rx,
+    };
+
     let driver = Driver::start(DriverParts {
         config: config.clone(),
         events: Arc::clone(&events),
         commands: commands_rx,
         malformed_control_lines: Arc::clone(&malformed),
         shutdown: shutdown.clone(),
+        mode_tx,
+        sessions: Some(view.clone()),
     })
     .await
     .context("failover manager")?;
@@ -88,6 +162,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         commands: commands_tx,
         events,
         malformed_lines: malformed,
+        sessions: Some(view),
     };
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();
@@ -95,18 +170,37 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(async move { control::serve(&control_addrs, handle, control_shutdown).await });
     tokio::spawn(shutdown::trip_on_signals(trigger.clone()));
     let mut driver_task = tokio::spawn(driver.run());
-    tokio::select! {
+    let result = tokio::select! {
         finished = &mut driver_task => {
             trigger.trigger();
-            finished.context("failover task")?
+            finished.context("failover task").and_then(|r| r)
         }
         served = control => {
             // The control API only returns early on a bind failure: stop everything,
             // letting the driver hand over and remove the VIP first.
             trigger.trigger();
-            let driver_result = driver_task.await.context("failover task")?;
-            served.context("control task")??;
-            driver_result
+            let driver_result = driver_task.await.context("failover task").and_then(|r| r);
+            served.context("control task").and_then(|r| r).and(driver_result)
+        }
+    };
+    interceptor.send(QueueCommand::Stop);
+    let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
+    result
+}
+
+/// Outbound packets are held for the backup only on a master in `sync` mode.
+async fn hold_while_sync_master(
+    interceptor: InterceptorHandle,
+    mut mode: watch::Receiver<(Mode, u64)>,
+    replication: ReplicationMode,
+) {
+    loop {
+        let master = mode.borrow_and_update().0 == Mode::Master;
+        interceptor.send(QueueCommand::SetHolding(
+            master && replication == ReplicationMode::Sync,
+        ));
+        if mode.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `nonstop-console`: the operator's view of a nonstop pair.
 //!
 //! # Layout
-//! - [`cli`]: subcommands (`status`, `switchover`, `events`) with `--json` output.
+//! - [`cli`]: subcommands (`status`, `sessions`, `switchover`, `events`) with `--json` output.
 //! - [`client`]: one control connection to an agent, optionally from inside a lab's
 //!   network namespace.
 //! - [`pair`]: resolving the two agents from `--agent` or `--lab`, and polling both.

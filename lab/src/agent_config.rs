@@ -57,6 +57,7 @@ pub fn agent_config(
             ],
         },
         garp: GarpConfig::default(),
+        session: Default::default(),
     };
     config.validate().with_context(|| {
         format!(

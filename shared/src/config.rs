@@ -62,6 +62,85 @@ pub struct AgentConfig {
     /// Gratuitous ARP after promotion.
     #[serde(default)]
     pub garp: GarpConfig,
+    /// The session manager.
+    #[serde(default)]
+    pub session: SessionConfig,
+}
+
+/// Replication mode (design §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Outbound packets wait until the backup has their state (lossless).
+    #[default]
+    Sync,
+    /// Packets flow at once; replication lag is reported.
+    Async,
+}
+
+impl fmt::Display for ReplicationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplicationMode::Sync => "sync",
+            ReplicationMode::Async => "async",
+        })
+    }
+}
+
+/// When the local store calls fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// After every batch of records.
+    Always,
+    /// Every `fsync_interval_ms`.
+    #[default]
+    Periodic,
+    /// Never (the page cache survives an agent crash, not a host crash).
+    Never,
+}
+
+/// The session manager's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// NFQUEUE number used for the service's packets.
+    #[serde(default = "default_queue")]
+    pub queue: u16,
+    /// `sync` (default) or `async`.
+    #[serde(default)]
+    pub replication: ReplicationMode,
+    /// `always`, `periodic` (default) or `never`.
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    /// Interval for `periodic` fsync, ms.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// Most sessions tracked at once.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            queue: default_queue(),
+            replication: ReplicationMode::default(),
+            fsync: FsyncMode::default(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+            max_sessions: default_max_sessions(),
+        }
+    }
+}
+
+fn default_queue() -> u16 {
+    7
+}
+fn default_fsync_interval_ms() -> u64 {
+    1000
+}
+fn default_max_sessions() -> usize {
+    100_000
 }
 
 /// The service side: interface, virtual IP, ports, command.
@@ -333,6 +412,21 @@ impl AgentConfig {
             .is_some_and(|c| c.trim().is_empty())
         {
             return Err(invalid("fence_command", "must not be empty when given"));
+        }
+        if !(1..=60_000).contains(&self.session.fsync_interval_ms) {
+            return Err(invalid(
+                "session.fsync_interval_ms",
+                format!(
+                    "must be in 1..=60000, got {}",
+                    self.session.fsync_interval_ms
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.session.max_sessions) {
+            return Err(invalid(
+                "session.max_sessions",
+                format!("must be in 1..=1000000, got {}", self.session.max_sessions),
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));

@@ -30,6 +30,8 @@ pub enum Request {
     Switchover,
     /// Turn this connection into an event stream.
     Events,
+    /// List the sessions this node knows.
+    Sessions,
 }
 
 /// One line from the agent.
@@ -50,6 +52,94 @@ pub enum Reply {
     },
     /// One event of the stream.
     Event(AgentEvent),
+    /// Answer to `sessions`.
+    Sessions(SessionList),
+}
+
+/// Answer to `sessions`: the node's view of every session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Node that answered.
+    pub node_id: String,
+    /// Its mode.
+    pub mode: Mode,
+    /// `tracker` (live, on the master) or `replica` (applied records, on the backup).
+    pub source: String,
+    /// The sessions, sorted by 4-tuple.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// One session as the console shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// `peer_ip:peer_port`.
+    pub peer: String,
+    /// `vip:port`.
+    pub local: String,
+    /// Life phase.
+    pub phase: crate::session::Phase,
+    /// Payload bytes from the peer.
+    pub bytes_in: u64,
+    /// Payload bytes to the peer.
+    pub bytes_out: u64,
+    /// Our receive-next (highest ACK we sent).
+    pub rcv_nxt: u32,
+    /// Our send-next.
+    pub snd_nxt: u32,
+    /// The peer's last ACK.
+    pub snd_una: u32,
+    /// Bytes sent and not yet acknowledged by the peer.
+    pub unacked_bytes: usize,
+    /// Sequence number of the last record about this session (0 if unknown).
+    pub record_seq: u64,
+    /// Wall-clock ms of the last packet.
+    pub last_activity_ms: u64,
+}
+
+impl SessionInfo {
+    /// Summarises a session's recovery data.
+    pub fn from_state(state: &crate::session::SessionState, record_seq: u64) -> SessionInfo {
+        SessionInfo {
+            peer: format!("{}:{}", state.key.peer_ip, state.key.peer_port),
+            local: format!("{}:{}", state.key.local_ip, state.key.local_port),
+            phase: state.phase,
+            bytes_in: state.bytes_in,
+            bytes_out: state.bytes_out,
+            rcv_nxt: state.rcv_nxt,
+            snd_nxt: state.snd_nxt,
+            snd_una: state.snd_una,
+            unacked_bytes: state.unacked.len(),
+            record_seq,
+            last_activity_ms: state.last_activity_ms,
+        }
+    }
+}
+
+/// Replication and interception figures in `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationView {
+    /// `sync` or `async`.
+    pub mode: String,
+    /// Whether the replication connection is up.
+    pub connected: bool,
+    /// Last record sequence number issued (master) or applied (backup).
+    pub position: u64,
+    /// Last sequence number the backup acknowledged (master).
+    pub acked: u64,
+    /// Records sent but not acknowledged.
+    pub lag_records: u64,
+    /// Age of the oldest unacknowledged record, ms.
+    pub lag_ms: u64,
+    /// Sessions in this node's table.
+    pub sessions: u64,
+    /// Outbound packets held waiting for the backup (sync mode).
+    pub held_packets: u64,
+    /// Packets intercepted (in, out).
+    pub packets: (u64, u64),
+    /// Snapshots sent or received.
+    pub snapshots: u64,
+    /// Records that could not be applied or stored.
+    pub errors: u64,
 }
 
 /// Why a node changed mode.
@@ -108,6 +198,9 @@ pub enum Cause {
     },
     /// The agent is shutting down.
     Shutdown,
+    /// The agent restarted while master and still held the VIP: it carries on as
+    /// master at the same epoch (a quick restart is not a failover).
+    Resumed,
 }
 
 impl fmt::Display for Cause {
@@ -132,6 +225,7 @@ impl fmt::Display for Cause {
             Cause::FenceFailed { detail } => write!(f, "fence command failed: {detail}"),
             Cause::VipFailed { detail } => write!(f, "VIP operation failed: {detail}"),
             Cause::Shutdown => write!(f, "agent shutdown"),
+            Cause::Resumed => write!(f, "resumed as master after an agent restart"),
         }
     }
 }
@@ -216,6 +310,9 @@ pub struct NodeStatus {
     pub last_transition: Option<Transition>,
     /// Counters.
     pub counters: Counters,
+    /// Session manager: replication and interception.
+    #[serde(default)]
+    pub replication: ReplicationView,
 }
 
 /// One event of the agent's event stream.

@@ -54,6 +54,16 @@ pub fn unique_name(tag: &str) -> String {
 /// Brings up a lab with both agents running and waits until it has one master and
 /// one backup.
 pub fn lab_with_agents(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
+    lab_with_agents_configured(tag, heartbeat_ms, misses, |_| {})
+}
+
+/// Like [`lab_with_agents`], with a change applied to both agents' configs first.
+pub fn lab_with_agents_configured(
+    tag: &str,
+    heartbeat_ms: u64,
+    misses: u32,
+    change: impl Fn(&mut nonstop_shared::config::AgentConfig),
+) -> LabGuard {
     let spec = LabSpec {
         name: unique_name(tag),
         peers: 1,
@@ -62,6 +72,12 @@ pub fn lab_with_agents(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
         service: None,
     };
     let guard = LabGuard::up(&spec).expect("lab up");
+    for node in [Node::Master, Node::Backup] {
+        let path = guard.config_path(node);
+        let mut config = nonstop_shared::config::AgentConfig::load(&path).expect("lab config");
+        change(&mut config);
+        std::fs::write(&path, config.to_toml()).expect("write config");
+    }
     guard.start_agent(Node::Master).expect("start master agent");
     std::thread::sleep(Duration::from_millis(
         heartbeat_ms * u64::from(misses) + 200,
@@ -270,4 +286,129 @@ pub fn detection_trials(
         });
     }
     times
+}
+
+/// Both nodes' session lists from `sessions --json`, in (master node, backup node) order.
+pub fn session_lists(
+    lab: &Lab,
+) -> (
+    Option<nonstop_shared::control::SessionList>,
+    Option<nonstop_shared::control::SessionList>,
+) {
+    let (_, out) = console(lab, &["sessions", "--json", "--timeout-ms", "3000"]);
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return (None, None);
+    };
+    let pick = |i: usize| serde_json::from_value(doc["agents"][i]["list"].clone()).ok();
+    (pick(0), pick(1))
+}
+
+/// Starts the project's echo service on port 7000 in `node`'s namespace.
+pub fn start_echo(lab: &Lab, node: Node) -> std::process::Child {
+    let echo = bin("nonstop-echo");
+    let echo = echo.to_str().expect("utf-8 path");
+    lab.spawn(node.as_str(), &[echo, "--listen", "0.0.0.0:7000"])
+        .expect("start nonstop-echo")
+}
+
+/// A set of client sessions from the peer namespace to VIP:7000 that exchange
+/// sequence-numbered messages with an echo service and check every byte.
+pub struct EchoClients {
+    /// The connections.
+    pub streams: Vec<std::net::TcpStream>,
+    /// Bytes each client wrote.
+    pub sent: Vec<u64>,
+    /// Bytes each client read back (all verified).
+    pub received: Vec<u64>,
+    round: u64,
+}
+
+impl EchoClients {
+    /// Opens `n` sessions (each from its own ephemeral port).
+    pub fn connect(lab: &Lab, n: usize) -> anyhow::Result<EchoClients> {
+        let vip = std::net::SocketAddr::from((lab.vip(), 7000));
+        let ns = lab.namespace("peer");
+        let mut streams = Vec::with_capacity(n);
+        for i in 0..n {
+            let stream = nonstop_lab::connect_in_netns(&ns, vip, Duration::from_secs(3))
+                .with_context(|| format!("client {i} connect"))?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            streams.push(stream);
+        }
+        Ok(EchoClients {
+            sent: vec![0; n],
+            received: vec![0; n],
+            streams,
+            round: 0,
+        })
+    }
+
+    fn message(client: usize, round: u64) -> String {
+        format!(
+            "client {client:05} round {round:08} {}\n",
+            "x".repeat(client % 40)
+        )
+    }
+
+    /// One round: every client writes one numbered message, then reads its echo and
+    /// checks it byte for byte.
+    pub fn round(&mut self) -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        self.round += 1;
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            let msg = Self::message(i, self.round);
+            stream
+                .write_all(msg.as_bytes())
+                .with_context(|| format!("client {i} write"))?;
+            self.sent[i] += msg.len() as u64;
+        }
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            let want = Self::message(i, self.round);
+            let mut got = vec![0u8; want.len()];
+            stream
+                .read_exact(&mut got)
+                .with_context(|| format!("client {i} round {} read", self.round))?;
+            if got != want.as_bytes() {
+                bail!(
+                    "client {i} round {}: expected {want:?}, got {:?}",
+                    self.round,
+                    String::from_utf8_lossy(&got)
+                );
+            }
+            self.received[i] += got.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Completes a round whose writes went out but whose reads failed (timed out):
+    /// reads the rest of every echo and checks it.
+    pub fn finish_stalled_round(&mut self) -> anyhow::Result<()> {
+        use std::io::Read;
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            let want = Self::message(i, self.round);
+            let already = (self.sent[i] - self.received[i]) as usize;
+            let missing = already.min(want.len());
+            let mut got = vec![0u8; missing];
+            stream
+                .read_exact(&mut got)
+                .with_context(|| format!("client {i} stalled round read"))?;
+            if got != want.as_bytes()[want.len() - missing..] {
+                bail!(
+                    "client {i}: stalled round echoed {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+            }
+            self.received[i] += got.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Local ports, to match sessions in the agents' tables.
+    pub fn ports(&self) -> Vec<u16> {
+        self.streams
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
+            .collect()
+    }
 }

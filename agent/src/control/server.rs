@@ -22,7 +22,7 @@ pub enum ControlCommand {
 }
 
 /// What every connection task shares.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlHandle {
     /// Channel to the failover driver.
     pub commands: mpsc::Sender<ControlCommand>,
@@ -30,6 +30,8 @@ pub struct ControlHandle {
     pub events: Arc<EventLog>,
     /// Lines that could not be parsed, across all connections.
     pub malformed_lines: Arc<AtomicU64>,
+    /// The session manager's view.
+    pub sessions: Option<crate::session::view::SessionView>,
 }
 
 /// Listens on every address and serves connections until shutdown.
@@ -197,6 +199,15 @@ async fn serve_connection(
                 let reply = match ask(&handle, ControlCommand::Switchover(tx), rx).await {
                     Ok(Ok(message)) => Reply::Ack { message },
                     Ok(Err(message)) | Err(message) => Reply::Error { message },
+                };
+                send(&mut write, &reply).await?;
+            }
+            Request::Sessions => {
+                let reply = match &handle.sessions {
+                    Some(view) => Reply::Sessions(view.list().await),
+                    None => Reply::Error {
+                        message: "the session manager is not running".into(),
+                    },
                 };
                 send(&mut write, &reply).await?;
             }

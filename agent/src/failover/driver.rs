@@ -35,6 +35,10 @@ pub struct DriverParts {
     pub malformed_control_lines: Arc<AtomicU64>,
     /// The shutdown signal.
     pub shutdown: Shutdown,
+    /// Where the driver publishes this node's mode and epoch.
+    pub mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
+    /// The session manager's figures for status reports.
+    pub sessions: Option<crate::session::view::SessionView>,
 }
 
 /// The running failover driver.
@@ -56,6 +60,8 @@ pub struct Driver {
     started: Instant,
     last_transition: Option<Transition>,
     epoch_file: PathBuf,
+    mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
+    sessions: Option<crate::session::view::SessionView>,
 }
 
 impl Driver {
@@ -68,11 +74,14 @@ impl Driver {
             commands,
             malformed_control_lines,
             shutdown,
+            mode_tx,
+            sessions,
         } = parts;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         let epoch_file = config.data_dir.join("epoch");
-        let epoch = read_epoch(&epoch_file)?;
+        let persisted = read_epoch(&epoch_file)?;
+        let epoch = persisted.epoch;
         let socket = UdpSocket::bind(config.sync.address)
             .await
             .with_context(|| format!("cannot bind heartbeat socket on {}", config.sync.address))?;
@@ -82,7 +91,9 @@ impl Driver {
             .await
             .with_context(|| format!("service interface {}", config.service.interface))?;
         let vip = config.service.vip;
-        if netlink.remove_vip(link.index, vip).await? {
+        let resume =
+            persisted.mode == Some(Mode::Master) && netlink.has_address(link.index, vip).await?;
+        if !resume && netlink.remove_vip(link.index, vip).await? {
             events.emit(EventKind::VipRemoved {
                 vip: vip.to_string(),
             });
@@ -96,7 +107,12 @@ impl Driver {
             fence: config.fence_command.is_some(),
         };
         let now = Instant::now();
-        let machine = Machine::new(settings, epoch, now);
+        let machine = if resume {
+            tracing::info!(epoch, "was master and still holds the VIP: resuming");
+            Machine::resume_as_master(settings, epoch, now)
+        } else {
+            Machine::new(settings, epoch, now)
+        };
         let (fence_results, fence_results_rx) = mpsc::channel(4);
         tracing::info!(
             node = %config.node_id, epoch, heartbeat_ms = config.sync.heartbeat_ms,
@@ -120,6 +136,8 @@ impl Driver {
             started: now,
             last_transition: None,
             epoch_file,
+            mode_tx,
+            sessions,
         })
     }
 
@@ -251,13 +269,14 @@ impl Driver {
                         cause,
                         at_unix_ms: unix_ms(),
                     };
-                    if let Err(e) = write_epoch(&self.epoch_file, epoch) {
+                    if let Err(e) = write_epoch(&self.epoch_file, epoch, to) {
                         tracing::error!(error = %e, "cannot persist epoch");
                     }
                     self.events.emit_at(
                         EventKind::ModeChanged(transition.clone()),
                         transition.at_unix_ms,
                     );
+                    let _ = self.mode_tx.send((to, epoch));
                     self.last_transition = Some(transition);
                 }
             }
@@ -377,27 +396,55 @@ impl Driver {
             pid: std::process::id(),
             last_transition: self.last_transition.clone(),
             counters,
+            replication: self
+                .sessions
+                .as_ref()
+                .map(|v| v.replication_view())
+                .unwrap_or_default(),
         }
     }
 }
 
-fn read_epoch(path: &std::path::Path) -> anyhow::Result<u64> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .with_context(|| format!("{} does not hold an epoch number", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+/// What a previous run left in `data_dir/epoch`: the epoch and the last mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Persisted {
+    epoch: u64,
+    mode: Option<Mode>,
 }
 
-/// Persists the epoch atomically (write, fsync, rename) so a restart never goes back.
-fn write_epoch(path: &std::path::Path, epoch: u64) -> std::io::Result<()> {
+fn read_epoch(path: &std::path::Path) -> anyhow::Result<Persisted> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Persisted {
+                epoch: 0,
+                mode: None,
+            })
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut words = text.split_whitespace();
+    let epoch = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .with_context(|| format!("{} does not hold an epoch number", path.display()))?;
+    let mode = match words.next() {
+        Some("master") => Some(Mode::Master),
+        Some("backup") => Some(Mode::Backup),
+        Some("fault") => Some(Mode::Fault),
+        Some("startup") => Some(Mode::Startup),
+        _ => None,
+    };
+    Ok(Persisted { epoch, mode })
+}
+
+/// Persists epoch and mode atomically (write, fsync, rename) so a restart never goes
+/// back in epoch and knows whether it was master.
+fn write_epoch(path: &std::path::Path, epoch: u64, mode: Mode) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{epoch}")?;
+    writeln!(file, "{epoch} {mode}")?;
     file.sync_all()?;
     std::fs::rename(tmp, path)
 }
@@ -411,9 +458,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nonstop-epoch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("epoch");
-        assert_eq!(read_epoch(&path).expect("absent is 0"), 0);
-        write_epoch(&path, 42).expect("write");
-        assert_eq!(read_epoch(&path).expect("read"), 42);
+        assert_eq!(
+            read_epoch(&path).expect("absent is 0"),
+            Persisted {
+                epoch: 0,
+                mode: None
+            }
+        );
+        write_epoch(&path, 42, Mode::Master).expect("write");
+        assert_eq!(
+            read_epoch(&path).expect("read"),
+            Persisted {
+                epoch: 42,
+                mode: Some(Mode::Master)
+            }
+        );
+        std::fs::write(&path, "7\n").expect("old format");
+        assert_eq!(
+            read_epoch(&path).expect("read"),
+            Persisted {
+                epoch: 7,
+                mode: None
+            }
+        );
         std::fs::write(&path, "forty-two").expect("write");
         let err = read_epoch(&path).expect_err("garbage");
         assert!(format!("{err:#}").contains("epoch"));

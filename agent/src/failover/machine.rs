@@ -140,6 +140,18 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A node restarting at `now` that was master at `epoch` and still holds the VIP:
+    /// it resumes as master without a new epoch, so a quick agent restart moves
+    /// nothing. If the peer promoted meanwhile it has a higher epoch and wins.
+    pub fn resume_as_master(settings: Settings, epoch: u64, now: Instant) -> Machine {
+        let mut machine = Machine::new(settings, epoch, now);
+        machine.actions.clear();
+        machine.master_seen_at = now;
+        machine.actions.push_back(Action::AddVip);
+        machine.transition(Mode::Master, Cause::Resumed, now);
+        machine
+    }
+
     /// A node starting at `now` with the epoch it persisted last time.
     pub fn new(settings: Settings, epoch: u64, now: Instant) -> Machine {
         let listen_window = settings.detection_window() + settings.heartbeat;

@@ -4,7 +4,14 @@
 //! - [`tracker`]: the sans-IO TCP session tracker (packet in, records out).
 //! - [`table`]: the backup-side table that applies records.
 //! - [`store`]: local persistence (append log + compaction).
+//! - [`replica`]: the table and its store kept in step (this node's persisted copy).
+//! - [`interceptor`]: the NFQUEUE thread: tracking, record numbering, holding.
+//! - [`queue_rules`]: the firewall chains that queue the service traffic (fail-closed).
 
+pub mod interceptor;
+pub mod queue_rules;
+pub mod replica;
 pub mod store;
 pub mod table;
 pub mod tracker;
+pub mod view;

@@ -3,6 +3,7 @@
 
 mod events;
 mod render;
+mod sessions;
 mod status;
 mod switchover;
 
@@ -51,6 +52,12 @@ pub enum Command {
         #[arg(long, default_value_t = 5000)]
         wait_ms: u64,
     },
+    /// Every session each agent knows (tuple, phase, bytes, seq/ack, record number).
+    Sessions {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the agents' event logs.
     Events {
         /// One JSON object per line instead of text.
@@ -71,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Switchover { json, wait_ms } => {
             switchover::run(&agents, timeout, Duration::from_millis(wait_ms), json)
         }
+        Command::Sessions { json } => sessions::run(&agents, timeout, json),
         Command::Events { json, follow } => events::run(&agents, timeout, json, follow),
     }
 }

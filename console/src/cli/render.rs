@@ -53,6 +53,24 @@ pub fn status_table(reports: &[AgentReport]) -> String {
         }
     }
     for report in reports {
+        if let Some(s) = &report.status {
+            let r = &s.replication;
+            let _ = writeln!(
+                out,
+                "{}: replication {} {} position {} acked {} lag {} records / {} ms; {} sessions; {} packets held",
+                s.node_id,
+                r.mode,
+                if r.connected { "connected" } else { "disconnected" },
+                r.position,
+                r.acked,
+                r.lag_records,
+                r.lag_ms,
+                r.sessions,
+                r.held_packets
+            );
+        }
+    }
+    for report in reports {
         if let Some(t) = report
             .status
             .as_ref()

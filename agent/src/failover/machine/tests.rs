@@ -262,6 +262,36 @@ fn restarted_old_master_comes_back_as_backup_without_the_vip() {
 }
 
 #[test]
+fn quick_restart_of_the_master_agent_resumes_without_failover() {
+    let mut sim = healthy_pair();
+    sim.crash(0);
+    sim.run(Duration::from_millis(150));
+    let now = sim.now;
+    sim.nodes[0].machine = Some(Machine::resume_as_master(settings("alpha", 110), 1, now));
+    sim.drain(0);
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.mode(0), Mode::Master);
+    assert_eq!(sim.mode(1), Mode::Backup);
+    assert_eq!(sim.m(0).epoch(), 1, "no new epoch for a resume");
+    assert_eq!(sim.nodes[1].transitions.len(), 1, "the backup never moved");
+}
+
+#[test]
+fn slow_restart_resumes_then_yields_to_the_promoted_backup() {
+    let mut sim = healthy_pair();
+    sim.crash(0);
+    sim.run(Duration::from_millis(600));
+    assert_eq!(sim.mode(1), Mode::Master);
+    let now = sim.now;
+    sim.nodes[0].machine = Some(Machine::resume_as_master(settings("alpha", 110), 1, now));
+    sim.drain(0);
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.mode(0), Mode::Backup);
+    assert_eq!(sim.mode(1), Mode::Master);
+    assert!(!sim.nodes[0].vip);
+}
+
+#[test]
 fn switchover_moves_mastership_and_bumps_both_epochs() {
     let mut sim = healthy_pair();
     sim.switchover(0).expect("accepted");

@@ -1,1 +1,355 @@
-//! (being written)
+//! The sans-IO TCP session tracker: one IPv4 packet of the service in, the records to
+//! replicate out. No socket, no clock, no thread: the NFQUEUE driver feeds packets and
+//! the wall-clock time, and ships the records (design §3–§4, style.md "quinn-proto").
+//!
+//! # Layout
+//! - this file: [`Tracker`] (the session table, [`Tracker::on_packet`]), its limits,
+//!   statistics and errors.
+//! - [`segment`]: an IPv4 packet read into the TCP fields the tracker needs.
+//! - [`options`]: a small parser over the raw TCP option bytes.
+//! - `session`: one session's state machine (handshake, data, ACKs, close).
+//! - [`replica`]: the rules for reading and updating replicated state, shared with the
+//!   backup ([`replica::apply_sync`] replays a `Sync` exactly as the tracker made it).
+//!
+//! # What is tracked
+//! A session starts at the peer's SYN and is announced to the backup with a
+//! [`Record::Full`] when the peer acknowledges our SYN-ACK. From then on every packet
+//! that changes a replicated field yields one [`Record::Sync`] carrying the new
+//! outbound payload bytes, if any; pure duplicates yield nothing. Both FINs
+//! acknowledged, or a RST either way, yield [`Record::Delete`] and the session is
+//! forgotten. Packets of sessions the tracker never saw open are passed over (no
+//! records, no session), so after an agent restart call [`Tracker::restore`] first.
+//! All sequence arithmetic is modulo 2^32.
+
+pub mod options;
+pub mod replica;
+pub mod segment;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
+use segment::Segment;
+use serde::Serialize;
+use session::{Entry, Step};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// Bounds on the tracker's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackerLimits {
+    /// Most sessions (including half-open ones); new SYNs beyond it are refused with
+    /// [`PacketError::TooManySessions`].
+    pub max_sessions: usize,
+    /// Most unacknowledged outbound bytes kept per session; beyond it bytes are not
+    /// stored (counted in [`TrackerStats::unstored_bytes`]) and the session cannot be
+    /// fully recovered until the peer has acknowledged everything sent.
+    pub max_unacked_bytes: usize,
+}
+
+impl Default for TrackerLimits {
+    fn default() -> TrackerLimits {
+        TrackerLimits {
+            max_sessions: 100_000,
+            max_unacked_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Which way a packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Peer → VIP:port.
+    Inbound,
+    /// VIP:port → peer.
+    Outbound,
+}
+
+/// What one packet did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Which way the packet went.
+    pub direction: Direction,
+    /// The session it belongs to (tracked or not).
+    pub key: SessionKey,
+    /// Records to replicate, in order (0, 1 or 2: e.g. a Full at handshake completion;
+    /// a Sync on data/ack/window/timestamp progress; a Delete when the session closes or is reset).
+    pub records: Vec<Record>,
+}
+
+/// Why a packet was not tracked. The driver accepts such packets unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// Not an IPv4 packet.
+    #[error("not an IPv4 packet")]
+    NotIpv4,
+    /// Shorter than its headers or its IPv4 total length say.
+    #[error("truncated packet")]
+    Truncated,
+    /// Not TCP.
+    #[error("not a TCP packet")]
+    NotTcp,
+    /// An IPv4 fragment: the TCP header cannot be read as a whole.
+    #[error("IPv4 fragment")]
+    Fragmented,
+    /// Neither to nor from VIP:service port.
+    #[error("not to or from the service")]
+    NotOurs,
+    /// An IPv4 or TCP header field is invalid.
+    #[error("bad header: {0}")]
+    BadHeader(String),
+    /// The TCP options are malformed.
+    #[error("bad TCP options: {0}")]
+    BadOption(#[from] options::OptionError),
+    /// A new session would exceed [`TrackerLimits::max_sessions`].
+    #[error("too many sessions")]
+    TooManySessions,
+}
+
+/// Counters since the tracker was made (plus the current session counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TrackerStats {
+    /// Sessions in the table (half-open ones included).
+    pub sessions: usize,
+    /// Sessions whose `unacked` does not hold every unacknowledged byte (see
+    /// [`replica::unacked_complete`]): a backup could not fully recover them now.
+    pub incomplete_sessions: usize,
+    /// Handshakes completed (Full records emitted).
+    pub established: u64,
+    /// Sessions ended by FINs.
+    pub closed: u64,
+    /// Sessions ended by a RST (half-open ones included).
+    pub reset: u64,
+    /// Sessions forgotten by [`Tracker::expire`].
+    pub expired: u64,
+    /// SYNs refused because of [`TrackerLimits::max_sessions`].
+    pub refused: u64,
+    /// Packets of sessions not in the table (not a SYN).
+    pub untracked_packets: u64,
+    /// Packets that could not be read (every error except `NotOurs` and
+    /// `TooManySessions`).
+    pub malformed_packets: u64,
+    /// New outbound payload bytes not kept in `unacked` (byte limit reached, or after
+    /// a gap).
+    pub unstored_bytes: u64,
+    /// Outbound segments that started beyond the known bytes of a complete session.
+    pub outbound_gaps: u64,
+    /// Inbound ACKs for data never sent (ignored).
+    pub invalid_acks: u64,
+    /// Inbound segments ending beyond any possible window (sequence ignored).
+    pub out_of_window: u64,
+}
+
+/// The session table of one VIP and its service ports.
+#[derive(Debug)]
+pub struct Tracker {
+    vip: Ipv4Addr,
+    ports: Vec<u16>,
+    limits: TrackerLimits,
+    sessions: HashMap<SessionKey, Entry>,
+    stats: TrackerStats,
+}
+
+impl Tracker {
+    /// An empty tracker for the service on `vip` at `ports`.
+    pub fn new(vip: Ipv4Addr, ports: &[u16], limits: TrackerLimits) -> Tracker {
+        Tracker {
+            vip,
+            ports: ports.to_vec(),
+            limits,
+            sessions: HashMap::new(),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// One IPv4 packet (starting at the IP header, as NFQUEUE delivers it) seen at `now_ms` (wall clock ms).
+    pub fn on_packet(&mut self, packet: &[u8], now_ms: u64) -> Result<Outcome, PacketError> {
+        let result = self.track(packet, now_ms);
+        if matches!(&result, Err(e) if !matches!(e, PacketError::NotOurs | PacketError::TooManySessions))
+        {
+            self.stats.malformed_packets += 1;
+        }
+        result
+    }
+
+    fn track(&mut self, packet: &[u8], now_ms: u64) -> Result<Outcome, PacketError> {
+        let seg = Segment::parse(packet)?;
+        let (direction, key) = self.classify(&seg)?;
+        let options = seg.options()?;
+        let mut outcome = Outcome {
+            direction,
+            key,
+            records: Vec::new(),
+        };
+        let Some(entry) = self.sessions.get_mut(&key) else {
+            if direction == Direction::Inbound && seg.syn && seg.ack.is_none() && !seg.rst {
+                if self.sessions.len() >= self.limits.max_sessions {
+                    self.stats.refused += 1;
+                    return Err(PacketError::TooManySessions);
+                }
+                self.sessions
+                    .insert(key, Entry::from_syn(key, &seg, &options, now_ms));
+            } else {
+                self.stats.untracked_packets += 1;
+            }
+            return Ok(outcome);
+        };
+        entry.state.last_activity_ms = now_ms;
+        let step = match direction {
+            Direction::Inbound => entry.inbound(&seg, &options, &mut self.stats),
+            Direction::Outbound => entry.outbound(
+                &seg,
+                &options,
+                self.limits.max_unacked_bytes,
+                &mut self.stats,
+            ),
+        };
+        match step {
+            Step::Nothing => {}
+            Step::Sync(sync) => outcome.records.push(Record::Sync(sync)),
+            Step::Established => {
+                entry.announced = true;
+                self.stats.established += 1;
+                outcome.records.push(Record::Full(entry.state.clone()));
+            }
+            Step::NewSyn => {
+                *entry = Entry::from_syn(key, &seg, &options, now_ms);
+            }
+            Step::Closed | Step::Reset => {
+                if matches!(step, Step::Closed) {
+                    self.stats.closed += 1;
+                } else {
+                    self.stats.reset += 1;
+                }
+                if self.forget(&key) {
+                    outcome.records.push(Record::Delete(key));
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Direction and session key, or `NotOurs`.
+    fn classify(&self, seg: &Segment<'_>) -> Result<(Direction, SessionKey), PacketError> {
+        let ours = |ip: Ipv4Addr, port: u16| ip == self.vip && self.ports.contains(&port);
+        let (direction, peer_ip, peer_port, local_port) = if ours(seg.dst, seg.dst_port) {
+            (Direction::Inbound, seg.src, seg.src_port, seg.dst_port)
+        } else if ours(seg.src, seg.src_port) {
+            (Direction::Outbound, seg.dst, seg.dst_port, seg.src_port)
+        } else {
+            return Err(PacketError::NotOurs);
+        };
+        let key = SessionKey {
+            peer_ip,
+            peer_port,
+            local_ip: self.vip,
+            local_port,
+        };
+        Ok((direction, key))
+    }
+
+    /// Removes a session; whether the backup knew it (so a `Delete` is due).
+    fn forget(&mut self, key: &SessionKey) -> bool {
+        self.sessions.remove(key).is_some_and(|e| e.announced)
+    }
+
+    /// The state of one session (half-open ones included).
+    pub fn session(&self, key: &SessionKey) -> Option<&SessionState> {
+        self.sessions.get(key).map(|e| &e.state)
+    }
+
+    /// Every session, in no particular order (half-open ones included).
+    pub fn sessions(&self) -> impl Iterator<Item = &SessionState> {
+        self.sessions.values().map(|e| &e.state)
+    }
+
+    /// Number of sessions (half-open ones included).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Rebuild from a snapshot (full states), e.g. after an agent restart.
+    ///
+    /// States replace sessions with the same key. Half-open (`Handshake`) and `Closed`
+    /// states are skipped: the backup never knows the former and the latter are over.
+    /// The session limit is not applied (no known session is dropped).
+    pub fn restore(&mut self, states: impl IntoIterator<Item = SessionState>) {
+        for state in states {
+            if matches!(state.phase, Phase::Handshake | Phase::Closed) {
+                continue;
+            }
+            self.sessions.insert(state.key, Entry::restored(state));
+        }
+    }
+
+    /// Full records of every session (for a backup that reconnects), sorted by key.
+    /// Half-open sessions are left out: they are announced when established.
+    pub fn snapshot(&self) -> Vec<Record> {
+        let mut states: Vec<&SessionState> = self
+            .sessions
+            .values()
+            .filter(|e| e.announced)
+            .map(|e| &e.state)
+            .collect();
+        states.sort_by_key(|s| s.key);
+        states.into_iter().cloned().map(Record::Full).collect()
+    }
+
+    /// Forgets sessions idle for longer than `handshake_idle_ms` (half-open) or
+    /// `established_idle_ms` (all others) at `now_ms`, returning a `Delete` for each
+    /// one the backup knew. The tracker never expires anything by itself: a peer that
+    /// vanished without FIN or RST would otherwise stay forever.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        handshake_idle_ms: u64,
+        established_idle_ms: u64,
+    ) -> Vec<Record> {
+        let mut deletes = Vec::new();
+        let mut expired = 0;
+        self.sessions.retain(|key, entry| {
+            let idle = now_ms.saturating_sub(entry.state.last_activity_ms);
+            let limit = if entry.state.phase == Phase::Handshake {
+                handshake_idle_ms
+            } else {
+                established_idle_ms
+            };
+            if idle <= limit {
+                return true;
+            }
+            expired += 1;
+            if entry.announced {
+                deletes.push(Record::Delete(*key));
+            }
+            false
+        });
+        deletes.sort_by_key(Record::key);
+        self.stats.expired += expired;
+        deletes
+    }
+
+    /// Counters, with the current session counts.
+    pub fn stats(&self) -> TrackerStats {
+        TrackerStats {
+            sessions: self.sessions.len(),
+            incomplete_sessions: self
+                .sessions
+                .values()
+                .filter(|e| !replica::unacked_complete(&e.state))
+                .count(),
+            ..self.stats
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> TrackerLimits {
+        self.limits
+    }
+}

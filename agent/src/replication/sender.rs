@@ -1,0 +1,246 @@
+//! The master side of replication.
+//!
+//! One task consumes the interceptor's numbered records: each is applied to the local
+//! [`Replica`] (table + disk) and, while this node is master and the backup is
+//! connected, sent to the backup. A new connection starts with a hello and a snapshot
+//! of the tracker's table; records numbered at or before the snapshot are not sent
+//! again. Acknowledgements go back to the interceptor, which releases held packets.
+//! While disconnected, records are only stored; the next snapshot covers them.
+
+use crate::replication::stats::ReplicationStats;
+use crate::replication::wire::Message;
+use crate::session::interceptor::{InterceptorHandle, QueueCommand, Sequenced};
+use crate::session::replica::Replica;
+use crate::shutdown::Shutdown;
+use nonstop_shared::Mode;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+/// Most records written before a flush.
+const BATCH: usize = 512;
+
+/// What the sender needs.
+pub struct SenderParts {
+    /// Numbered records from the interceptor.
+    pub records: mpsc::UnboundedReceiver<Sequenced>,
+    /// The interceptor, for snapshots and acknowledgements.
+    pub interceptor: InterceptorHandle,
+    /// This node's persisted copy.
+    pub replica: Arc<Mutex<Replica>>,
+    /// The backup's replication address.
+    pub peer: SocketAddr,
+    /// Our address on the sync link (the connection's source).
+    pub local: SocketAddr,
+    /// This node's id.
+    pub node_id: String,
+    /// Mode and epoch of this node.
+    pub mode: watch::Receiver<(Mode, u64)>,
+    /// Counters.
+    pub stats: Arc<ReplicationStats>,
+    /// Shutdown.
+    pub shutdown: Shutdown,
+}
+
+struct Connection {
+    writer: OwnedWriteHalf,
+    snapshot_upto: u64,
+    buffer: Vec<u8>,
+}
+
+/// Runs until shutdown.
+pub async fn run(parts: SenderParts) {
+    let SenderParts {
+        mut records,
+        interceptor,
+        replica,
+        peer,
+        local,
+        node_id,
+        mut mode,
+        stats,
+        mut shutdown,
+    } = parts;
+    let (acks_tx, mut acks) = mpsc::unbounded_channel::<Option<u64>>();
+    let mut conn: Option<Connection> = None;
+    let mut retry = tokio::time::interval(Duration::from_millis(100));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            first = records.recv() => {
+                let Some(first) = first else { return };
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match records.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                store_batch(&replica, &batch, &stats);
+                if let Some(c) = conn.as_mut() {
+                    if let Err(e) = send_batch(c, &batch, &stats).await {
+                        tracing::warn!(error = %e, "replication connection lost");
+                        disconnect(&mut conn, &stats);
+                    }
+                }
+            }
+            ack = acks.recv() => match ack {
+                Some(Some(seq)) => {
+                    stats.acked(seq);
+                    interceptor.send(QueueCommand::Acked(seq));
+                }
+                Some(None) => {
+                    tracing::warn!(%peer, "replication connection closed by the backup");
+                    disconnect(&mut conn, &stats);
+                }
+                None => return,
+            },
+            changed = mode.changed() => {
+                if changed.is_err() { return; }
+                if mode.borrow().0 != Mode::Master && conn.is_some() {
+                    tracing::info!("no longer master: closing replication connection");
+                    disconnect(&mut conn, &stats);
+                }
+            }
+            _ = retry.tick(), if conn.is_none() && mode.borrow().0 == Mode::Master => {
+                let epoch = mode.borrow().1;
+                match connect(peer, local, &node_id, epoch, &interceptor, &stats, acks_tx.clone()).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => tracing::debug!(%peer, error = %e, "replication connect failed"),
+                }
+            }
+        }
+    }
+}
+
+fn disconnect(conn: &mut Option<Connection>, stats: &ReplicationStats) {
+    *conn = None;
+    stats.connected.store(false, Ordering::Relaxed);
+    stats.reset_in_flight();
+}
+
+fn store_batch(replica: &Mutex<Replica>, batch: &[Sequenced], stats: &ReplicationStats) {
+    let mut replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
+    for (seq, record) in batch {
+        match replica.apply(*seq, record) {
+            Ok(()) => {
+                stats.stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = format!("{e:#}"), "local store");
+            }
+        }
+    }
+    if let Err(e) = replica.maintain() {
+        stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = format!("{e:#}"), "local store maintenance");
+    }
+}
+
+async fn send_batch(
+    conn: &mut Connection,
+    batch: &[Sequenced],
+    stats: &ReplicationStats,
+) -> std::io::Result<()> {
+    conn.buffer.clear();
+    let mut last = None;
+    for (seq, record) in batch {
+        if *seq <= conn.snapshot_upto {
+            continue;
+        }
+        Message::Record(*seq, record.clone()).encode(&mut conn.buffer);
+        last = Some(*seq);
+    }
+    if let Some(last) = last {
+        conn.writer.write_all(&conn.buffer).await?;
+        stats.sent(last);
+    }
+    Ok(())
+}
+
+async fn connect(
+    peer: SocketAddr,
+    local: SocketAddr,
+    node_id: &str,
+    epoch: u64,
+    interceptor: &InterceptorHandle,
+    stats: &Arc<ReplicationStats>,
+    acks: mpsc::UnboundedSender<Option<u64>>,
+) -> anyhow::Result<Connection> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(local.ip(), 0))?;
+    let stream: TcpStream =
+        tokio::time::timeout(Duration::from_millis(500), socket.connect(peer)).await??;
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let (upto, snapshot) = interceptor
+        .snapshot()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("interceptor gone"))?;
+    let mut buffer = Vec::new();
+    Message::Hello {
+        epoch,
+        node_id: node_id.to_owned(),
+    }
+    .encode(&mut buffer);
+    Message::Snapshot {
+        upto,
+        count: snapshot.len() as u32,
+    }
+    .encode(&mut buffer);
+    for record in &snapshot {
+        Message::Record(upto, record.clone()).encode(&mut buffer);
+    }
+    writer.write_all(&buffer).await?;
+    stats.sent(upto);
+    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+    stats.connected.store(true, Ordering::Relaxed);
+    tracing::info!(%peer, sessions = snapshot.len(), upto, "replication connected; snapshot sent");
+    tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut offset = 0;
+            loop {
+                match Message::decode(&buf[offset..]) {
+                    Ok(Some((Message::Ack(seq), used))) => {
+                        offset += used;
+                        if acks.send(Some(seq)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some((other, _))) => {
+                        tracing::warn!(?other, "unexpected message from the backup");
+                        let _ = acks.send(None);
+                        return;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad message from the backup");
+                        let _ = acks.send(None);
+                        return;
+                    }
+                }
+            }
+            buf.drain(..offset);
+        }
+        let _ = acks.send(None);
+    });
+    Ok(Connection {
+        writer,
+        snapshot_upto: upto,
+        buffer: Vec::new(),
+    })
+}

@@ -1,0 +1,392 @@
+//! One tracked session: how each segment, inbound or outbound, changes its state.
+
+use super::options::TcpOptions;
+use super::replica::{self, advance_snd_una, append_unacked, sync_of};
+use super::segment::Segment;
+use super::TrackerStats;
+use nonstop_shared::session::{
+    seq_le, seq_lt, Negotiated, Phase, SessionKey, SessionState, SessionSync,
+};
+
+/// Largest window a TCP peer can be offered (65535 << 14). Inbound segments ending
+/// further than this past `rcv_nxt` cannot be acceptable and do not move `peer_seq_max`.
+const MAX_WINDOW: u32 = 65_535 << 14;
+
+/// Largest window scale shift (RFC 7323 §2.3).
+const MAX_WSCALE: u8 = 14;
+
+/// What one segment did to a session.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Nothing replicated changed.
+    Nothing,
+    /// Replicated fields changed: send this update.
+    Sync(SessionSync),
+    /// The handshake completed: send the full state.
+    Established,
+    /// The session ended (both FINs acknowledged).
+    Closed,
+    /// The session was reset.
+    Reset,
+    /// The peer started a new handshake on the same 4-tuple: replace the entry.
+    NewSyn,
+}
+
+/// The options of a SYN or SYN-ACK, kept until both are known.
+#[derive(Debug, Clone, Copy, Default)]
+struct SynOptions {
+    mss: Option<u16>,
+    wscale: Option<u8>,
+    sack_permitted: bool,
+    timestamps: bool,
+}
+
+impl From<&TcpOptions> for SynOptions {
+    fn from(o: &TcpOptions) -> SynOptions {
+        SynOptions {
+            mss: o.mss,
+            wscale: o.wscale,
+            sack_permitted: o.sack_permitted,
+            timestamps: o.timestamps.is_some(),
+        }
+    }
+}
+
+/// The replicated fields a [`SessionSync`] carries (data aside): a packet that leaves
+/// them unchanged and appends no data emits nothing.
+#[derive(Debug, PartialEq, Eq)]
+struct Replicated {
+    phase: Phase,
+    rcv_nxt: u32,
+    peer_seq_max: u32,
+    snd_nxt: u32,
+    snd_una: u32,
+    peer_window: u16,
+    our_window: u16,
+    peer_tsval: u32,
+    our_tsval: u32,
+    our_fin: Option<u32>,
+    peer_fin: Option<u32>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Replicated {
+    fn of(s: &SessionState) -> Replicated {
+        Replicated {
+            phase: s.phase,
+            rcv_nxt: s.rcv_nxt,
+            peer_seq_max: s.peer_seq_max,
+            snd_nxt: s.snd_nxt,
+            snd_una: s.snd_una,
+            peer_window: s.peer_window,
+            our_window: s.our_window,
+            peer_tsval: s.peer_tsval,
+            our_tsval: s.our_tsval,
+            our_fin: s.our_fin,
+            peer_fin: s.peer_fin,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+        }
+    }
+}
+
+/// A tracked session: the replicated state plus what only the tracker needs.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    /// The recovery data.
+    pub state: SessionState,
+    /// Whether the backup knows the session (a `Full` was emitted or it was restored):
+    /// only then does its end emit a `Delete`.
+    pub announced: bool,
+    /// Our SYN-ACK was seen: `our_isn` and the negotiated options are valid.
+    synack_seen: bool,
+    /// The peer's SYN options.
+    peer_syn: SynOptions,
+    /// (seq, ack) of the segment that last set `peer_window` (RFC 793 SND.WL1/WL2),
+    /// so a reordered old segment cannot roll the window back.
+    window_mark: Option<(u32, u32)>,
+}
+
+impl Entry {
+    /// A session opened by the peer's SYN.
+    pub fn from_syn(
+        key: SessionKey,
+        seg: &Segment<'_>,
+        options: &TcpOptions,
+        now_ms: u64,
+    ) -> Entry {
+        let state = SessionState {
+            key,
+            phase: Phase::Handshake,
+            peer_isn: seg.seq,
+            our_isn: 0,
+            rcv_nxt: seg.seq,
+            peer_seq_max: seg.payload_end(),
+            snd_nxt: 0,
+            snd_una: 0,
+            peer_window: seg.window,
+            our_window: 0,
+            negotiated: Negotiated {
+                peer_mss: options.mss.unwrap_or(0),
+                ..Negotiated::default()
+            },
+            peer_tsval: options.timestamps.map_or(0, |t| t.tsval),
+            our_tsval: 0,
+            our_fin: None,
+            peer_fin: None,
+            unacked: Vec::new(),
+            bytes_in: u64::from(seg.len()),
+            bytes_out: 0,
+            last_activity_ms: now_ms,
+        };
+        Entry {
+            state,
+            announced: false,
+            synack_seen: false,
+            peer_syn: SynOptions::from(options),
+            window_mark: Some((seg.seq, 0)),
+        }
+    }
+
+    /// A session rebuilt from replicated state (already known to the backup).
+    pub fn restored(state: SessionState) -> Entry {
+        let n = state.negotiated;
+        Entry {
+            peer_syn: SynOptions {
+                mss: (n.peer_mss != 0).then_some(n.peer_mss),
+                wscale: n.peer_wscale,
+                sack_permitted: n.sack_permitted,
+                timestamps: n.timestamps,
+            },
+            synack_seen: state.phase != Phase::Handshake,
+            state,
+            announced: true,
+            window_mark: None,
+        }
+    }
+
+    /// A segment from the peer.
+    pub fn inbound(
+        &mut self,
+        seg: &Segment<'_>,
+        options: &TcpOptions,
+        stats: &mut TrackerStats,
+    ) -> Step {
+        let s = &mut self.state;
+        if seg.syn {
+            let new_attempt =
+                s.phase == Phase::Handshake && seg.ack.is_none() && seg.seq != s.peer_isn;
+            return if new_attempt {
+                Step::NewSyn
+            } else {
+                Step::Nothing
+            };
+        }
+        if seg.rst {
+            return Step::Reset;
+        }
+        // Segments without ACK are dropped by the stack (RFC 793 §3.9, "fifth").
+        let Some(ack) = seg.ack else {
+            return Step::Nothing;
+        };
+        let mut established = false;
+        if s.phase == Phase::Handshake {
+            if !self.synack_seen || ack != s.our_isn.wrapping_add(1) {
+                return Step::Nothing;
+            }
+            s.phase = Phase::Established;
+            established = true;
+        }
+        let before = Replicated::of(s);
+
+        // Sequence space: what the peer has sent.
+        let end = seg.end();
+        if seq_lt(s.rcv_nxt.wrapping_add(MAX_WINDOW), end) {
+            stats.out_of_window += 1;
+        } else {
+            if seq_lt(s.peer_seq_max, end) {
+                s.bytes_in +=
+                    payload_between(s.peer_seq_max, end, seg.fin.then(|| seg.payload_end()));
+                s.peer_seq_max = end;
+            }
+            if seg.fin && s.peer_fin.is_none() {
+                s.peer_fin = Some(seg.payload_end());
+            }
+        }
+
+        // The cumulative ACK (SACK blocks never trim) and the window it comes with.
+        if seq_lt(s.snd_nxt, ack) {
+            stats.invalid_acks += 1;
+        } else if seq_le(s.snd_una, ack) {
+            advance_snd_una(s, ack);
+            let newer = match self.window_mark {
+                None => true,
+                Some((wl1, wl2)) => seq_lt(wl1, seg.seq) || (wl1 == seg.seq && seq_le(wl2, ack)),
+            };
+            if newer {
+                s.peer_window = seg.window;
+                self.window_mark = Some((seg.seq, ack));
+            }
+        }
+        if let Some(ts) = options.timestamps.filter(|_| s.negotiated.timestamps) {
+            if seq_lt(s.peer_tsval, ts.tsval) {
+                s.peer_tsval = ts.tsval;
+            }
+        }
+        let data_seq = replica::data_end(s);
+        self.finish(before, established, data_seq, Vec::new())
+    }
+
+    /// A segment from the service.
+    pub fn outbound(
+        &mut self,
+        seg: &Segment<'_>,
+        options: &TcpOptions,
+        max_unacked: usize,
+        stats: &mut TrackerStats,
+    ) -> Step {
+        if seg.syn {
+            if seg.ack.is_some() && self.state.phase == Phase::Handshake {
+                self.on_synack(seg, options);
+            }
+            return Step::Nothing;
+        }
+        if seg.rst {
+            return Step::Reset;
+        }
+        if self.state.phase == Phase::Handshake {
+            return Step::Nothing;
+        }
+        let s = &mut self.state;
+        let before = Replicated::of(s);
+        let complete = replica::unacked_complete(s);
+        let data_seq = replica::data_end(s);
+
+        // Payload: store what extends `unacked` (never past our FIN).
+        let mut payload = seg.payload;
+        if let Some(fin) = s.our_fin {
+            let room = if seq_lt(seg.seq, fin) {
+                fin.wrapping_sub(seg.seq) as usize
+            } else {
+                0
+            };
+            payload = &payload[..payload.len().min(room)];
+        }
+        if seq_lt(data_seq, seg.seq) && complete && !payload.is_empty() {
+            tracing::debug!(key = %s.key, seq = seg.seq, known_end = data_seq, "outbound segment beyond the known bytes");
+            stats.outbound_gaps += 1;
+        }
+        let appended = append_unacked(s, seg.seq, payload, max_unacked);
+
+        // Sequence space: what we have sent.
+        let end = seg.end();
+        if seq_lt(s.snd_nxt, end) {
+            let new = payload_between(s.snd_nxt, end, seg.fin.then(|| seg.payload_end()));
+            let appended_end = data_seq.wrapping_add(appended as u32);
+            let appended_new = if appended > 0 && seq_lt(s.snd_nxt, appended_end) {
+                let from = if seq_lt(data_seq, s.snd_nxt) {
+                    s.snd_nxt
+                } else {
+                    data_seq
+                };
+                u64::from(appended_end.wrapping_sub(from))
+            } else {
+                0
+            };
+            stats.unstored_bytes += new.saturating_sub(appended_new);
+            s.bytes_out += new;
+            s.snd_nxt = end;
+        }
+        if seg.fin && s.our_fin.is_none() {
+            s.our_fin = Some(seg.payload_end());
+        }
+        if let Some(ack) = seg.ack {
+            if seq_lt(s.rcv_nxt, ack) {
+                s.rcv_nxt = ack;
+            }
+        }
+        s.our_window = seg.window;
+        if let Some(ts) = options.timestamps.filter(|_| s.negotiated.timestamps) {
+            if seq_lt(s.our_tsval, ts.tsval) {
+                s.our_tsval = ts.tsval;
+            }
+        }
+        let data = s.unacked[s.unacked.len() - appended..].to_vec();
+        self.finish(before, false, data_seq, data)
+    }
+
+    /// Our SYN-ACK: our ISN and options; the negotiated options follow. A SYN-ACK that
+    /// answers another SYN (ack != peer_isn + 1) is not ours to record.
+    fn on_synack(&mut self, seg: &Segment<'_>, options: &TcpOptions) {
+        let s = &mut self.state;
+        if seg.ack != Some(s.peer_isn.wrapping_add(1)) {
+            return;
+        }
+        if self.synack_seen && seg.seq == s.our_isn {
+            return; // retransmission
+        }
+        let ours = SynOptions::from(options);
+        let peer = self.peer_syn;
+        let scaling = peer.wscale.is_some() && ours.wscale.is_some();
+        s.our_isn = seg.seq;
+        s.snd_una = seg.seq;
+        s.snd_nxt = seg.seq.wrapping_add(1);
+        s.rcv_nxt = s.peer_isn.wrapping_add(1);
+        s.our_window = seg.window;
+        s.negotiated = Negotiated {
+            peer_mss: peer.mss.unwrap_or(0),
+            our_mss: ours.mss.unwrap_or(0),
+            peer_wscale: peer.wscale.filter(|_| scaling).map(|w| w.min(MAX_WSCALE)),
+            our_wscale: ours.wscale.filter(|_| scaling).map(|w| w.min(MAX_WSCALE)),
+            sack_permitted: peer.sack_permitted && ours.sack_permitted,
+            timestamps: peer.timestamps && ours.timestamps,
+        };
+        if s.negotiated.timestamps {
+            s.our_tsval = options.timestamps.map_or(0, |t| t.tsval);
+        } else {
+            s.peer_tsval = 0;
+            s.our_tsval = 0;
+        }
+        self.synack_seen = true;
+    }
+
+    /// Phase from the FINs, then the step to report.
+    fn finish(
+        &mut self,
+        before: Replicated,
+        established: bool,
+        data_seq: u32,
+        data: Vec<u8>,
+    ) -> Step {
+        let s = &mut self.state;
+        s.phase = match (s.our_fin, s.peer_fin) {
+            (None, None) => Phase::Established,
+            (Some(_), None) => Phase::LocalClosed,
+            (None, Some(_)) => Phase::PeerClosed,
+            (Some(ours), Some(theirs)) => {
+                if seq_lt(ours, s.snd_una) && seq_lt(theirs, s.rcv_nxt) {
+                    s.phase = Phase::Closed;
+                    return Step::Closed;
+                }
+                Phase::Closing
+            }
+        };
+        if established {
+            Step::Established
+        } else if data.is_empty() && Replicated::of(s) == before {
+            Step::Nothing
+        } else {
+            Step::Sync(sync_of(s, data_seq, data))
+        }
+    }
+}
+
+/// Payload bytes in the sequence range `[from, to)`, not counting a FIN at `fin`.
+fn payload_between(from: u32, to: u32, fin: Option<u32>) -> u64 {
+    let span = u64::from(to.wrapping_sub(from));
+    match fin {
+        Some(f) if seq_le(from, f) && seq_lt(f, to) => span - 1,
+        _ => span,
+    }
+}

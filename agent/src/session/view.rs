@@ -1,0 +1,106 @@
+//! What the control API shows of the session manager: the session list and the
+//! replication figures, taken from the live tracker on a master and from the
+//! replicated table on a backup.
+
+use crate::replication::stats::ReplicationStats;
+use crate::session::interceptor::InterceptorHandle;
+use crate::session::replica::Replica;
+use nonstop_shared::config::ReplicationMode;
+use nonstop_shared::control::{ReplicationView, SessionInfo, SessionList};
+use nonstop_shared::Mode;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
+
+/// Read-only access to the session manager's state.
+#[derive(Clone)]
+pub struct SessionView {
+    /// This node's id.
+    pub node_id: String,
+    /// Configured replication mode.
+    pub replication: ReplicationMode,
+    /// The interceptor (live tracker).
+    pub interceptor: InterceptorHandle,
+    /// The persisted copy.
+    pub replica: Arc<Mutex<Replica>>,
+    /// Replication counters.
+    pub stats: Arc<ReplicationStats>,
+    /// Mode and epoch.
+    pub mode: watch::Receiver<(Mode, u64)>,
+}
+
+impl SessionView {
+    /// The sessions as this node knows them.
+    pub async fn list(&self) -> SessionList {
+        let mode = self.mode.borrow().0;
+        let replicated: Vec<_> = self
+            .replica
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sessions();
+        let (source, mut sessions) = if mode == Mode::Master {
+            let seqs: HashMap<_, _> = replicated.iter().map(|(s, seq)| (s.key, *seq)).collect();
+            let live = self.interceptor.sessions().await;
+            let list = live
+                .iter()
+                .map(|s| SessionInfo::from_state(s, seqs.get(&s.key).copied().unwrap_or(0)))
+                .collect::<Vec<_>>();
+            ("tracker", list)
+        } else {
+            let list = replicated
+                .iter()
+                .map(|(s, seq)| SessionInfo::from_state(s, *seq))
+                .collect::<Vec<_>>();
+            ("replica", list)
+        };
+        sessions.sort_by(|a, b| (&a.peer, &a.local).cmp(&(&b.peer, &b.local)));
+        SessionList {
+            node_id: self.node_id.clone(),
+            mode,
+            source: source.into(),
+            sessions,
+        }
+    }
+
+    /// Replication and interception figures for `status`.
+    pub fn replication_view(&self) -> ReplicationView {
+        let i = &self.interceptor.stats;
+        let master = self.mode.borrow().0 == Mode::Master;
+        let sessions = if master {
+            i.sessions.load(Ordering::Relaxed)
+        } else {
+            self.replica
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u64
+        };
+        ReplicationView {
+            mode: self.replication.to_string(),
+            connected: self.stats.connected.load(Ordering::Relaxed),
+            position: if master {
+                i.last_seq.load(Ordering::Relaxed)
+            } else {
+                self.stats.acked_seq.load(Ordering::Relaxed)
+            },
+            acked: self.stats.acked_seq.load(Ordering::Relaxed),
+            lag_records: if master {
+                i.last_seq
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.stats.acked_seq.load(Ordering::Relaxed))
+            } else {
+                0
+            },
+            lag_ms: if master { self.stats.lag_ms() } else { 0 },
+            sessions,
+            held_packets: i.held.load(Ordering::Relaxed),
+            packets: (
+                i.packets_in.load(Ordering::Relaxed),
+                i.packets_out.load(Ordering::Relaxed),
+            ),
+            snapshots: self.stats.snapshots.load(Ordering::Relaxed),
+            errors: self.stats.apply_errors.load(Ordering::Relaxed)
+                + self.stats.store_errors.load(Ordering::Relaxed),
+        }
+    }
+}
