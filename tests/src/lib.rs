@@ -303,12 +303,25 @@ pub fn session_lists(
     (pick(0), pick(1))
 }
 
+/// A service process started by a test; killed and reaped when dropped (the lab's
+/// teardown would kill it too, this also reaps it).
+pub struct ServiceProcess(std::process::Child);
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the project's echo service on port 7000 in `node`'s namespace.
-pub fn start_echo(lab: &Lab, node: Node) -> std::process::Child {
+pub fn start_echo(lab: &Lab, node: Node) -> ServiceProcess {
     let echo = bin("nonstop-echo");
     let echo = echo.to_str().expect("utf-8 path");
-    lab.spawn(node.as_str(), &[echo, "--listen", "0.0.0.0:7000"])
-        .expect("start nonstop-echo")
+    ServiceProcess(
+        lab.spawn(node.as_str(), &[echo, "--listen", "0.0.0.0:7000"])
+            .expect("start nonstop-echo"),
+    )
 }
 
 /// A set of client sessions from the peer namespace to VIP:7000 that exchange

@@ -226,3 +226,56 @@ fn async_mode_keeps_flowing_without_a_backup_and_reports_lag() {
         "lag must grow: {lags:?}"
     );
 }
+
+#[test]
+fn master_agent_restart_keeps_sessions_and_rebuilds_the_table_from_disk() {
+    if !require_root() {
+        return;
+    }
+    // A crash-restart (as a supervisor does it) must be quicker than the detection
+    // window, or it becomes a failover: give it one second.
+    let lab = lab_with_agents("rstrt", 100, 10);
+    let _echo = start_echo(&lab, Node::Master);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut clients = EchoClients::connect(&lab, 32).expect("sessions");
+    for _ in 0..3 {
+        clients.round().expect("round");
+    }
+    quiesced_tables(&lab, &clients.ports());
+    let epoch = status_of(&lab, Node::Master).expect("status").epoch;
+    lab.stop_agent(Node::Master, libc::SIGKILL)
+        .expect("kill master agent");
+    lab.start_agent(Node::Master).expect("restart master agent");
+    let status = wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == nonstop_shared::Mode::Master).then_some(s)
+    })
+    .unwrap_or_else(|e| panic!("master did not come back: {e}\n{}", logs(&lab)));
+    assert_eq!(status.epoch, epoch, "a restart is not a failover");
+    assert!(
+        status.replication.sessions >= 32,
+        "table rebuilt from disk: {:?}",
+        status.replication
+    );
+    assert_eq!(
+        status_of(&lab, Node::Backup).map(|s| s.mode),
+        Some(nonstop_shared::Mode::Backup),
+        "the backup never took over"
+    );
+    for _ in 0..5 {
+        clients
+            .round()
+            .unwrap_or_else(|e| panic!("session broke across the restart: {e:#}\n{}", logs(&lab)));
+    }
+    let (master, backup) = quiesced_tables(&lab, &clients.ports());
+    for (i, port) in clients.ports().iter().enumerate() {
+        assert_eq!(
+            master[port].bytes_in, clients.sent[i],
+            "session {port}: bytes in"
+        );
+        assert_eq!(
+            backup[port].bytes_out, clients.received[i],
+            "session {port}: bytes out"
+        );
+    }
+}

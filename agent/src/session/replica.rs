@@ -87,23 +87,25 @@ impl Replica {
         Ok(())
     }
 
-    /// Flushes per the fsync policy and compacts when due. Call after each batch.
+    /// Flushes per the fsync policy (a no-op when nothing is pending) and compacts
+    /// when due: at once when the table is empty or the log large, and every
+    /// [`COMPACT_EVERY`]. Call after each batch and periodically.
     pub fn maintain(&mut self) -> anyhow::Result<()> {
-        if self.dirty {
-            self.store.flush().context("cannot flush the session log")?;
-            self.dirty = false;
-        }
-        let due = self.last_compact.elapsed() >= COMPACT_EVERY;
-        if self.table.len() == 0 || due {
-            self.store
+        self.store.flush().context("cannot flush the session log")?;
+        if self.dirty
+            && self
+                .store
                 .compact_if_idle_or_large(&self.table)
+                .context("cannot compact the session store")?
+        {
+            self.last_compact = Instant::now();
+        }
+        if self.dirty && self.last_compact.elapsed() >= COMPACT_EVERY {
+            self.store
+                .compact(&self.table)
                 .context("cannot compact the session store")?;
-            if due {
-                self.store
-                    .compact(&self.table)
-                    .context("cannot compact the session store")?;
-                self.last_compact = Instant::now();
-            }
+            self.last_compact = Instant::now();
+            self.dirty = false;
         }
         Ok(())
     }
@@ -141,6 +143,6 @@ impl Replica {
 
     /// Whether there are no sessions.
     pub fn is_empty(&self) -> bool {
-        self.table.len() == 0
+        self.table.is_empty()
     }
 }

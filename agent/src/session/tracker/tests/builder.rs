@@ -46,6 +46,8 @@ pub fn seg() -> Seg {
     }
 }
 
+// `from_peer()`/`from_us()` read like the traces they write (smoltcp style).
+#[allow(clippy::wrong_self_convention)]
 impl Seg {
     /// Peer → VIP (the default).
     pub fn from_peer(mut self) -> Seg {
@@ -178,9 +180,7 @@ impl Seg {
             b = b.ack(ack);
         }
         let mut options = self.options;
-        while options.len() % 4 != 0 {
-            options.push(0);
-        }
+        options.resize(options.len().div_ceil(4) * 4, 0);
         if !options.is_empty() {
             b = b.options_raw(&options).expect("options fit in 40 bytes");
         }
