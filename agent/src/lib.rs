@@ -14,6 +14,7 @@
 pub mod control;
 pub mod events;
 pub mod failover;
+pub mod inject;
 pub mod replication;
 pub mod session;
 pub mod shutdown;

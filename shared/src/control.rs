@@ -32,6 +32,76 @@ pub enum Request {
     Events,
     /// List the sessions this node knows.
     Sessions,
+    /// Inject a fault on this node's host (for drills and demos).
+    Inject {
+        /// What to break.
+        fault: Fault,
+    },
+}
+
+/// A fault an agent injects on its own host, with real mechanisms (design §6).
+/// Faults that would cut the agent off from the console heal themselves after
+/// `seconds`; the rest last until [`Fault::HealAll`] (or the matching heal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGKILL the managed service (application crash).
+    KillApp,
+    /// SIGKILL this agent (agent crash; its nftables/queue rules stay: fail-closed).
+    KillAgent,
+    /// SIGSTOP this agent, SIGCONT after `seconds`.
+    FreezeAgent {
+        /// How long to stay frozen.
+        seconds: u64,
+    },
+    /// Take every interface of the host down, back up after `seconds` (host crash).
+    LinksDown {
+        /// How long the links stay down.
+        seconds: u64,
+    },
+    /// Drop everything on the sync link (firewall rule on this host).
+    CutSync,
+    /// Drop `percent`% of packets at random on the sync link or the service link.
+    Loss {
+        /// `sync` or `service`.
+        link: LinkName,
+        /// 1..=100.
+        percent: u8,
+    },
+    /// Delay every packet on a link by `ms` (queue-based delayer: no netem here).
+    Delay {
+        /// `sync` or `service`.
+        link: LinkName,
+        /// Milliseconds, 1..=10000.
+        ms: u64,
+    },
+    /// Remove every fault this agent injected.
+    HealAll,
+}
+
+/// Which link a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkName {
+    /// The master↔backup sync link.
+    Sync,
+    /// The service LAN.
+    Service,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::KillApp => write!(f, "kill the app"),
+            Fault::KillAgent => write!(f, "SIGKILL the agent"),
+            Fault::FreezeAgent { seconds } => write!(f, "freeze the agent for {seconds} s"),
+            Fault::LinksDown { seconds } => write!(f, "links down for {seconds} s"),
+            Fault::CutSync => write!(f, "cut the sync link"),
+            Fault::Loss { link, percent } => write!(f, "{percent}% loss on the {link:?} link"),
+            Fault::Delay { link, ms } => write!(f, "{ms} ms delay on the {link:?} link"),
+            Fault::HealAll => write!(f, "heal everything"),
+        }
+    }
 }
 
 /// One line from the agent. (A status is much larger than an ack; replies are
@@ -357,6 +427,11 @@ pub enum EventKind {
         ok: bool,
         /// Exit status or error.
         detail: String,
+    },
+    /// A fault was injected or healed on this host.
+    Injected {
+        /// What.
+        fault: Fault,
     },
     /// Something failed that the operator should know about.
     Error {

@@ -32,6 +32,8 @@ pub struct ControlHandle {
     pub malformed_lines: Arc<AtomicU64>,
     /// The session manager's view.
     pub sessions: Option<crate::session::view::SessionView>,
+    /// Fault injection on this host.
+    pub injector: crate::inject::Injector,
 }
 
 /// Listens on every address and serves connections until shutdown.
@@ -208,6 +210,18 @@ async fn serve_connection(
                     None => Reply::Error {
                         message: "the session manager is not running".into(),
                     },
+                };
+                send(&mut write, &reply).await?;
+            }
+            Request::Inject { fault } => {
+                let reply = match handle.injector.inject(&fault).await {
+                    Ok(message) => {
+                        handle
+                            .events
+                            .emit(nonstop_shared::control::EventKind::Injected { fault });
+                        Reply::Ack { message }
+                    }
+                    Err(message) => Reply::Error { message },
                 };
                 send(&mut write, &reply).await?;
             }

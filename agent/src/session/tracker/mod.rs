@@ -8,8 +8,8 @@
 //! - [`segment`]: an IPv4 packet read into the TCP fields the tracker needs.
 //! - [`options`]: a small parser over the raw TCP option bytes.
 //! - `session`: one session's state machine (handshake, data, ACKs, close).
-//! - [`replica`]: the rules for reading and updating replicated state, shared with the
-//!   backup ([`replica::apply_sync`] replays a `Sync` exactly as the tracker made it).
+//! - [`unacked`]: the rules of the `unacked` buffer (which bytes it holds, how ACKs
+//!   trim it, whether it is complete); the backup's table applies the same rules.
 //!
 //! # What is tracked
 //! A session starts at the peer's SYN and is announced to the backup with a
@@ -22,13 +22,14 @@
 //! All sequence arithmetic is modulo 2^32.
 
 pub mod options;
-pub mod replica;
 pub mod segment;
 mod session;
+pub mod unacked;
 
 #[cfg(test)]
 mod tests;
 
+use nonstop_shared::record::MAX_PAYLOAD;
 use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
 use segment::Segment;
 use serde::Serialize;
@@ -44,7 +45,8 @@ pub struct TrackerLimits {
     pub max_sessions: usize,
     /// Most unacknowledged outbound bytes kept per session; beyond it bytes are not
     /// stored (counted in [`TrackerStats::unstored_bytes`]) and the session cannot be
-    /// fully recovered until the peer has acknowledged everything sent.
+    /// fully recovered until the peer has acknowledged everything sent. Values above
+    /// what a record can carry ([`MAX_PAYLOAD`]) are lowered to it.
     pub max_unacked_bytes: usize,
 }
 
@@ -114,7 +116,7 @@ pub struct TrackerStats {
     /// Sessions in the table (half-open ones included).
     pub sessions: usize,
     /// Sessions whose `unacked` does not hold every unacknowledged byte (see
-    /// [`replica::unacked_complete`]): a backup could not fully recover them now.
+    /// [`unacked::unacked_complete`]): a backup could not fully recover them now.
     pub incomplete_sessions: usize,
     /// Handshakes completed (Full records emitted).
     pub established: u64,
@@ -155,6 +157,10 @@ pub struct Tracker {
 impl Tracker {
     /// An empty tracker for the service on `vip` at `ports`.
     pub fn new(vip: Ipv4Addr, ports: &[u16], limits: TrackerLimits) -> Tracker {
+        let limits = TrackerLimits {
+            max_unacked_bytes: limits.max_unacked_bytes.min(MAX_PAYLOAD),
+            ..limits
+        };
         Tracker {
             vip,
             ports: ports.to_vec(),
@@ -342,13 +348,13 @@ impl Tracker {
             incomplete_sessions: self
                 .sessions
                 .values()
-                .filter(|e| !replica::unacked_complete(&e.state))
+                .filter(|e| !unacked::unacked_complete(&e.state))
                 .count(),
             ..self.stats
         }
     }
 
-    /// The limits in force.
+    /// The limits in force (after lowering `max_unacked_bytes` to [`MAX_PAYLOAD`]).
     pub fn limits(&self) -> TrackerLimits {
         self.limits
     }

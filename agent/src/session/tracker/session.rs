@@ -1,8 +1,8 @@
 //! One tracked session: how each segment, inbound or outbound, changes its state.
 
 use super::options::TcpOptions;
-use super::replica::{self, advance_snd_una, append_unacked, sync_of};
 use super::segment::Segment;
+use super::unacked::{self, advance_snd_una, append_unacked};
 use super::TrackerStats;
 use nonstop_shared::session::{
     seq_le, seq_lt, Negotiated, Phase, SessionKey, SessionState, SessionSync,
@@ -234,7 +234,7 @@ impl Entry {
                 s.peer_tsval = ts.tsval;
             }
         }
-        let data_seq = replica::data_end(s);
+        let data_seq = unacked::data_end(s);
         self.finish(before, established, data_seq, Vec::new())
     }
 
@@ -260,8 +260,8 @@ impl Entry {
         }
         let s = &mut self.state;
         let before = Replicated::of(s);
-        let complete = replica::unacked_complete(s);
-        let data_seq = replica::data_end(s);
+        let complete = unacked::unacked_complete(s);
+        let data_seq = unacked::data_end(s);
 
         // Payload: store what extends `unacked` (never past our FIN).
         let mut payload = seg.payload;
@@ -388,5 +388,28 @@ fn payload_between(from: u32, to: u32, fin: Option<u32>) -> u64 {
     match fin {
         Some(f) if seq_le(from, f) && seq_lt(f, to) => span - 1,
         _ => span,
+    }
+}
+
+/// The [`SessionSync`] describing `state` now, carrying `data` at `data_seq`.
+pub(super) fn sync_of(state: &SessionState, data_seq: u32, data: Vec<u8>) -> SessionSync {
+    SessionSync {
+        key: state.key,
+        phase: state.phase,
+        rcv_nxt: state.rcv_nxt,
+        peer_seq_max: state.peer_seq_max,
+        snd_nxt: state.snd_nxt,
+        snd_una: state.snd_una,
+        peer_window: state.peer_window,
+        our_window: state.our_window,
+        peer_tsval: state.peer_tsval,
+        our_tsval: state.our_tsval,
+        our_fin: state.our_fin,
+        peer_fin: state.peer_fin,
+        data_seq,
+        data,
+        bytes_in: state.bytes_in,
+        bytes_out: state.bytes_out,
+        last_activity_ms: state.last_activity_ms,
     }
 }

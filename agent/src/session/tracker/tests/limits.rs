@@ -2,7 +2,7 @@
 
 use super::builder::{bytes_at, seg, PEER};
 use super::*;
-use crate::session::tracker::{replica, PacketError};
+use crate::session::tracker::{unacked, PacketError};
 
 fn out(seq: u32, n: usize) -> Vec<u8> {
     seg()
@@ -57,11 +57,11 @@ fn unacked_byte_limit_stops_storing_until_everything_is_acked() {
     // The stored bytes are acked; the missing ones keep the session incomplete.
     h.sync(seg().seq(401).ack(1101).build());
     assert_eq!(h.state().unacked, Vec::<u8>::new());
-    assert!(!replica::unacked_complete(h.state()));
+    assert!(!unacked::unacked_complete(h.state()));
     h.sync(out(1151, 10));
     // Everything acked: complete again, and new bytes are stored again.
     h.sync(seg().seq(401).ack(1161).build());
-    assert!(replica::unacked_complete(h.state()));
+    assert!(unacked::unacked_complete(h.state()));
     assert_eq!(h.sync(out(1161, 10)).data, bytes_at(1161, 10));
     let stats = h.t.stats();
     assert_eq!(

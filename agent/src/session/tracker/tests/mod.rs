@@ -11,11 +11,10 @@ mod handshake;
 mod limits;
 mod props;
 
-use super::replica::apply_sync;
 use super::{Direction, Tracker, TrackerLimits};
+use crate::session::table::SessionTable;
 use builder::{seg, PEER, PEER_PORT, PORT, VIP};
 use nonstop_shared::session::{Record, SessionKey, SessionState, SessionSync};
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// Wall-clock time used by the traces.
@@ -44,11 +43,13 @@ fn tracker_with(limits: TrackerLimits) -> Tracker {
     Tracker::new(Ipv4Addr::from(VIP), &[PORT, 8443], limits)
 }
 
-/// A tracker and its mirror: a replica map that applies every record, the way the
-/// backup does, so each trace also checks that the records reproduce the state.
+/// A tracker and its mirror: the backup's own [`SessionTable`] applying every
+/// record, so each trace also checks that the records reproduce the state.
 struct Harness {
     t: Tracker,
-    replica: HashMap<SessionKey, SessionState>,
+    replica: SessionTable,
+    /// Replication sequence number of the last record.
+    seq: u64,
     now: u64,
 }
 
@@ -60,7 +61,8 @@ impl Harness {
     fn with(limits: TrackerLimits) -> Harness {
         Harness {
             t: tracker_with(limits),
-            replica: HashMap::new(),
+            replica: SessionTable::new(),
+            seq: 0,
             now: NOW,
         }
     }
@@ -71,7 +73,7 @@ impl Harness {
         self.now += 1;
         let outcome = self.t.on_packet(&packet, self.now).expect("a valid packet");
         for record in &outcome.records {
-            apply(&mut self.replica, record);
+            self.apply(record);
         }
         let key = outcome.key;
         if let (Some(state), Some(copy)) = (self.t.session(&key), self.replica.get(&key)) {
@@ -80,6 +82,14 @@ impl Harness {
             }
         }
         outcome.records
+    }
+
+    /// Applies a record to the replica, as the backup does; it must be accepted.
+    fn apply(&mut self, record: &Record) {
+        self.seq += 1;
+        if let Err(e) = self.replica.apply(self.seq, record) {
+            panic!("the backup's table refused {record:?}: {e}");
+        }
     }
 
     /// Feeds a packet that must yield no record.
@@ -125,24 +135,6 @@ impl Harness {
         match records.as_slice() {
             [Record::Full(state)] => state.clone(),
             other => panic!("expected one Full, got {other:?}"),
-        }
-    }
-}
-
-/// The backup's side of replication, for the mirror checks.
-fn apply(replica: &mut HashMap<SessionKey, SessionState>, record: &Record) {
-    match record {
-        Record::Full(state) => {
-            replica.insert(state.key, state.clone());
-        }
-        Record::Sync(sync) => {
-            let state = replica
-                .get_mut(&sync.key)
-                .expect("sync for a known session");
-            apply_sync(state, sync);
-        }
-        Record::Delete(key) => {
-            replica.remove(key);
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::builder::{seg, Seg};
 use super::*;
-use crate::session::tracker::replica;
+use crate::session::tracker::unacked;
 use nonstop_shared::session::seq_le;
 use proptest::prelude::*;
 
@@ -50,11 +50,10 @@ fn op() -> impl Strategy<Value = Op> {
 /// announced sessions against the replica's.
 fn assert_replica_matches(h: &Harness) -> Result<(), TestCaseError> {
     let announced: Vec<SessionKey> = h.t.snapshot().iter().map(Record::key).collect();
-    let mut replicated: Vec<SessionKey> = h.replica.keys().copied().collect();
-    replicated.sort();
+    let replicated: Vec<SessionKey> = h.replica.sorted().iter().map(|s| s.key).collect();
     prop_assert_eq!(announced, replicated);
-    for (key, copy) in &h.replica {
-        let mut state = h.t.session(key).cloned().expect("announced");
+    for copy in h.replica.iter() {
+        let mut state = h.t.session(&copy.key).cloned().expect("announced");
         state.last_activity_ms = copy.last_activity_ms;
         prop_assert_eq!(copy, &state);
     }
@@ -112,7 +111,7 @@ fn run_stream(peer_isn: u32, our_isn: u32, ops: &[Op], cap: usize) -> Result<(),
         } else {
             prop_assert!(state.unacked.len() <= cap);
             prop_assert_eq!(&state.unacked[..], &expected[..state.unacked.len()]);
-            prop_assert_eq!(replica::unacked_complete(state), state.unacked == expected);
+            prop_assert_eq!(unacked::unacked_complete(state), state.unacked == expected);
         }
         assert_replica_matches(&h)?;
     }
@@ -261,7 +260,7 @@ proptest! {
             h.now += 1;
             let outcome = h.t.on_packet(&packet, h.now).expect("valid packet");
             for record in &outcome.records {
-                apply(&mut h.replica, record);
+                h.apply(record);
             }
             assert_replica_matches(&h)?;
             if let Some(state) = h.t.session(&key()) {

@@ -1,11 +1,13 @@
-//! How replicated state is read and updated: the rules the tracker uses on the master
-//! and that the backup's table must use too, so both sides hold the same bytes.
+//! The `unacked` buffer: which sequence numbers its bytes have, how ACKs trim it and
+//! how outbound payload extends it. The backup's table (`session::table`) applies the
+//! same rules to the records; the tests replay every trace through it.
 //!
 //! `unacked[0]` is the byte at `snd_una`, except that our SYN takes sequence space but
 //! no byte: while the SYN is unacknowledged (`snd_una == our_isn`) the first payload
-//! byte is at `our_isn + 1`. Our FIN likewise takes no byte.
+//! byte is at `our_isn + 1`. (The tracker announces a session only once the SYN is
+//! acknowledged, so records never show that case.) Our FIN likewise takes no byte.
 
-use nonstop_shared::session::{seq_lt, Phase, SessionState, SessionSync};
+use nonstop_shared::session::{seq_lt, Phase, SessionState};
 
 /// Sequence number of `unacked[0]` (the first unacknowledged payload byte).
 pub fn data_start(state: &SessionState) -> u32 {
@@ -36,7 +38,7 @@ pub fn unacked_complete(state: &SessionState) -> bool {
 /// Moves `snd_una` forward to `ack` and drops the acknowledged bytes from the front of
 /// `unacked` (SYN and FIN take no bytes). Acks at or before `snd_una` change nothing;
 /// callers validate `ack <= snd_nxt`.
-pub fn advance_snd_una(state: &mut SessionState, ack: u32) {
+pub(super) fn advance_snd_una(state: &mut SessionState, ack: u32) {
     if !seq_lt(state.snd_una, ack) {
         return;
     }
@@ -56,7 +58,12 @@ pub fn advance_snd_una(state: &mut SessionState, ack: u32) {
 /// `unacked` contiguously; bytes already held are ignored, and a chunk that starts
 /// beyond the held bytes is not appended (it would leave a hole). Returns the number of
 /// bytes appended.
-pub fn append_unacked(state: &mut SessionState, seq: u32, data: &[u8], limit: usize) -> usize {
+pub(super) fn append_unacked(
+    state: &mut SessionState,
+    seq: u32,
+    data: &[u8],
+    limit: usize,
+) -> usize {
     let end = data_end(state);
     let data_end = seq.wrapping_add(data.len() as u32);
     if seq_lt(end, seq) || !seq_lt(end, data_end) {
@@ -69,49 +76,4 @@ pub fn append_unacked(state: &mut SessionState, seq: u32, data: &[u8], limit: us
     let take = new.len().min(limit.saturating_sub(state.unacked.len()));
     state.unacked.extend_from_slice(&new[..take]);
     take
-}
-
-/// Applies a [`SessionSync`] to a state, as the backup does: append the carried
-/// payload where it extends `unacked`, trim to the new `snd_una`, copy every other
-/// field. Replaying the tracker's records this way yields the tracker's own state.
-pub fn apply_sync(state: &mut SessionState, sync: &SessionSync) {
-    append_unacked(state, sync.data_seq, &sync.data, usize::MAX);
-    state.our_fin = sync.our_fin;
-    advance_snd_una(state, sync.snd_una);
-    state.phase = sync.phase;
-    state.rcv_nxt = sync.rcv_nxt;
-    state.peer_seq_max = sync.peer_seq_max;
-    state.snd_nxt = sync.snd_nxt;
-    state.snd_una = sync.snd_una;
-    state.peer_window = sync.peer_window;
-    state.our_window = sync.our_window;
-    state.peer_tsval = sync.peer_tsval;
-    state.our_tsval = sync.our_tsval;
-    state.peer_fin = sync.peer_fin;
-    state.bytes_in = sync.bytes_in;
-    state.bytes_out = sync.bytes_out;
-    state.last_activity_ms = sync.last_activity_ms;
-}
-
-/// The [`SessionSync`] describing `state` now, carrying `data` at `data_seq`.
-pub fn sync_of(state: &SessionState, data_seq: u32, data: Vec<u8>) -> SessionSync {
-    SessionSync {
-        key: state.key,
-        phase: state.phase,
-        rcv_nxt: state.rcv_nxt,
-        peer_seq_max: state.peer_seq_max,
-        snd_nxt: state.snd_nxt,
-        snd_una: state.snd_una,
-        peer_window: state.peer_window,
-        our_window: state.our_window,
-        peer_tsval: state.peer_tsval,
-        our_tsval: state.our_tsval,
-        our_fin: state.our_fin,
-        peer_fin: state.peer_fin,
-        data_seq,
-        data,
-        bytes_in: state.bytes_in,
-        bytes_out: state.bytes_out,
-        last_activity_ms: state.last_activity_ms,
-    }
 }
