@@ -163,7 +163,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         events,
         malformed_lines: malformed,
         sessions: Some(view),
-        injector: nonstop_agent::inject::Injector::default(),
+        injector: nonstop_agent::inject::Injector::new(&config),
     };
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();

@@ -471,7 +471,9 @@ fn put_full(out: &mut Vec<u8>, s: &SessionState) {
     put_u64(out, s.bytes_out);
     put_u64(out, s.last_activity_ms);
     put_u32(out, u32::try_from(s.unacked.len()).unwrap_or(u32::MAX));
-    out.extend_from_slice(&s.unacked);
+    let (front, back) = s.unacked.as_slices();
+    out.extend_from_slice(front);
+    out.extend_from_slice(back);
 }
 
 fn put_sync(out: &mut Vec<u8>, s: &SessionSync) {
@@ -648,7 +650,7 @@ fn read_full(r: &mut Reader<'_>) -> Result<SessionState, RecordError> {
         our_tsval,
         our_fin,
         peer_fin,
-        unacked,
+        unacked: unacked.into(),
         bytes_in,
         bytes_out,
         last_activity_ms,
@@ -753,7 +755,7 @@ mod tests {
             our_tsval: 654_321,
             our_fin: None,
             peer_fin: Some(0xffff_fff4),
-            unacked,
+            unacked: unacked.into(),
             bytes_in: 4,
             bytes_out: 99,
             last_activity_ms: 1_700_000_000_000,
@@ -1181,7 +1183,7 @@ mod tests {
                         our_tsval: tsv[1],
                         our_fin,
                         peer_fin,
-                        unacked: u,
+                        unacked: u.into(),
                         bytes_in: c[0],
                         bytes_out: c[1],
                         last_activity_ms: c[2],

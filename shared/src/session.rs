@@ -8,6 +8,7 @@
 //! Sequence numbers are raw 32-bit TCP values; compare them modulo 2^32.
 
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -131,8 +132,9 @@ pub struct SessionState {
     /// Sequence number of the peer's FIN, once seen.
     pub peer_fin: Option<u32>,
     /// Payload bytes the peer has not acknowledged: `unacked[0]` is the byte at
-    /// sequence `snd_una` (SYN/FIN take no bytes here).
-    pub unacked: Vec<u8>,
+    /// sequence `snd_una` (SYN/FIN take no bytes here). A ring buffer: the front is
+    /// trimmed on every ACK, which must not move the rest.
+    pub unacked: VecDeque<u8>,
     /// Payload bytes received from the peer (count, not data).
     pub bytes_in: u64,
     /// Payload bytes sent to the peer.
@@ -185,7 +187,7 @@ pub struct SessionSync {
 /// One unit of replication and persistence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    /// The whole state of a session (at handshake completion, at FIN, in snapshots).
+    /// The whole state of a session (at handshake completion and in snapshots).
     Full(SessionState),
     /// A change to a session the receiver already knows.
     Sync(SessionSync),

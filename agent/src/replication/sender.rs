@@ -127,15 +127,20 @@ fn disconnect(conn: &mut Option<Connection>, stats: &ReplicationStats) {
 
 fn store_batch(replica: &Mutex<Replica>, batch: &[Sequenced], stats: &ReplicationStats) {
     let mut replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
-    for (seq, record) in batch {
-        match replica.apply(*seq, record) {
-            Ok(()) => {
-                stats.stored.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = format!("{e:#}"), "local store");
-            }
+    match replica.apply_batch(batch) {
+        Ok(rejected) => {
+            stats
+                .stored
+                .fetch_add((batch.len() - rejected) as u64, Ordering::Relaxed);
+            stats
+                .store_errors
+                .fetch_add(rejected as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats
+                .store_errors
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            tracing::warn!(error = format!("{e:#}"), "local store");
         }
     }
     if let Err(e) = replica.maintain() {

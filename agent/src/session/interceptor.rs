@@ -26,6 +26,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Half-open sessions idle this long are forgotten (SYN floods, lost handshakes).
+pub const HANDSHAKE_IDLE_MS: u64 = 30_000;
+/// Established sessions without a packet for this long are forgotten (a peer that
+/// vanished without FIN or RST). Long, because an idle session without keepalives
+/// is legitimate.
+pub const ESTABLISHED_IDLE_MS: u64 = 24 * 3600 * 1000;
+
 /// Most packets held at once; beyond it new outbound packets are dropped (TCP will
 /// retransmit them), so memory stays bounded while the backup is away.
 pub const MAX_HELD: usize = 65_536;
@@ -210,6 +217,16 @@ impl Worker {
             );
         }
         let queue_fd = new.remove(0);
+        // A burst larger than the socket buffer makes the kernel drop packets on the
+        // way to us ("user_dropped" in /proc/net/netfilter/nfnetlink_queue), which TCP
+        // repairs only after a retransmission timeout: give the socket room.
+        set_socket_int(
+            queue_fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            RCVBUF_BYTES,
+        )
+        .context("cannot enlarge the NFQUEUE socket buffer")?;
         queue
             .bind(config.queue)
             .with_context(|| format!("cannot bind NFQUEUE {}", config.queue))?;
@@ -242,7 +259,19 @@ impl Worker {
 
     fn run(&mut self) {
         let mut last_error_log = Instant::now() - Duration::from_secs(10);
+        let mut last_expiry = Instant::now();
         loop {
+            if last_expiry.elapsed() >= Duration::from_secs(1) {
+                last_expiry = Instant::now();
+                let now_ms = crate::events::unix_ms();
+                for record in self
+                    .tracker
+                    .expire(now_ms, HANDSHAKE_IDLE_MS, ESTABLISHED_IDLE_MS)
+                {
+                    tracing::info!(session = %record.key(), "idle session expired");
+                    self.issue(record);
+                }
+            }
             // Everything the socket has, then everything the channel has.
             loop {
                 match self.queue.recv() {
@@ -325,6 +354,17 @@ impl Worker {
         self.verdict(message);
     }
 
+    /// Numbers a record and hands it to replication.
+    fn issue(&mut self, record: Record) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let _ = self.records.send((seq, record));
+        self.stats.last_seq.store(seq, Ordering::Relaxed);
+        self.stats
+            .sessions
+            .store(self.tracker.len() as u64, Ordering::Relaxed);
+    }
+
     fn on_command(&mut self, command: QueueCommand) {
         match command {
             QueueCommand::Acked(seq) => {
@@ -389,6 +429,32 @@ impl Worker {
             tracing::error!(error = %e, "could not remove the queue rules");
         }
         tracing::info!("interception stopped");
+    }
+}
+
+/// Receive buffer of the NFQUEUE socket.
+pub const RCVBUF_BYTES: libc::c_int = 32 << 20;
+
+fn set_socket_int(
+    fd: RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: valid pointer to a c_int and its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -70,6 +70,44 @@ impl Replica {
         Ok(())
     }
 
+    /// Applies a batch of records and appends those that applied with one write.
+    /// Returns how many did not apply (each is logged).
+    pub fn apply_batch(&mut self, batch: &[(u64, Record)]) -> anyhow::Result<usize> {
+        let mut rejected = Vec::new();
+        for (i, (seq, record)) in batch.iter().enumerate() {
+            if let Err(e) = self.table.apply(*seq, record) {
+                tracing::warn!(seq, session = %record.key(), error = %e, "record does not apply");
+                rejected.push(i);
+                continue;
+            }
+            match record {
+                Record::Delete(key) => {
+                    self.record_seqs.remove(key);
+                }
+                other => {
+                    self.record_seqs.insert(other.key(), *seq);
+                }
+            }
+        }
+        if rejected.is_empty() {
+            self.store
+                .append_batch(batch)
+                .context("cannot store records")?;
+        } else {
+            let kept: Vec<(u64, Record)> = batch
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !rejected.contains(i))
+                .map(|(_, r)| r.clone())
+                .collect();
+            self.store
+                .append_batch(&kept)
+                .context("cannot store records")?;
+        }
+        self.dirty = true;
+        Ok(rejected.len())
+    }
+
     /// Replaces everything with a snapshot's full records.
     pub fn reset_to(&mut self, upto: u64, records: &[Record]) -> anyhow::Result<()> {
         self.table.clear();

@@ -628,7 +628,7 @@ mod tests {
             our_tsval: 0,
             our_fin: None,
             peer_fin: None,
-            unacked: unacked.to_vec(),
+            unacked: unacked.to_vec().into(),
             bytes_in: 0,
             bytes_out: unacked.len() as u64,
             last_activity_ms: 1,

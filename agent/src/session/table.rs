@@ -188,7 +188,7 @@ fn apply_sync(state: &mut SessionState, sync: &SessionSync) -> Result<(), ApplyE
     }
 
     // Validated: mutate.
-    state.unacked.extend_from_slice(&sync.data[skip..]);
+    state.unacked.extend(&sync.data[skip..]);
     state.unacked.drain(..acked);
     state.snd_una = new_una;
     state.phase = sync.phase;
@@ -241,7 +241,7 @@ mod tests {
             our_tsval: 0,
             our_fin: None,
             peer_fin: None,
-            unacked: Vec::new(),
+            unacked: Default::default(),
             bytes_in: 0,
             bytes_out: 0,
             last_activity_ms: 1,
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.get(&a.key), Some(&a));
         let mut a2 = a.clone();
-        a2.unacked = b"xyz".to_vec();
+        a2.unacked = b"xyz".to_vec().into();
         a2.snd_nxt = a2.snd_una.wrapping_add(3);
         t.apply(3, &Record::Full(a2.clone())).expect("replace");
         assert_eq!(t.len(), 2);
@@ -341,7 +341,7 @@ mod tests {
         want.bytes_in = 99;
         want.bytes_out = 5;
         want.last_activity_ms = 1234;
-        want.unacked = b"hello".to_vec();
+        want.unacked = (b"hello".to_vec()).into();
         assert_eq!(got, &want);
     }
 
@@ -479,13 +479,13 @@ mod tests {
         let once = t.get(&s.key).cloned();
         t.apply(2, &y).expect("twice");
         assert_eq!(t.get(&s.key).cloned(), once);
-        assert_eq!(once.map(|s| s.unacked), Some(b"cde".to_vec()));
+        assert_eq!(once.map(|s| s.unacked), Some(b"cde".to_vec().into()));
     }
 
     #[test]
     fn oversized_unacked_is_refused() {
         let mut s = full(1, 100);
-        s.unacked = vec![0; MAX_PAYLOAD];
+        s.unacked = (vec![0; MAX_PAYLOAD]).into();
         let mut t = table_with(&s);
         let y = sync_of(&s, 101u32.wrapping_add(MAX_PAYLOAD as u32), b"x");
         assert!(matches!(
@@ -494,7 +494,7 @@ mod tests {
         ));
         assert_eq!(t.get(&s.key).map(|s| s.unacked.len()), Some(MAX_PAYLOAD));
         let mut big = full(2, 100);
-        big.unacked = vec![0; MAX_PAYLOAD + 1];
+        big.unacked = (vec![0; MAX_PAYLOAD + 1]).into();
         assert!(matches!(
             t.apply(3, &Record::Full(big)),
             Err(ApplyError::TooLarge { .. })
@@ -507,7 +507,7 @@ mod tests {
         let mut t = SessionTable::new();
         for port in [5, 3, 9] {
             let mut s = full(port, u32::from(port) * 1000);
-            s.unacked = vec![port as u8; port as usize];
+            s.unacked = (vec![port as u8; port as usize]).into();
             s.snd_nxt = s.snd_una.wrapping_add(u32::from(port));
             t.apply(u64::from(port), &Record::Full(s)).expect("insert");
         }
@@ -596,7 +596,7 @@ mod tests {
                 let got = t.get(&s.key).expect("present");
                 prop_assert_eq!(got.snd_una, base.wrapping_add(una as u32));
                 prop_assert_eq!(got.snd_nxt, base.wrapping_add(nxt as u32));
-                prop_assert_eq!(&got.unacked[..], &stream[una..nxt]);
+                prop_assert_eq!(&got.unacked.iter().copied().collect::<Vec<u8>>()[..], &stream[una..nxt]);
             }
             // Replaying the whole log over the final state (a crash between a
             // snapshot's rename and the log's truncation) gives the final state again.

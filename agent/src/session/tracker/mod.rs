@@ -76,8 +76,10 @@ pub struct Outcome {
     pub direction: Direction,
     /// The session it belongs to (tracked or not).
     pub key: SessionKey,
-    /// Records to replicate, in order (0, 1 or 2: e.g. a Full at handshake completion;
-    /// a Sync on data/ack/window/timestamp progress; a Delete when the session closes or is reset).
+    /// Records to replicate, in order: a Full at handshake completion; a Sync on
+    /// data/ack/window/timestamp/FIN progress; a Delete when the session closes or is
+    /// reset; nothing for duplicates and untracked packets. (At most one per packet
+    /// today; callers should not rely on that.)
     pub records: Vec<Record>,
 }
 

@@ -135,7 +135,7 @@ impl Entry {
             our_tsval: 0,
             our_fin: None,
             peer_fin: None,
-            unacked: Vec::new(),
+            unacked: Default::default(),
             bytes_in: u64::from(seg.len()),
             bytes_out: 0,
             last_activity_ms: now_ms,
@@ -312,7 +312,11 @@ impl Entry {
                 s.our_tsval = ts.tsval;
             }
         }
-        let data = s.unacked[s.unacked.len() - appended..].to_vec();
+        let data: Vec<u8> = s
+            .unacked
+            .range(s.unacked.len() - appended..)
+            .copied()
+            .collect();
         self.finish(before, false, data_seq, data)
     }
 

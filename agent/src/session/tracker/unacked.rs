@@ -74,6 +74,6 @@ pub(super) fn append_unacked(
         return 0;
     };
     let take = new.len().min(limit.saturating_sub(state.unacked.len()));
-    state.unacked.extend_from_slice(&new[..take]);
+    state.unacked.extend(&new[..take]);
     take
 }

@@ -30,7 +30,7 @@ fn handshake_without_options() {
         our_tsval: 0,
         our_fin: None,
         peer_fin: None,
-        unacked: vec![],
+        unacked: Default::default(),
         bytes_in: 0,
         bytes_out: 0,
         last_activity_ms: NOW + 3,
@@ -372,7 +372,7 @@ fn restore_then_continue_mid_stream() {
     assert_eq!((sync.snd_una, sync.peer_window), (1004, 900));
     assert_eq!(
         t.session(&key()).map(|s| s.unacked.clone()),
-        Some(b"lo".to_vec())
+        Some(b"lo".to_vec().into())
     );
 }
 
