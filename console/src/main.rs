@@ -1,14 +1,18 @@
 //! `nonstop-console`: the operator's view of a nonstop pair.
 //!
 //! # Layout
-//! - [`cli`]: subcommands (`status`, `sessions`, `switchover`, `events`) with `--json` output.
+//! - [`cli`]: subcommands (`status`, `sessions`, `switchover`, `events`, `inject`,
+//!   `heal`) with `--json` output; no subcommand (or `tui`) opens the TUI.
 //! - [`client`]: one control connection to an agent, optionally from inside a lab's
 //!   network namespace.
 //! - [`pair`]: resolving the two agents from `--agent` or `--lab`, and polling both.
+//! - [`tui`]: the operator TUI (ratatui): node panels, session table, lag, events,
+//!   switchover and fault injection behind confirmations.
 
 mod cli;
 mod client;
 mod pair;
+mod tui;
 
 use clap::Parser;
 

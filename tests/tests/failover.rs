@@ -169,6 +169,10 @@ fn restarted_old_master_comes_back_as_backup_and_leaves_the_vip_alone() {
         return;
     }
     let lab = lab_with_agents("back", 100, 3);
+    // The peer knows the VIP (its neighbour entry holds the master's MAC).
+    serve_name(&lab, Node::Master);
+    serve_name(&lab, Node::Backup);
+    assert_eq!(ask_vip(&lab).as_deref(), Some("master"));
     lab.stop_agent(Node::Master, libc::SIGKILL)
         .expect("kill master agent");
     wait_for(Duration::from_secs(3), || {
@@ -180,11 +184,27 @@ fn restarted_old_master_comes_back_as_backup_and_leaves_the_vip_alone() {
         holds_vip(&lab, Node::Master),
         "SIGKILL cannot remove the VIP"
     );
+    // Let the new master's gratuitous ARP burst end, so only a re-announcement can
+    // repair what the restarted node's brief resume announces.
+    std::thread::sleep(Duration::from_millis(3000));
     lab.start_agent(Node::Master).expect("restart");
     wait_for(Duration::from_secs(3), || {
         (status_of(&lab, Node::Master)?.mode == Mode::Backup).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&lab)));
+    // The restarted agent resumed as master for a moment (it still held the VIP) and
+    // announced it; the winner must have pointed the peer back at itself.
+    let backup_mac = lab.mac_of("backup", "eth0").expect("backup MAC");
+    wait_for(Duration::from_secs(3), || {
+        (lab.neighbour_mac("peer", lab.vip()).ok()?? == backup_mac).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "peer's ARP entry left pointing at the old master: {e}\n{}",
+            logs(&lab)
+        )
+    });
+    assert_eq!(ask_vip(&lab).as_deref(), Some("backup"));
     for _ in 0..10 {
         assert!(
             !holds_vip(&lab, Node::Master),

@@ -255,6 +255,15 @@ impl Driver {
                         });
                     }
                 }
+                Action::Announce => {
+                    if self.vip_held {
+                        if let Err(e) = self.start_garp_burst() {
+                            self.events.emit(EventKind::Error {
+                                detail: format!("{e:#}"),
+                            });
+                        }
+                    }
+                }
                 Action::RunFence => self.run_fence(),
                 Action::Transitioned {
                     from,

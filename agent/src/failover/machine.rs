@@ -59,6 +59,9 @@ pub enum Action {
     AddVip,
     /// Remove the VIP from the service interface.
     RemoveVip,
+    /// Announce the VIP again (gratuitous ARP) without re-adding it: another master
+    /// may have pointed the peers at itself before it yielded to us.
+    Announce,
     /// Run the fence command and report with [`Machine::fence_finished`].
     RunFence,
     /// The mode changed; report it and persist the epoch.
@@ -386,6 +389,10 @@ impl Machine {
             };
             self.actions.push_back(Action::RemoveVip);
             self.transition(Mode::Backup, cause, now);
+        } else {
+            // We stay; the other master will yield, but its gratuitous ARPs may have
+            // pointed the peers at it: point them back.
+            self.actions.push_back(Action::Announce);
         }
     }
 

@@ -2,6 +2,7 @@
 //! JSON document with `--json`; the exit status says whether it succeeded.
 
 mod events;
+mod inject;
 mod render;
 mod sessions;
 mod status;
@@ -29,14 +30,16 @@ pub struct Cli {
     /// Network timeout per request, milliseconds.
     #[arg(long, global = true, default_value_t = 2000)]
     pub timeout_ms: u64,
-    /// What to do.
+    /// What to do (nothing: open the TUI).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The interactive console (also what runs without a subcommand).
+    Tui,
     /// Mode, epoch, VIP and heartbeat health of each node.
     Status {
         /// One JSON document instead of a table.
@@ -67,18 +70,32 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Inject a fault on one node's host (drills); see `heal` to undo.
+    Inject(inject::InjectArgs),
+    /// Remove injected faults from one node (`--node`) or both (`--all`).
+    Heal(inject::HealArgs),
 }
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let agents = crate::pair::resolve(&cli.agents, cli.lab.as_deref())?;
     let timeout = Duration::from_millis(cli.timeout_ms.max(1));
+    let labels: Vec<String> = match &cli.lab {
+        Some(_) => vec!["master".to_owned(), "backup".to_owned()],
+        None => agents.iter().map(|a| a.addr.to_string()).collect(),
+    };
     match cli.command {
-        Command::Status { json } => status::run(&agents, timeout, json),
-        Command::Switchover { json, wait_ms } => {
+        None | Some(Command::Tui) => {
+            crate::tui::run(&agents, &labels, timeout)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Inject(args)) => inject::run_inject(&agents, timeout, &args),
+        Some(Command::Heal(args)) => inject::run_heal(&agents, timeout, &args),
+        Some(Command::Status { json }) => status::run(&agents, timeout, json),
+        Some(Command::Switchover { json, wait_ms }) => {
             switchover::run(&agents, timeout, Duration::from_millis(wait_ms), json)
         }
-        Command::Sessions { json } => sessions::run(&agents, timeout, json),
-        Command::Events { json, follow } => events::run(&agents, timeout, json, follow),
+        Some(Command::Sessions { json }) => sessions::run(&agents, timeout, json),
+        Some(Command::Events { json, follow }) => events::run(&agents, timeout, json, follow),
     }
 }

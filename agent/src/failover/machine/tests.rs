@@ -25,6 +25,7 @@ struct SimNode {
     link_up: bool,
     fence_ok: bool,
     fence_runs: u32,
+    announcements: u32,
     transitions: Vec<(Mode, Mode, Cause, Instant)>,
 }
 
@@ -45,6 +46,7 @@ impl Sim {
             link_up: true,
             fence_ok: true,
             fence_runs: 0,
+            announcements: 0,
             transitions: vec![],
         };
         Sim {
@@ -94,6 +96,7 @@ impl Sim {
                 }
                 Action::AddVip => node.vip = true,
                 Action::RemoveVip => node.vip = false,
+                Action::Announce => node.announcements += 1,
                 Action::RunFence => {
                     node.fence_runs += 1;
                     let ok = node.fence_ok;
@@ -274,6 +277,22 @@ fn quick_restart_of_the_master_agent_resumes_without_failover() {
     assert_eq!(sim.mode(1), Mode::Backup);
     assert_eq!(sim.m(0).epoch(), 1, "no new epoch for a resume");
     assert_eq!(sim.nodes[1].transitions.len(), 1, "the backup never moved");
+}
+
+#[test]
+fn the_master_that_stays_reannounces_after_meeting_another() {
+    let mut sim = healthy_pair();
+    sim.sync_up = false;
+    sim.in_flight.clear();
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.masters(), 2);
+    sim.sync_up = true;
+    sim.run(Duration::from_millis(300));
+    assert_eq!(sim.mode(1), Mode::Master);
+    assert!(
+        sim.nodes[1].announcements >= 1,
+        "winner must re-announce the VIP"
+    );
 }
 
 #[test]
