@@ -7,6 +7,7 @@
 //!   (raw packet socket).
 //! - [`session`]: the session manager — interception, tracking, replication, storage.
 //! - [`replication`]: records master → backup over TCP on the sync link, with acks.
+//! - [`recovery`]: restoring replicated sessions into an unmodified server (sans-IO core).
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
@@ -15,6 +16,7 @@ pub mod control;
 pub mod events;
 pub mod failover;
 pub mod inject;
+pub mod recovery;
 pub mod replication;
 pub mod session;
 pub mod shutdown;

@@ -1,0 +1,9 @@
+//! Session recovery on a new master (design §4): forging the peer's handshake into
+//! the local stack and translating every later segment between the peer's view of the
+//! session and the restored socket's. Sans-IO.
+//!
+//! - [`forge`]: builds the forged SYN and ACK, and recognises the app kernel's SYN-ACK.
+//! - [`translate`]: per-session sequence/ack/SACK/window/timestamp translation.
+
+pub mod forge;
+pub mod translate;
