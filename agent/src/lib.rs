@@ -18,6 +18,7 @@ pub mod failover;
 pub mod inject;
 pub mod recovery;
 pub mod replication;
+pub mod resources;
 pub mod session;
 pub mod shutdown;
 pub mod vip;

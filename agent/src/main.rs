@@ -147,6 +147,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode: mode_rx,
     };
 
+    let resources = nonstop_agent::resources::ResourceMonitor::default();
+    tokio::spawn(resources.clone().run());
     let driver = Driver::start(DriverParts {
         config: config.clone(),
         events: Arc::clone(&events),
@@ -155,6 +157,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         mode_tx,
         sessions: Some(view.clone()),
+        resources,
     })
     .await
     .context("failover manager")?;

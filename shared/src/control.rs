@@ -385,6 +385,22 @@ pub struct NodeStatus {
     /// Session manager: replication and interception.
     #[serde(default)]
     pub replication: ReplicationView,
+    /// CPU and memory of the agent (and of its service, once it manages one).
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// CPU and memory use, sampled about once a second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Agent CPU use over the last sample, percent of one core.
+    pub agent_cpu_percent: f32,
+    /// Agent resident memory, KiB.
+    pub agent_rss_kib: u64,
+    /// Service CPU use, percent of one core, when the agent manages a service.
+    pub app_cpu_percent: Option<f32>,
+    /// Service resident memory, KiB.
+    pub app_rss_kib: Option<u64>,
 }
 
 /// One event of the agent's event stream.

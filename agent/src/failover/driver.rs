@@ -39,6 +39,8 @@ pub struct DriverParts {
     pub mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
     /// The session manager's figures for status reports.
     pub sessions: Option<crate::session::view::SessionView>,
+    /// CPU and memory samples.
+    pub resources: crate::resources::ResourceMonitor,
 }
 
 /// The running failover driver.
@@ -62,6 +64,7 @@ pub struct Driver {
     epoch_file: PathBuf,
     mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
     sessions: Option<crate::session::view::SessionView>,
+    resources: crate::resources::ResourceMonitor,
 }
 
 impl Driver {
@@ -76,6 +79,7 @@ impl Driver {
             shutdown,
             mode_tx,
             sessions,
+            resources,
         } = parts;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -138,6 +142,7 @@ impl Driver {
             epoch_file,
             mode_tx,
             sessions,
+            resources,
         })
     }
 
@@ -410,6 +415,7 @@ impl Driver {
                 .as_ref()
                 .map(|v| v.replication_view())
                 .unwrap_or_default(),
+            resources: self.resources.latest(),
         }
     }
 }

@@ -57,7 +57,7 @@ pub fn status_table(reports: &[AgentReport]) -> String {
             let r = &s.replication;
             let _ = writeln!(
                 out,
-                "{}: replication {} {} position {} acked {} lag {} records / {} ms; {} sessions; {} packets held",
+                "{}: replication {} {} position {} acked {} lag {} records / {} ms; {} sessions; {} packets held; agent cpu {:.1}% rss {} KiB",
                 s.node_id,
                 r.mode,
                 if r.connected { "connected" } else { "disconnected" },
@@ -66,7 +66,9 @@ pub fn status_table(reports: &[AgentReport]) -> String {
                 r.lag_records,
                 r.lag_ms,
                 r.sessions,
-                r.held_packets
+                r.held_packets,
+                s.resources.agent_cpu_percent,
+                s.resources.agent_rss_kib
             );
         }
     }

@@ -77,6 +77,12 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             snapshots: 1,
             errors: 0,
         },
+        resources: nonstop_shared::control::Resources {
+            agent_cpu_percent: if master { 12.5 } else { 3.0 },
+            agent_rss_kib: if master { 11_264 } else { 8_704 },
+            app_cpu_percent: None,
+            app_rss_kib: None,
+        },
     }
 }
 

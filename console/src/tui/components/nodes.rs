@@ -195,7 +195,9 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
         let c = &s.counters;
         lines.push(
             Line::from(format!(
-                "pid {} up {}  hb {}/{}  garp {}  promo {}  err {}",
+                "cpu {:.0}% rss {}B  pid {} up {}  hb {}/{}  garp {}  promo {}  err {}",
+                s.resources.agent_cpu_percent,
+                si(s.resources.agent_rss_kib.saturating_mul(1024) as f64),
                 s.pid,
                 duration_ms(s.uptime_ms),
                 c.heartbeats_sent,
