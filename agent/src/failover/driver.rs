@@ -154,6 +154,10 @@ impl Driver {
         link_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
         loop {
+            if let Some(view) = &self.sessions {
+                let acked = view.stats.acked_seq.load(Ordering::Relaxed);
+                self.machine.set_repl_pos(acked);
+            }
             self.carry_out_actions().await;
             let deadline = tokio::time::Instant::from_std(self.machine.poll_timeout());
             tokio::select! {
