@@ -88,6 +88,7 @@ fn log_event(event: &AgentEvent) {
         EventKind::VipRemoved { vip } => tracing::info!(%vip, "VIP removed"),
         EventKind::GarpSent { number } => tracing::debug!(number, "gratuitous ARP sent"),
         EventKind::FenceRan { ok, detail } => tracing::info!(ok, %detail, "fence command ran"),
+        EventKind::App { detail } => tracing::info!(%detail, "service"),
         EventKind::Injected { fault } => tracing::warn!(%fault, "fault injected"),
         EventKind::Error { detail } => tracing::warn!(%detail, "error"),
     }

@@ -8,10 +8,12 @@
 //! - [`session`]: the session manager — interception, tracking, replication, storage.
 //! - [`replication`]: records master → backup over TCP on the sync link, with acks.
 //! - [`recovery`]: restoring replicated sessions into an unmodified server (sans-IO core).
+//! - [`app`]: the application manager — runs the service on the master.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
 
+pub mod app;
 pub mod control;
 pub mod events;
 pub mod failover;

@@ -88,6 +88,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(64);
     let malformed = Arc::new(AtomicU64::new(0));
     let (mode_tx, mode_rx) = watch::channel((Mode::Startup, 0u64));
+    let mode_rx_for_app = mode_rx.clone();
 
     // Session manager: the persisted copy seeds the tracker (an agent restart keeps
     // its sessions), then interception starts.
@@ -147,6 +148,18 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode: mode_rx,
     };
 
+    let app = config.service.command.clone().map(|command| {
+        let (manager, handle) = nonstop_agent::app::AppManager::new(
+            command,
+            config.service.on_backup,
+            Arc::clone(&events),
+            mode_rx_for_app.clone(),
+            shutdown.clone(),
+        );
+        (manager, handle)
+    });
+    let app_handle = app.as_ref().map(|(_, h)| h.clone());
+    let app_task = app.map(|(manager, _)| tokio::spawn(manager.run()));
     let resources = nonstop_agent::resources::ResourceMonitor::default();
     tokio::spawn(resources.clone().run());
     let driver = Driver::start(DriverParts {
@@ -158,6 +171,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode_tx,
         sessions: Some(view.clone()),
         resources,
+        app: app_handle,
     })
     .await
     .context("failover manager")?;
@@ -187,6 +201,10 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
             served.context("control task").and_then(|r| r).and(driver_result)
         }
     };
+    if let Some(task) = app_task {
+        // The manager stops the service when it sees the shutdown.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     interceptor.send(QueueCommand::Stop);
     let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
     result

@@ -43,6 +43,7 @@ pub fn agent_config(
             },
             ports: vec![SERVICE_PORT],
             command: knobs.service.clone(),
+            on_backup: Default::default(),
         },
         sync: SyncConfig {
             address: sync(node),

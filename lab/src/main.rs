@@ -1,7 +1,7 @@
 //! `nonstop-lab`: the command line over the `nonstop_lab` library.
 //!
 //! ```text
-//! nonstop-lab up     [--name N] [--peers K] [--agents] [--service CMD] [--heartbeat-ms MS] [--misses M]
+//! nonstop-lab up     [--name N] [--peers K] [--agents] [--service CMD | --no-service] [--heartbeat-ms MS] [--misses M]
 //! nonstop-lab down   [--name N | --all-with-prefix P]
 //! nonstop-lab status [--name N] [--json]
 //! nonstop-lab exec   [--name N] HOST -- CMD...
@@ -37,9 +37,13 @@ enum Cmd {
         /// Also start both agents and wait until their control ports answer.
         #[arg(long)]
         agents: bool,
-        /// Service command line the agents manage (run with `sh -c`).
-        #[arg(long)]
+        /// Service command line the agents manage (run with `sh -c`). Default: the
+        /// project's echo service on port 7000 (`nonstop-echo`, next to this binary).
+        #[arg(long, conflicts_with = "no_service")]
         service: Option<String>,
+        /// Run no service under the agents.
+        #[arg(long)]
+        no_service: bool,
         /// Agents' heartbeat interval in milliseconds.
         #[arg(long, default_value_t = 100)]
         heartbeat_ms: u64,
@@ -192,6 +196,13 @@ fn stop(lab: &Lab, node: Option<Node>, signal: i32) -> Result<()> {
     Ok(())
 }
 
+/// The echo service next to this binary, if it was built.
+fn default_service() -> Option<String> {
+    let echo = std::env::current_exe().ok()?.parent()?.join("nonstop-echo");
+    echo.exists()
+        .then(|| format!("{} --listen 0.0.0.0:7000", echo.display()))
+}
+
 fn run(command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Up {
@@ -199,9 +210,15 @@ fn run(command: Cmd) -> Result<ExitCode> {
             peers,
             agents,
             service,
+            no_service,
             heartbeat_ms,
             misses,
         } => {
+            let service = if no_service {
+                None
+            } else {
+                service.or_else(default_service)
+            };
             let spec = LabSpec {
                 name,
                 peers,

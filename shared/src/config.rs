@@ -156,6 +156,21 @@ pub struct ServiceConfig {
     /// Command line of the service (run with `sh -c`), if the agent manages it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// What the service does while this node is not master: `stop` (default) or
+    /// `park` (keep it running, listening, ready for restored sessions).
+    #[serde(default)]
+    pub on_backup: OnBackup,
+}
+
+/// What the application manager does with the service on a node that is not master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackup {
+    /// Stop it (SIGTERM, then SIGKILL after a grace period).
+    #[default]
+    Stop,
+    /// Keep it running.
+    Park,
 }
 
 /// The sync link: heartbeats (and replication) between the two agents.

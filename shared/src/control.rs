@@ -388,6 +388,22 @@ pub struct NodeStatus {
     /// CPU and memory of the agent (and of its service, once it manages one).
     #[serde(default)]
     pub resources: Resources,
+    /// The managed service, if the agent manages one.
+    #[serde(default)]
+    pub app: Option<AppView>,
+}
+
+/// The managed service as the application manager sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppView {
+    /// Its command line.
+    pub command: String,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// Times it was restarted after exiting on its own.
+    pub restarts: u64,
+    /// How it last ended, if it did.
+    pub last_exit: Option<String>,
 }
 
 /// CPU and memory use, sampled about once a second.
@@ -442,6 +458,11 @@ pub enum EventKind {
         /// Whether it succeeded.
         ok: bool,
         /// Exit status or error.
+        detail: String,
+    },
+    /// The application manager started, stopped or lost the service.
+    App {
+        /// What happened, e.g. `started pid 123` or `exited with status 1; restarting in 1 s`.
         detail: String,
     },
     /// A fault was injected or healed on this host.

@@ -41,6 +41,8 @@ pub struct DriverParts {
     pub sessions: Option<crate::session::view::SessionView>,
     /// CPU and memory samples.
     pub resources: crate::resources::ResourceMonitor,
+    /// The managed service, if any.
+    pub app: Option<crate::app::AppHandle>,
 }
 
 /// The running failover driver.
@@ -65,6 +67,7 @@ pub struct Driver {
     mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
     sessions: Option<crate::session::view::SessionView>,
     resources: crate::resources::ResourceMonitor,
+    app: Option<crate::app::AppHandle>,
 }
 
 impl Driver {
@@ -80,6 +83,7 @@ impl Driver {
             mode_tx,
             sessions,
             resources,
+            app,
         } = parts;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -143,6 +147,7 @@ impl Driver {
             mode_tx,
             sessions,
             resources,
+            app,
         })
     }
 
@@ -420,6 +425,7 @@ impl Driver {
                 .map(|v| v.replication_view())
                 .unwrap_or_default(),
             resources: self.resources.latest(),
+            app: self.app.as_ref().map(|a| a.view()),
         }
     }
 }

@@ -90,6 +90,7 @@ fn print_event(event: &AgentEvent, json: bool) {
         EventKind::FenceRan { ok, detail } => {
             format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" })
         }
+        EventKind::App { detail } => format!("service: {detail}"),
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
         EventKind::Error { detail } => format!("error: {detail}"),
     };

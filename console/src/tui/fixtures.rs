@@ -83,6 +83,7 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             app_cpu_percent: None,
             app_rss_kib: None,
         },
+        app: None,
     }
 }
 

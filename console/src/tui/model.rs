@@ -509,6 +509,7 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
             LogKind::Fence,
             format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" }),
         ),
+        EventKind::App { detail } => (LogKind::Vip, format!("service: {detail}")),
         EventKind::Injected { fault } => (LogKind::Injected, format!("fault injected: {fault}")),
         EventKind::Error { detail } => (LogKind::AgentError, format!("error: {detail}")),
     }
