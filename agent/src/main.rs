@@ -134,10 +134,13 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         stats: Arc::clone(&stats),
         shutdown: shutdown.clone(),
     }));
-    tokio::spawn(hold_while_sync_master(
+    tokio::spawn(follow_mode(
         interceptor.clone(),
         mode_rx.clone(),
         config.session.replication,
+        Arc::clone(&replica),
+        config.service.vip.addr,
+        config.service.ports.clone(),
     ));
     let view = SessionView {
         node_id: config.node_id.clone(),
@@ -210,19 +213,91 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     result
 }
 
-/// Outbound packets are held for the backup only on a master in `sync` mode.
-async fn hold_while_sync_master(
+/// Keeps the interceptor in step with this node's role: holding (sync mode, master
+/// only), dropping outbound service packets when not master, and restoring the
+/// replicated sessions into the local service when this node becomes master.
+async fn follow_mode(
     interceptor: InterceptorHandle,
     mut mode: watch::Receiver<(Mode, u64)>,
     replication: ReplicationMode,
+    replica: Arc<Mutex<Replica>>,
+    vip: std::net::Ipv4Addr,
+    ports: Vec<u16>,
 ) {
+    let mut was_master = false;
     loop {
         let master = mode.borrow_and_update().0 == Mode::Master;
+        interceptor.send(QueueCommand::SetRole(master));
         interceptor.send(QueueCommand::SetHolding(
             master && replication == ReplicationMode::Sync,
         ));
+        if master && !was_master {
+            let states = replica
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .states();
+            if !states.is_empty() {
+                // (Sockets from an earlier reign were destroyed at the demotion; a
+                // resumed master's live sockets must not be touched, and the
+                // interceptor skips the sessions it already tracks.)
+                if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
+                    tracing::warn!(?ports, "no service listening; restoring anyway");
+                }
+                interceptor.send(QueueCommand::Restore(states));
+            }
+        }
+        if was_master && !master {
+            // Give the service manager time to stop the app, then make sure none of
+            // its connections on the VIP survive (their RSTs are dropped by the queue).
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            destroy_stale_sockets(vip, &ports).await;
+        }
+        was_master = master;
         if mode.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Kills TCP sockets on VIP:port with `ss -K` (sock_destroy).
+async fn destroy_stale_sockets(vip: std::net::Ipv4Addr, ports: &[u16]) {
+    for port in ports {
+        let filter = format!("src {vip} and sport = :{port}");
+        let result = tokio::process::Command::new("ss")
+            .args(["-K", "-t", "-n", "state", "all"])
+            .arg(&filter)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot run ss -K");
+        }
+    }
+}
+
+/// Waits until something listens on one of `ports` (from /proc/net/tcp).
+async fn wait_for_listener(ports: &[u16], limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(table) = tokio::fs::read_to_string("/proc/net/tcp").await {
+            let listening = table.lines().skip(1).any(|line| {
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1).unwrap_or("");
+                let state = fields.nth(1).unwrap_or("");
+                state == "0A"
+                    && local
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                        .is_some_and(|p| ports.contains(&p))
+            });
+            if listening {
+                return true;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

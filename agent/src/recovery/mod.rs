@@ -7,3 +7,7 @@
 
 pub mod forge;
 pub mod translate;
+mod wire;
+
+#[cfg(test)]
+mod tests;

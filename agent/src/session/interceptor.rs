@@ -14,10 +14,14 @@
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 
+use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
+use crate::recovery::translate::{duplicate_acks, retransmit_segments, Translator, Verdict};
 use crate::session::queue_rules;
-use crate::session::tracker::{Direction, Tracker, TrackerLimits};
+use crate::session::tracker::{Tracker, TrackerLimits};
 use anyhow::{bail, Context};
+use nonstop_shared::session::{Phase, SessionKey};
 use nonstop_shared::session::{Record, SessionState};
+use std::collections::HashMap;
 use std::collections::{HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
@@ -64,6 +68,13 @@ pub enum QueueCommand {
     Snapshot(tokio::sync::oneshot::Sender<(u64, Vec<Record>)>),
     /// The current table, for status and the console.
     Sessions(tokio::sync::oneshot::Sender<Vec<SessionState>>),
+    /// This node became master (`true`) or stopped being master (`false`). A node
+    /// that is not master drops every outbound packet of the service: its app's
+    /// sessions now belong to the other node.
+    SetRole(bool),
+    /// Restore these replicated sessions into the local service (design §4): forge
+    /// each peer's handshake, then translate. Sessions already tracked are skipped.
+    Restore(Vec<SessionState>),
     /// Stop: release held packets, remove the table, end the thread.
     Stop,
 }
@@ -89,6 +100,16 @@ pub struct InterceptorStats {
     pub sessions: AtomicU64,
     /// Whether holding is on.
     pub holding: AtomicBool,
+    /// Sessions whose restore started (forged SYN sent).
+    pub restore_started: AtomicU64,
+    /// Sessions restored (handshake completed, translation on).
+    pub restored: AtomicU64,
+    /// Restores that failed (unexpected SYN-ACK, send error).
+    pub restore_failed: AtomicU64,
+    /// Microseconds from the restore command to the last session restored.
+    pub restore_last_us: AtomicU64,
+    /// Outbound packets dropped because this node is not master.
+    pub not_master_drops: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.
@@ -194,7 +215,20 @@ struct Worker {
     acked: u64,
     holding: bool,
     held: VecDeque<Held>,
+    master: bool,
+    vip: Ipv4Addr,
+    ports: Vec<u16>,
+    raw: RawSender,
+    /// Forged SYN sent, waiting for the app kernel's SYN-ACK.
+    restoring: HashMap<SessionKey, SessionState>,
+    /// Forged ACK sent (value: the ACK number it carries), to let it through once.
+    forged_acks: HashMap<SessionKey, u32>,
+    translators: HashMap<SessionKey, Translator>,
+    restore_began: Option<Instant>,
 }
+
+/// Mark on packets the agent injects itself (forged handshakes, retransmissions).
+pub const INJECT_MARK: u32 = 0x4e53_0001;
 
 impl Worker {
     fn open(
@@ -254,6 +288,14 @@ impl Worker {
             acked: first_seq.saturating_sub(1),
             holding: false,
             held: VecDeque::new(),
+            master: false,
+            vip: config.vip,
+            ports: config.ports.clone(),
+            raw: RawSender::open().context("raw socket for restores")?,
+            restoring: HashMap::new(),
+            forged_acks: HashMap::new(),
+            translators: HashMap::new(),
+            restore_began: None,
         })
     }
 
@@ -272,7 +314,18 @@ impl Worker {
                     self.issue(record);
                 }
             }
-            // Everything the socket has, then everything the channel has.
+            // Commands first (a role change must apply before the packets that follow
+            // it), then everything the socket has.
+            loop {
+                match self.commands.try_recv() {
+                    Ok(QueueCommand::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                        self.stop();
+                        return;
+                    }
+                    Ok(command) => self.on_command(command),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                }
+            }
             loop {
                 match self.queue.recv() {
                     Ok(message) => self.on_packet(message),
@@ -287,16 +340,6 @@ impl Worker {
                     }
                 }
             }
-            loop {
-                match self.commands.try_recv() {
-                    Ok(QueueCommand::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
-                        self.stop();
-                        return;
-                    }
-                    Ok(command) => self.on_command(command),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                }
-            }
             self.release();
             if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), 1000) {
                 tracing::warn!(error = %e, "poll failed");
@@ -307,37 +350,108 @@ impl Worker {
     }
 
     fn on_packet(&mut self, mut message: nfq::Message) {
-        let now_ms = crate::events::unix_ms();
-        let outcome = self.tracker.on_packet(message.get_payload(), now_ms);
-        let outbound = match outcome {
-            Ok(outcome) => {
-                for record in outcome.records {
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    let _ = self.records.send((seq, record));
-                }
-                self.stats
-                    .last_seq
-                    .store(self.next_seq - 1, Ordering::Relaxed);
-                self.stats
-                    .sessions
-                    .store(self.tracker.len() as u64, Ordering::Relaxed);
-                matches!(outcome.direction, Direction::Outbound)
-            }
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "packet not tracked");
-                false
-            }
+        let Some(peek) = Peek::of(message.get_payload(), self.vip) else {
+            // Not IPv4/TCP as we expect: let the tracker count it, pass it on.
+            self.track(message.get_payload().to_vec().as_slice());
+            message.set_verdict(nfq::Verdict::Accept);
+            self.verdict(message);
+            return;
         };
-        let counter = if outbound {
+        let counter = if peek.outbound {
             &self.stats.packets_out
         } else {
             &self.stats.packets_in
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // Our own forged handshake into the local stack: deliver untouched, untracked.
+        if !peek.outbound && self.is_forged_inbound(&peek) {
+            message.set_verdict(nfq::Verdict::Accept);
+            self.verdict(message);
+            return;
+        }
+        // Our own retransmissions to the peer: already in the peer's sequence space.
+        if peek.outbound && message.get_nfmark() == INJECT_MARK {
+            self.track(message.get_payload().to_vec().as_slice());
+            message.set_verdict(nfq::Verdict::Accept);
+            self.verdict(message);
+            return;
+        }
+        if peek.outbound && !self.master {
+            self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
+            message.set_verdict(nfq::Verdict::Drop);
+            self.verdict(message);
+            return;
+        }
+        if self.restoring.contains_key(&peek.key) {
+            if peek.outbound && peek.syn && peek.ack {
+                self.complete_restore(peek.key, message.get_payload());
+            } else if !peek.outbound {
+                // The peer, before the restored socket exists: note it, drop it;
+                // the peer retransmits.
+                self.track(message.get_payload().to_vec().as_slice());
+            }
+            message.set_verdict(nfq::Verdict::Drop);
+            self.verdict(message);
+            return;
+        }
+        if let Some(translator) = self.translators.get_mut(&peek.key) {
+            let mut packet = message.get_payload().to_vec();
+            if peek.outbound {
+                match translator.outbound(&mut packet) {
+                    Ok(Verdict::Accept) => {
+                        self.track(&packet);
+                        message.set_payload(packet);
+                        self.hold_or_accept(message);
+                    }
+                    Ok(Verdict::Drop) | Err(_) => {
+                        message.set_verdict(nfq::Verdict::Drop);
+                        self.verdict(message);
+                    }
+                }
+            } else {
+                self.track(&packet.clone());
+                let translator = self.translators.get_mut(&peek.key);
+                match translator.map(|t| t.inbound(&mut packet)) {
+                    Some(Ok(Verdict::Accept)) => {
+                        message.set_payload(packet);
+                        message.set_verdict(nfq::Verdict::Accept);
+                    }
+                    _ => message.set_verdict(nfq::Verdict::Drop),
+                }
+                self.verdict(message);
+            }
+            return;
+        }
+        self.track(message.get_payload().to_vec().as_slice());
+        if peek.outbound {
+            self.hold_or_accept(message);
+        } else {
+            message.set_verdict(nfq::Verdict::Accept);
+            self.verdict(message);
+        }
+    }
+
+    /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
+    /// records.
+    fn track(&mut self, packet: &[u8]) {
+        match self.tracker.on_packet(packet, crate::events::unix_ms()) {
+            Ok(outcome) => {
+                for record in outcome.records {
+                    self.issue(record);
+                }
+            }
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "packet not tracked");
+            }
+        }
+    }
+
+    /// In sync mode an outbound packet waits until the backup has acknowledged the
+    /// record current now (and everything held before it).
+    fn hold_or_accept(&mut self, mut message: nfq::Message) {
         let required = self.next_seq - 1;
-        if outbound && self.holding && (required > self.acked || !self.held.is_empty()) {
+        if self.holding && (required > self.acked || !self.held.is_empty()) {
             if self.held.len() >= MAX_HELD {
                 self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
                 message.set_verdict(nfq::Verdict::Drop);
@@ -354,8 +468,100 @@ impl Worker {
         self.verdict(message);
     }
 
+    fn is_forged_inbound(&mut self, peek: &Peek) -> bool {
+        if peek.syn && !peek.ack {
+            return self.restoring.contains_key(&peek.key);
+        }
+        match self.forged_acks.get(&peek.key) {
+            Some(&ack) if peek.ack && !peek.syn && peek.payload_len == 0 && peek.ack_no == ack => {
+                self.forged_acks.remove(&peek.key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts restoring `states` (those not tracked yet): forged SYN into the stack.
+    fn start_restore(&mut self, states: Vec<SessionState>) {
+        let fresh: Vec<SessionState> = states
+            .into_iter()
+            .filter(|s| self.tracker.session(&s.key).is_none())
+            .filter(|s| {
+                matches!(
+                    s.phase,
+                    Phase::Established | Phase::PeerClosed | Phase::LocalClosed
+                )
+            })
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        tracing::info!(sessions = fresh.len(), "restoring sessions");
+        self.restore_began = Some(Instant::now());
+        self.tracker.restore(fresh.clone());
+        // The new backup may have been sent a snapshot before these sessions were
+        // tracked here: announce each in full.
+        for state in &fresh {
+            self.issue(Record::Full(state.clone()));
+        }
+        for state in fresh {
+            let syn = forged_syn(&state);
+            self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.raw.send(&syn) {
+                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session = %state.key, error = %e, "cannot inject the forged SYN");
+                continue;
+            }
+            self.restoring.insert(state.key, state);
+        }
+        self.stats
+            .sessions
+            .store(self.tracker.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The app kernel answered a forged SYN: drop its SYN-ACK, complete the handshake
+    /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
+    /// ACKs) and translate from now on.
+    fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
+        let Some(state) = self.restoring.remove(&key) else {
+            return;
+        };
+        let synack = match parse_synack(synack_packet, &state) {
+            Ok(synack) => synack,
+            Err(e) => {
+                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session = %key, error = %e, "unexpected SYN-ACK while restoring");
+                return;
+            }
+        };
+        let ack = forged_ack(&state, &synack);
+        self.forged_acks.insert(key, synack.new_isn.wrapping_add(1));
+        let mut packets = vec![ack];
+        packets.extend(retransmit_segments(&state, 1460, None));
+        packets.extend(duplicate_acks(&state, 4));
+        for packet in packets {
+            if let Err(e) = self.raw.send(&packet) {
+                tracing::warn!(session = %key, error = %e, "restore packet not sent");
+            }
+        }
+        self.translators
+            .insert(key, Translator::new(&state, &synack));
+        self.stats.restored.fetch_add(1, Ordering::Relaxed);
+        if let Some(began) = self.restore_began {
+            self.stats
+                .restore_last_us
+                .store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        tracing::debug!(session = %key, "session restored");
+    }
+
     /// Numbers a record and hands it to replication.
     fn issue(&mut self, record: Record) {
+        if let Record::Delete(key) = &record {
+            self.translators.remove(key);
+            self.restoring.remove(key);
+            self.forged_acks.remove(key);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let _ = self.records.send((seq, record));
@@ -381,6 +587,27 @@ impl Worker {
                     self.release_all();
                 }
             }
+            QueueCommand::SetRole(master) => {
+                if self.master && !master {
+                    // Whatever is held was never acknowledged by the backup; the new
+                    // master retransmits from its replica.
+                    while let Some(mut held) = self.held.pop_front() {
+                        held.message.set_verdict(nfq::Verdict::Drop);
+                        self.verdict(held.message);
+                    }
+                    self.stats.held.store(0, Ordering::Relaxed);
+                    self.restoring.clear();
+                    self.forged_acks.clear();
+                    self.translators.clear();
+                    // The sessions now live on the other node; if this node becomes
+                    // master again it restores them afresh from its replica.
+                    let limits = self.tracker.limits();
+                    self.tracker = Tracker::new(self.vip, &self.ports, limits);
+                    self.stats.sessions.store(0, Ordering::Relaxed);
+                }
+                self.master = master;
+            }
+            QueueCommand::Restore(states) => self.start_restore(states),
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
             }
@@ -429,6 +656,127 @@ impl Worker {
             tracing::error!(error = %e, "could not remove the queue rules");
         }
         tracing::info!("interception stopped");
+    }
+}
+
+/// The few header fields the interceptor decides on before the tracker runs.
+#[derive(Debug, Clone, Copy)]
+struct Peek {
+    key: SessionKey,
+    outbound: bool,
+    syn: bool,
+    ack: bool,
+    ack_no: u32,
+    payload_len: usize,
+}
+
+impl Peek {
+    /// Reads an IPv4/TCP packet's tuple and flags; `None` if it is not one.
+    /// Outbound packets come from the VIP (the queue rules match nothing else).
+    fn of(packet: &[u8], vip: Ipv4Addr) -> Option<Peek> {
+        let ihl = usize::from(packet.first()? & 0x0f) * 4;
+        if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
+            return None;
+        }
+        let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
+        let tcp = packet.get(ihl..total.min(packet.len()))?;
+        if tcp.len() < 20 {
+            return None;
+        }
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+        let data_offset = usize::from(tcp[12] >> 4) * 4;
+        let flags = tcp[13];
+        let outbound = src == vip;
+        let key = if outbound {
+            SessionKey {
+                peer_ip: dst,
+                peer_port: dport,
+                local_ip: src,
+                local_port: sport,
+            }
+        } else {
+            SessionKey {
+                peer_ip: src,
+                peer_port: sport,
+                local_ip: dst,
+                local_port: dport,
+            }
+        };
+        Some(Peek {
+            key,
+            outbound,
+            syn: flags & 0x02 != 0,
+            ack: flags & 0x10 != 0,
+            ack_no: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+            payload_len: tcp.len().saturating_sub(data_offset),
+        })
+    }
+}
+
+/// A raw IPv4 socket (`IPPROTO_RAW`, header included) whose packets carry
+/// [`INJECT_MARK`], for forged handshakes and retransmissions.
+struct RawSender(RawFd);
+
+impl RawSender {
+    fn open() -> std::io::Result<RawSender> {
+        // SAFETY: plain syscall.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sender = RawSender(fd);
+        set_socket_int(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            INJECT_MARK as libc::c_int,
+        )?;
+        Ok(sender)
+    }
+
+    fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+        if packet.len() < 20 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "short packet",
+            ));
+        }
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr = libc::in_addr {
+            s_addr: u32::from_ne_bytes([packet[16], packet[17], packet[18], packet[19]]),
+        };
+        // SAFETY: valid buffer and sockaddr_in of the right size.
+        let rc = unsafe {
+            libc::sendto(
+                self.0,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawSender {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
     }
 }
 

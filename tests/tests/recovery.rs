@@ -1,0 +1,100 @@
+//! Session recovery on the real lab: peers' sessions survive a planned switchover
+//! (and the way back) without reconnecting, into the unmodified echo service that the
+//! agents manage.
+
+use nonstop_e2e::*;
+use nonstop_lab::{LabGuard, LabSpec, Node};
+use nonstop_shared::Mode;
+use std::time::Duration;
+
+fn lab_with_managed_echo(tag: &str) -> LabGuard {
+    let echo = bin("nonstop-echo");
+    let spec = LabSpec {
+        name: unique_name(tag),
+        peers: 1,
+        heartbeat_ms: 100,
+        misses: 3,
+        service: Some(format!("{} --listen 0.0.0.0:7000", echo.display())),
+    };
+    let lab = LabGuard::up(&spec).expect("lab up");
+    lab.start_agent(Node::Master).expect("master agent");
+    std::thread::sleep(Duration::from_millis(500));
+    lab.start_agent(Node::Backup).expect("backup agent");
+    wait_for(Duration::from_secs(10), || {
+        let (m, b) = statuses(&lab);
+        let (m, b) = (m?, b?);
+        (m.mode == Mode::Master
+            && b.mode == Mode::Backup
+            && m.app?.pid.is_some()
+            && m.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("pair never settled: {e}\n{}", logs(&lab)));
+    lab
+}
+
+fn switchover(lab: &nonstop_lab::Lab) {
+    let (ok, out) = console(lab, &["switchover", "--json"]);
+    assert!(ok, "switchover failed: {out}\n{}", logs(lab));
+}
+
+#[test]
+fn sessions_survive_a_switchover_and_the_way_back() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_managed_echo("swrec");
+    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    let ports_before = clients.ports();
+    for _ in 0..5 {
+        clients.round().expect("round before");
+    }
+    quiesce(&lab, &clients);
+    for (leg, new_master) in [(1, Node::Backup), (2, Node::Master)] {
+        switchover(&lab);
+        wait_for(Duration::from_secs(10), || {
+            let s = status_of(&lab, new_master)?;
+            (s.mode == Mode::Master && s.replication.sessions >= 16).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("leg {leg}: new master not ready: {e}\n{}", logs(&lab)));
+        for round in 0..5 {
+            clients.round().unwrap_or_else(|e| {
+                panic!(
+                    "leg {leg} round {round}: session broke: {e:#}\n{}",
+                    logs(&lab)
+                )
+            });
+        }
+        assert_eq!(
+            clients.ports(),
+            ports_before,
+            "leg {leg}: same sockets, same local ports"
+        );
+        quiesce(&lab, &clients);
+    }
+}
+
+/// Waits until both nodes' tables agree on every client session with nothing unacked.
+fn quiesce(lab: &nonstop_lab::Lab, clients: &EchoClients) {
+    let ports = clients.ports();
+    wait_for(Duration::from_secs(10), || {
+        let (m, b) = session_lists(lab);
+        let (m, b) = (m?, b?);
+        let find = |list: &nonstop_shared::control::SessionList, port: u16| {
+            list.sessions
+                .iter()
+                .find(|s| s.peer.ends_with(&format!(":{port}")))
+                .cloned()
+        };
+        ports
+            .iter()
+            .all(|&p| match (find(&m, p), find(&b, p)) {
+                (Some(x), Some(y)) => {
+                    x.snd_una == x.snd_nxt && (x.rcv_nxt, x.snd_nxt) == (y.rcv_nxt, y.snd_nxt)
+                }
+                _ => false,
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("tables never quiesced: {e}\n{}", logs(lab)));
+}
