@@ -352,7 +352,7 @@ impl Worker {
     fn on_packet(&mut self, mut message: nfq::Message) {
         let Some(peek) = Peek::of(message.get_payload(), self.vip) else {
             // Not IPv4/TCP as we expect: let the tracker count it, pass it on.
-            self.track(message.get_payload().to_vec().as_slice());
+            self.track(message.get_payload());
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
             return;
@@ -371,7 +371,7 @@ impl Worker {
         }
         // Our own retransmissions to the peer: already in the peer's sequence space.
         if peek.outbound && message.get_nfmark() == INJECT_MARK {
-            self.track(message.get_payload().to_vec().as_slice());
+            self.track(message.get_payload());
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
             return;
@@ -388,7 +388,7 @@ impl Worker {
             } else if !peek.outbound {
                 // The peer, before the restored socket exists: note it, drop it;
                 // the peer retransmits.
-                self.track(message.get_payload().to_vec().as_slice());
+                self.track(message.get_payload());
             }
             message.set_verdict(nfq::Verdict::Drop);
             self.verdict(message);
@@ -409,7 +409,7 @@ impl Worker {
                     }
                 }
             } else {
-                self.track(&packet.clone());
+                self.track(&packet);
                 let translator = self.translators.get_mut(&peek.key);
                 match translator.map(|t| t.inbound(&mut packet)) {
                     Some(Ok(Verdict::Accept)) => {
@@ -422,7 +422,7 @@ impl Worker {
             }
             return;
         }
-        self.track(message.get_payload().to_vec().as_slice());
+        self.track(message.get_payload());
         if peek.outbound {
             self.hold_or_accept(message);
         } else {
