@@ -18,6 +18,7 @@ pub mod control;
 pub mod events;
 pub mod failover;
 pub mod inject;
+pub mod nfqueue;
 pub mod recovery;
 pub mod replication;
 pub mod resources;

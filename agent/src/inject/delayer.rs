@@ -37,7 +37,7 @@
 //! are therefore never shorter than asked and at most ~1 ms longer.
 
 use super::command;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -251,11 +251,7 @@ impl Worker {
         let setup = |what: &str, e: std::io::Error| {
             format!("delayer: cannot {what} NFQUEUE {queue_num}: {e}")
         };
-        let before = netfilter_sockets();
-        let mut queue = nfq::Queue::open().map_err(|e| setup("open", e))?;
-        let after = netfilter_sockets();
-        let new: Vec<RawFd> = after.difference(&before).copied().collect();
-        let fd = (new.len() == 1).then(|| new[0]);
+        let (mut queue, fd) = crate::nfqueue::open_queue().map_err(|e| setup("open", e))?;
         queue
             .bind(queue_num)
             .map_err(|e| setup("bind (is another process serving it?)", e))?;
@@ -423,45 +419,6 @@ impl Worker {
         // SAFETY: one valid pollfd; the descriptor stays open while `self.queue` lives.
         unsafe { libc::poll(&mut pfd, 1, ms) };
     }
-}
-
-/// Descriptors of this process that are netfilter netlink sockets.
-fn netfilter_sockets() -> HashSet<RawFd> {
-    let mut found = HashSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        if socket_int(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
-            && socket_int(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
-        {
-            found.insert(fd);
-        }
-    }
-    found
-}
-
-fn socket_int(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid pointers to a c_int and its length; a non-socket fd just fails.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(value)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 
+use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
 use crate::recovery::translate::{duplicate_acks, retransmit_segments, Translator, Verdict};
 use crate::session::queue_rules;
@@ -22,7 +23,7 @@ use anyhow::{bail, Context};
 use nonstop_shared::session::{Phase, SessionKey};
 use nonstop_shared::session::{Record, SessionState};
 use std::collections::HashMap;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -240,17 +241,11 @@ impl Worker {
         restored: Vec<SessionState>,
         first_seq: u64,
     ) -> anyhow::Result<Worker> {
-        let before = netfilter_sockets()?;
-        let mut queue = nfq::Queue::open().context("cannot open NFQUEUE (need CAP_NET_ADMIN)")?;
-        let after = netfilter_sockets()?;
-        let mut new: Vec<RawFd> = after.difference(&before).copied().collect();
-        if new.len() != 1 {
-            bail!(
-                "cannot identify the NFQUEUE socket ({} candidates)",
-                new.len()
-            );
-        }
-        let queue_fd = new.remove(0);
+        let (mut queue, queue_fd) =
+            open_queue().context("cannot open NFQUEUE (need CAP_NET_ADMIN)")?;
+        let Some(queue_fd) = queue_fd else {
+            bail!("cannot identify the NFQUEUE socket");
+        };
         // A burst larger than the socket buffer makes the kernel drop packets on the
         // way to us ("user_dropped" in /proc/net/netfilter/nfnetlink_queue), which TCP
         // repairs only after a retransmission timeout: give the socket room.
@@ -782,128 +777,3 @@ impl Drop for RawSender {
 
 /// Receive buffer of the NFQUEUE socket.
 pub const RCVBUF_BYTES: libc::c_int = 32 << 20;
-
-fn set_socket_int(
-    fd: RawFd,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: valid pointer to a c_int and its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Descriptors of this process that are netfilter netlink sockets.
-fn netfilter_sockets() -> anyhow::Result<HashSet<RawFd>> {
-    let mut found = HashSet::new();
-    for entry in std::fs::read_dir("/proc/self/fd").context("reading /proc/self/fd")? {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        if socket_int(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
-            && socket_int(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
-        {
-            found.insert(fd);
-        }
-    }
-    Ok(found)
-}
-
-fn socket_int(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid pointers to a c_int and its length; a non-socket fd just fails.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(value)
-}
-
-/// Waits until either descriptor is readable or `timeout_ms` passes.
-fn poll_two(a: RawFd, b: RawFd, timeout_ms: i32) -> std::io::Result<()> {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: fds is a valid array of two pollfd structs.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-    if rc < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
-/// A Linux eventfd used to wake the thread.
-#[derive(Debug)]
-pub struct EventFd(RawFd);
-
-impl EventFd {
-    /// A new non-blocking eventfd.
-    pub fn new() -> std::io::Result<EventFd> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(EventFd(fd))
-    }
-
-    fn fd(&self) -> RawFd {
-        self.0
-    }
-
-    /// Makes the descriptor readable.
-    pub fn notify(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64.
-        unsafe { libc::write(self.0, (&one as *const u64).cast(), 8) };
-    }
-
-    fn drain(&self) {
-        let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64; EAGAIN when empty is fine.
-        unsafe { libc::read(self.0, (&mut value as *mut u64).cast(), 8) };
-    }
-}
-
-impl Drop for EventFd {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
-    }
-}
