@@ -25,3 +25,6 @@ pub mod resources;
 pub mod session;
 pub mod shutdown;
 pub mod vip;
+
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -1,12 +1,12 @@
 //! The forged SYN and third ACK, and recognising the app kernel's SYN-ACK.
 
-use super::builder::{seg, PEER, PEER_PORT, PORT, VIP};
 use super::*;
 use crate::recovery::forge::{
     forged_ack, forged_syn, parse_synack, syn_seq, ForgeError, SynAck, DEFAULT_MSS,
 };
 use crate::session::tracker::options::{OptionError, TcpOptions, Timestamps};
 use crate::session::tracker::PacketError;
+use crate::test_support::segment::{seg, PEER, PEER_PORT, PORT, VIP};
 
 fn peer() -> (Ipv4Addr, u16) {
     (Ipv4Addr::from(PEER), PEER_PORT)

@@ -1,9 +1,9 @@
 //! Kicking the peer after a restore: the replicated tail retransmitted from `unacked`,
 //! the window update, duplicate ACKs.
 
-use super::builder::{PEER, PEER_PORT, PORT, VIP};
 use super::*;
 use crate::recovery::translate::{duplicate_acks, kick_window, retransmit_segments, window_update};
+use crate::test_support::segment::{PEER, PEER_PORT, PORT, VIP};
 
 /// `n` tail bytes from `snd_una`.
 fn with_tail(mut s: SessionState, snd_una: u32, n: usize) -> SessionState {

@@ -1,7 +1,7 @@
 //! Trace tests for the recovery core (style.md, smoltcp): exact segments in, exact
 //! segments out.
 //!
-//! - [`builder`]: `seg().from_us().seq(400).ts(1, 2).build()` → IPv4 bytes.
+//! - `crate::test_support::segment`: `seg().from_us().seq(400).ts(1, 2).build()` → IPv4 bytes.
 //! - `forge`: the forged SYN and ACK, SYN-ACK recognition.
 //! - `translate`: outbound and inbound rewriting, field by field.
 //! - `kick`: retransmission of the tail, window update, duplicate ACKs.
@@ -11,14 +11,13 @@
 //! Every packet the code under test writes is read back with [`view`], which checks
 //! both checksums twice: with a naive RFC 1071 sum written here and with etherparse.
 
-mod builder;
 mod forge;
 mod kick;
 mod props;
 mod translate;
 
 use super::forge::SynAck;
-use builder::{PEER, PEER_PORT, PORT, VIP};
+use crate::test_support::segment::{PEER, PEER_PORT, PORT, VIP};
 use nonstop_shared::session::{Negotiated, Phase, SessionKey, SessionState};
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;

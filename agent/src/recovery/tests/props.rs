@@ -13,11 +13,11 @@
 //! 6. the retransmitted tail covers `unacked` exactly, contiguously, within the MSS,
 //!    with the FIN where it belongs.
 
-use super::builder::{seg, Seg};
 use super::*;
 use crate::recovery::forge::{parse_synack, SynAck};
 use crate::recovery::translate::{retransmit_segments, TranslateError, Translator, Verdict};
 use crate::session::tracker::segment::Segment;
+use crate::test_support::segment::{seg, Seg};
 use nonstop_shared::session::{seq_le, seq_lt};
 use proptest::prelude::*;
 

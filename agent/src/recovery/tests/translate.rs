@@ -1,10 +1,10 @@
 //! The translator, field by field: outbound seq/window/TSval, inbound ack/SACK/TSecr,
 //! checksums and lengths after every rewrite, errors that leave the packet alone.
 
-use super::builder::{seg, Seg, PEER, PEER_PORT, PORT, VIP};
 use super::*;
 use crate::recovery::translate::{TranslateError, Translator, Verdict};
 use crate::session::tracker::PacketError;
+use crate::test_support::segment::{seg, Seg, PEER, PEER_PORT, PORT, VIP};
 
 fn translator() -> Translator {
     Translator::new(&state(), &synack())

@@ -1,7 +1,7 @@
 //! Close traces: FIN from each side, simultaneous close, RST each way, afterwards.
 
-use super::builder::{bytes_at, seg};
 use super::*;
+use crate::test_support::segment::{bytes_at, seg};
 use nonstop_shared::session::Phase;
 
 #[test]

@@ -1,10 +1,10 @@
 //! Data traces: both directions, retransmission, reordering, SACK, windows, probes,
 //! timestamps and sequence wrap-around.
 
-use super::builder::{bytes_at, seg};
 use super::*;
 use crate::session::tracker::session::sync_of;
 use crate::session::tracker::unacked;
+use crate::test_support::segment::{bytes_at, seg};
 
 /// Our data segment at `seq` with `n` bytes (ACKing `ack`).
 fn out(seq: u32, n: usize, ack: u32) -> Vec<u8> {

@@ -1,8 +1,8 @@
 //! Handshake traces: options, duplicates, odd orders, untracked packets, restore.
 
-use super::builder::{seg, PEER, PEER_PORT, PORT, VIP};
 use super::*;
 use crate::session::tracker::PacketError;
+use crate::test_support::segment::{seg, PEER, PEER_PORT, PORT, VIP};
 use nonstop_shared::session::{Negotiated, Phase};
 
 #[test]

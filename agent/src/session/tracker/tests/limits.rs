@@ -1,8 +1,8 @@
 //! Limit traces: session count, per-session unacked bytes, idle expiry.
 
-use super::builder::{bytes_at, seg, PEER};
 use super::*;
 use crate::session::tracker::{unacked, PacketError};
+use crate::test_support::segment::{bytes_at, seg, PEER};
 
 fn out(seq: u32, n: usize) -> Vec<u8> {
     seg()

@@ -1,10 +1,9 @@
 //! Trace tests: exact segments in, exact state and records out (style.md, smoltcp).
 //!
-//! - [`builder`]: `seg().from_peer().syn().seq(400).mss(1460).build()` → IPv4 bytes.
+//! - `crate::test_support::segment`: `seg().from_peer().syn().seq(400).mss(1460).build()` → IPv4 bytes.
 //! - `handshake`, `data`, `close`, `limits`: trace tests by topic.
 //! - `props`: property tests (unacked bytes vs. a model, replica fidelity, no panics).
 
-mod builder;
 mod close;
 mod data;
 mod handshake;
@@ -13,7 +12,7 @@ mod props;
 
 use super::{Direction, Tracker, TrackerLimits};
 use crate::session::table::SessionTable;
-use builder::{seg, PEER, PEER_PORT, PORT, VIP};
+use crate::test_support::segment::{seg, PEER, PEER_PORT, PORT, VIP};
 use nonstop_shared::session::{Record, SessionKey, SessionState, SessionSync};
 use std::net::Ipv4Addr;
 

@@ -5,9 +5,9 @@
 //!    valid segments of a session;
 //! 3. random, truncated and bit-flipped bytes never panic `on_packet`.
 
-use super::builder::{seg, Seg};
 use super::*;
 use crate::session::tracker::unacked;
+use crate::test_support::segment::{seg, Seg};
 use nonstop_shared::session::seq_le;
 use proptest::prelude::*;
 
