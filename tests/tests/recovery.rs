@@ -33,6 +33,35 @@ fn lab_with_managed_echo(tag: &str) -> LabGuard {
     lab
 }
 
+/// The peer's kernel counters that would show a broken session: connections reset
+/// while established, connections opened, and RSTs received.
+fn peer_tcp_counters(lab: &nonstop_lab::Lab) -> (u64, u64, u64) {
+    let out = lab
+        .exec(
+            "peer",
+            &[
+                "nstat",
+                "-az",
+                "TcpEstabResets",
+                "TcpActiveOpens",
+                "TcpExtTCPAbortOnData",
+            ],
+        )
+        .expect("nstat in the peer namespace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        get("TcpEstabResets"),
+        get("TcpActiveOpens"),
+        get("TcpExtTCPAbortOnData"),
+    )
+}
+
 fn switchover(lab: &nonstop_lab::Lab) {
     let (ok, out) = console(lab, &["switchover", "--json"]);
     assert!(ok, "switchover failed: {out}\n{}", logs(lab));
@@ -50,6 +79,7 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         clients.round().expect("round before");
     }
     quiesce(&lab, &clients);
+    let counters_before = peer_tcp_counters(&lab);
     for (leg, new_master) in [(1, Node::Backup), (2, Node::Master)] {
         switchover(&lab);
         wait_for(Duration::from_secs(10), || {
@@ -97,4 +127,54 @@ fn quiesce(lab: &nonstop_lab::Lab, clients: &EchoClients) {
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("tables never quiesced: {e}\n{}", logs(lab)));
+}
+
+#[test]
+fn sessions_survive_a_master_crash() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_managed_echo("crrec");
+    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    let ports_before = clients.ports();
+    for _ in 0..5 {
+        clients.round().expect("round before");
+    }
+    quiesce(&lab, &clients);
+    let counters_before = peer_tcp_counters(&lab);
+    // The master host loses every process at once (agent and service): SIGKILL.
+    lab.kill_all("master")
+        .expect("kill everything on the master");
+    wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Backup)?;
+        (s.mode == Mode::Master && s.replication.sessions >= 16).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
+    // In sync mode the new master holds its output until a backup acknowledges it:
+    // the crashed host's agent comes back (as backup) and replication resumes.
+    lab.start_agent(Node::Master)
+        .expect("restart the old master's agent");
+    for round in 0..5 {
+        clients.round().unwrap_or_else(|e| {
+            panic!(
+                "round {round} after the crash: session broke: {e:#}\n{}",
+                logs(&lab)
+            )
+        });
+    }
+    assert_eq!(
+        clients.ports(),
+        ports_before,
+        "same sockets, same local ports"
+    );
+    assert_eq!(
+        status_of(&lab, Node::Master).map(|s| s.mode),
+        Some(Mode::Backup)
+    );
+    quiesce(&lab, &clients);
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "(resets, opens, aborts) at the peer"
+    );
 }
