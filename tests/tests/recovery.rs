@@ -102,6 +102,12 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         );
         quiesce(&lab, &clients);
     }
+    // No reset, no new connection, as the peer's own kernel counts them.
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "(resets, opens, aborts) at the peer"
+    );
 }
 
 /// Waits until both nodes' tables agree on every client session with nothing unacked.
