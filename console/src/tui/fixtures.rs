@@ -83,7 +83,12 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             app_cpu_percent: None,
             app_rss_kib: None,
         },
-        app: None,
+        app: Some(nonstop_shared::control::AppView {
+            command: "nonstop-echo --listen 0.0.0.0:7000".to_owned(),
+            pid: if master { Some(5150) } else { None },
+            restarts: 0,
+            last_exit: None,
+        }),
     }
 }
 

@@ -21,6 +21,18 @@ pub fn mode_color(mode: Mode) -> Color {
     }
 }
 
+/// The managed service in a few characters: `app 1234`, `app stopped`, `no app`.
+pub fn app_state(s: &NodeStatus) -> String {
+    match &s.app {
+        None => "no app".to_owned(),
+        Some(app) => match app.pid {
+            Some(pid) if app.restarts > 0 => format!("app {pid} ({}↻)", app.restarts),
+            Some(pid) => format!("app {pid}"),
+            None => "app stopped".to_owned(),
+        },
+    }
+}
+
 /// Colour for an unreachable node (and stale figures).
 pub const UNREACHABLE: Color = Color::DarkGray;
 
@@ -176,10 +188,11 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
             Span::styled(format!("lag {}r/{}ms", r.lag_records, r.lag_ms), lag_style),
         ]),
         Line::from(vec![Span::raw(format!(
-            "sessions {}  held {}  pkts {}/s",
+            "sess {} held {} {}p/s {}",
             r.sessions,
             r.held_packets,
-            si(node.packet_rate)
+            si(node.packet_rate),
+            app_state(s)
         ))]),
     ];
     if full {
