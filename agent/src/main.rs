@@ -165,7 +165,9 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let app_task = app.map(|(manager, _)| tokio::spawn(manager.run()));
     let resources = nonstop_agent::resources::ResourceMonitor::default();
     tokio::spawn(resources.clone().run());
-    let driver = Driver::start(DriverParts {
+    // The failover driver gets a thread and a runtime of its own, so that session
+    // work (replication, storage, status polls) can never delay a heartbeat.
+    let driver_task = spawn_failover_thread(DriverParts {
         config: config.clone(),
         events: Arc::clone(&events),
         commands: commands_rx,
@@ -175,9 +177,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sessions: Some(view.clone()),
         resources,
         app: app_handle,
-    })
-    .await
-    .context("failover manager")?;
+    })?;
     let handle = ControlHandle {
         commands: commands_tx,
         events,
@@ -190,7 +190,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let control =
         tokio::spawn(async move { control::serve(&control_addrs, handle, control_shutdown).await });
     tokio::spawn(shutdown::trip_on_signals(trigger.clone()));
-    let mut driver_task = tokio::spawn(driver.run());
+    let mut driver_task = driver_task;
     let result = tokio::select! {
         finished = &mut driver_task => {
             trigger.trigger();
@@ -211,6 +211,31 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     interceptor.send(QueueCommand::Stop);
     let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
     result
+}
+
+/// Runs the failover driver on its own thread with a current-thread runtime; the
+/// receiver yields its result (a startup error included) when it ends.
+fn spawn_failover_thread(
+    parts: DriverParts,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("failover".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("failover runtime")
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        let driver = Driver::start(parts).await.context("failover manager")?;
+                        driver.run().await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the failover thread")?;
+    Ok(done_rx)
 }
 
 /// Keeps the interceptor in step with this node's role: holding (sync mode, master
