@@ -184,3 +184,50 @@ fn sessions_survive_a_master_crash() {
         "(resets, opens, aborts) at the peer"
     );
 }
+
+#[test]
+fn sessions_survive_link_down_of_the_master_host() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_managed_echo("lnrec");
+    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    let ports_before = clients.ports();
+    for _ in 0..5 {
+        clients.round().expect("round before");
+    }
+    quiesce(&lab, &clients);
+    let counters_before = peer_tcp_counters(&lab);
+    // The master host drops off both networks (its switch ports go down).
+    lab.set_host_links(Node::Master, false).expect("links down");
+    wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Backup)?;
+        (s.mode == Mode::Master && s.replication.sessions >= 16).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
+    // The host comes back and rejoins as backup; replication resumes (sync mode).
+    lab.set_host_links(Node::Master, true).expect("links up");
+    for round in 0..5 {
+        clients.round().unwrap_or_else(|e| {
+            panic!(
+                "round {round} after link-down: session broke: {e:#}\n{}",
+                logs(&lab)
+            )
+        });
+    }
+    assert_eq!(
+        clients.ports(),
+        ports_before,
+        "same sockets, same local ports"
+    );
+    wait_for(Duration::from_secs(5), || {
+        (status_of(&lab, Node::Master)?.mode == Mode::Backup).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("old master did not rejoin as backup: {e}\n{}", logs(&lab)));
+    quiesce(&lab, &clients);
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "(resets, opens, aborts) at the peer"
+    );
+}
