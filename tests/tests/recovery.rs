@@ -7,6 +7,9 @@ use nonstop_lab::{LabGuard, LabSpec, Node};
 use nonstop_shared::Mode;
 use std::time::Duration;
 
+/// Concurrent client sessions in each scenario.
+const SESSIONS: usize = 256;
+
 fn lab_with_managed_echo(tag: &str) -> LabGuard {
     let echo = bin("nonstop-echo");
     let spec = LabSpec {
@@ -73,7 +76,7 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         return;
     }
     let lab = lab_with_managed_echo("swrec");
-    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
     let ports_before = clients.ports();
     for _ in 0..5 {
         clients.round().expect("round before");
@@ -84,7 +87,7 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         switchover(&lab);
         wait_for(Duration::from_secs(10), || {
             let s = status_of(&lab, new_master)?;
-            (s.mode == Mode::Master && s.replication.sessions >= 16).then_some(())
+            (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
         })
         .unwrap_or_else(|e| panic!("leg {leg}: new master not ready: {e}\n{}", logs(&lab)));
         for round in 0..5 {
@@ -141,7 +144,7 @@ fn sessions_survive_a_master_crash() {
         return;
     }
     let lab = lab_with_managed_echo("crrec");
-    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
     let ports_before = clients.ports();
     for _ in 0..5 {
         clients.round().expect("round before");
@@ -153,7 +156,7 @@ fn sessions_survive_a_master_crash() {
         .expect("kill everything on the master");
     wait_for(Duration::from_secs(5), || {
         let s = status_of(&lab, Node::Backup)?;
-        (s.mode == Mode::Master && s.replication.sessions >= 16).then_some(())
+        (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
     })
     .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
     // In sync mode the new master holds its output until a backup acknowledges it:
@@ -191,7 +194,7 @@ fn sessions_survive_link_down_of_the_master_host() {
         return;
     }
     let lab = lab_with_managed_echo("lnrec");
-    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
     let ports_before = clients.ports();
     for _ in 0..5 {
         clients.round().expect("round before");
@@ -202,7 +205,7 @@ fn sessions_survive_link_down_of_the_master_host() {
     lab.set_host_links(Node::Master, false).expect("links down");
     wait_for(Duration::from_secs(5), || {
         let s = status_of(&lab, Node::Backup)?;
-        (s.mode == Mode::Master && s.replication.sessions >= 16).then_some(())
+        (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
     })
     .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
     // The host comes back and rejoins as backup; replication resumes (sync mode).

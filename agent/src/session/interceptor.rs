@@ -221,12 +221,30 @@ struct Worker {
     ports: Vec<u16>,
     raw: RawSender,
     /// Forged SYN sent, waiting for the app kernel's SYN-ACK.
-    restoring: HashMap<SessionKey, SessionState>,
+    restoring: HashMap<SessionKey, Restoring>,
+    /// Sessions waiting for a handshake slot (see [`MAX_HANDSHAKES`]).
+    restore_queue: VecDeque<SessionKey>,
+    queued: HashMap<SessionKey, SessionState>,
     /// Forged ACK sent (value: the ACK number it carries), to let it through once.
     forged_acks: HashMap<SessionKey, u32>,
     translators: HashMap<SessionKey, Translator>,
     restore_began: Option<Instant>,
 }
+
+/// A forged handshake in flight.
+struct Restoring {
+    state: SessionState,
+    sent_at: Instant,
+    tries: u32,
+}
+
+/// Forged handshakes in flight at once: the app kernel's SYN queue is small (128 by
+/// default in a fresh namespace) and an overflow would turn on SYN cookies.
+pub const MAX_HANDSHAKES: usize = 32;
+/// A forged SYN unanswered this long is sent again.
+pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(300);
+/// Forged SYNs per session before the restore is given up.
+pub const HANDSHAKE_TRIES: u32 = 10;
 
 /// Mark on packets the agent injects itself (forged handshakes, retransmissions).
 pub const INJECT_MARK: u32 = 0x4e53_0001;
@@ -288,6 +306,8 @@ impl Worker {
             ports: config.ports.clone(),
             raw: RawSender::open().context("raw socket for restores")?,
             restoring: HashMap::new(),
+            restore_queue: VecDeque::new(),
+            queued: HashMap::new(),
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
             restore_began: None,
@@ -336,7 +356,11 @@ impl Worker {
                 }
             }
             self.release();
-            if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), 1000) {
+            if !self.restoring.is_empty() {
+                self.pump_restores();
+            }
+            let timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), timeout_ms) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -377,7 +401,7 @@ impl Worker {
             self.verdict(message);
             return;
         }
-        if self.restoring.contains_key(&peek.key) {
+        if self.restoring.contains_key(&peek.key) || self.queued.contains_key(&peek.key) {
             if peek.outbound && peek.syn && peek.ack {
                 self.complete_restore(peek.key, message.get_payload());
             } else if !peek.outbound {
@@ -500,25 +524,69 @@ impl Worker {
             self.issue(Record::Full(state.clone()));
         }
         for state in fresh {
-            let syn = forged_syn(&state);
-            self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.raw.send(&syn) {
-                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %state.key, error = %e, "cannot inject the forged SYN");
-                continue;
-            }
-            self.restoring.insert(state.key, state);
+            self.restore_queue.push_back(state.key);
+            self.queued.insert(state.key, state);
         }
+        self.pump_restores();
         self.stats
             .sessions
             .store(self.tracker.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
+    /// re-sends forged SYNs that went unanswered.
+    fn pump_restores(&mut self) {
+        let mut retry = Vec::new();
+        for (key, r) in &self.restoring {
+            if r.sent_at.elapsed() >= HANDSHAKE_RETRY {
+                retry.push(*key);
+            }
+        }
+        for key in retry {
+            let Some(r) = self.restoring.get_mut(&key) else {
+                continue;
+            };
+            if r.tries >= HANDSHAKE_TRIES {
+                self.restoring.remove(&key);
+                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
+                continue;
+            }
+            r.tries += 1;
+            r.sent_at = Instant::now();
+            let syn = forged_syn(&r.state);
+            if let Err(e) = self.raw.send(&syn) {
+                tracing::warn!(session = %key, error = %e, "cannot inject the forged SYN");
+            }
+        }
+        while self.restoring.len() < MAX_HANDSHAKES {
+            let Some(key) = self.restore_queue.pop_front() else {
+                break;
+            };
+            let Some(state) = self.queued.remove(&key) else {
+                continue;
+            };
+            let syn = forged_syn(&state);
+            self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.raw.send(&syn) {
+                tracing::warn!(session = %key, error = %e, "cannot inject the forged SYN");
+            }
+            self.restoring.insert(
+                key,
+                Restoring {
+                    state,
+                    sent_at: Instant::now(),
+                    tries: 1,
+                },
+            );
+        }
     }
 
     /// The app kernel answered a forged SYN: drop its SYN-ACK, complete the handshake
     /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
     /// ACKs) and translate from now on.
     fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
-        let Some(state) = self.restoring.remove(&key) else {
+        let Some(Restoring { state, .. }) = self.restoring.remove(&key) else {
             return;
         };
         let synack = match parse_synack(synack_packet, &state) {
@@ -548,6 +616,7 @@ impl Worker {
                 .store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         tracing::debug!(session = %key, "session restored");
+        self.pump_restores();
     }
 
     /// Numbers a record and hands it to replication.
@@ -555,6 +624,7 @@ impl Worker {
         if let Record::Delete(key) = &record {
             self.translators.remove(key);
             self.restoring.remove(key);
+            self.queued.remove(key);
             self.forged_acks.remove(key);
         }
         let seq = self.next_seq;
@@ -592,6 +662,8 @@ impl Worker {
                     }
                     self.stats.held.store(0, Ordering::Relaxed);
                     self.restoring.clear();
+                    self.restore_queue.clear();
+                    self.queued.clear();
                     self.forged_acks.clear();
                     self.translators.clear();
                     // The sessions now live on the other node; if this node becomes
