@@ -12,12 +12,16 @@ const SESSIONS: usize = 256;
 
 fn lab_with_managed_echo(tag: &str) -> LabGuard {
     let echo = bin("nonstop-echo");
+    lab_with_service(tag, &format!("{} --listen 0.0.0.0:7000", echo.display()))
+}
+
+fn lab_with_service(tag: &str, service: &str) -> LabGuard {
     let spec = LabSpec {
         name: unique_name(tag),
         peers: 1,
         heartbeat_ms: 100,
         misses: 3,
-        service: Some(format!("{} --listen 0.0.0.0:7000", echo.display())),
+        service: Some(service.to_owned()),
     };
     let lab = LabGuard::up(&spec).expect("lab up");
     lab.start_agent(Node::Master).expect("master agent");
@@ -233,4 +237,35 @@ fn sessions_survive_link_down_of_the_master_host() {
         counters_before,
         "(resets, opens, aborts) at the peer"
     );
+}
+
+#[test]
+fn an_off_the_shelf_server_keeps_its_sessions_through_a_switchover() {
+    if !require_root() {
+        return;
+    }
+    // Debian's socat as the service: an echo server nobody here wrote or changed
+    // (one forked `cat` per connection).
+    let lab = lab_with_service("socat", "exec socat TCP-LISTEN:7000,reuseaddr,fork EXEC:cat");
+    let mut clients = EchoClients::connect(&lab, 32).expect("sessions");
+    let ports_before = clients.ports();
+    for _ in 0..5 {
+        clients.round().expect("round before");
+    }
+    quiesce(&lab, &clients);
+    let counters_before = peer_tcp_counters(&lab);
+    switchover(&lab);
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(&lab, Node::Backup)?;
+        (s.mode == Mode::Master && s.replication.sessions >= 32).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("new master not ready: {e}\n{}", logs(&lab)));
+    for round in 0..5 {
+        clients.round().unwrap_or_else(|e| {
+            panic!("round {round} after the switchover: session broke: {e:#}\n{}", logs(&lab))
+        });
+    }
+    assert_eq!(clients.ports(), ports_before, "same sockets, same local ports");
+    quiesce(&lab, &clients);
+    assert_eq!(peer_tcp_counters(&lab), counters_before, "(resets, opens, aborts) at the peer");
 }
