@@ -246,7 +246,10 @@ fn an_off_the_shelf_server_keeps_its_sessions_through_a_switchover() {
     }
     // Debian's socat as the service: an echo server nobody here wrote or changed
     // (one forked `cat` per connection).
-    let lab = lab_with_service("socat", "exec socat TCP-LISTEN:7000,reuseaddr,fork EXEC:cat");
+    let lab = lab_with_service(
+        "socat",
+        "exec socat TCP-LISTEN:7000,reuseaddr,fork EXEC:cat",
+    );
     let mut clients = EchoClients::connect(&lab, 32).expect("sessions");
     let ports_before = clients.ports();
     for _ in 0..5 {
@@ -262,10 +265,98 @@ fn an_off_the_shelf_server_keeps_its_sessions_through_a_switchover() {
     .unwrap_or_else(|e| panic!("new master not ready: {e}\n{}", logs(&lab)));
     for round in 0..5 {
         clients.round().unwrap_or_else(|e| {
-            panic!("round {round} after the switchover: session broke: {e:#}\n{}", logs(&lab))
+            panic!(
+                "round {round} after the switchover: session broke: {e:#}\n{}",
+                logs(&lab)
+            )
         });
     }
-    assert_eq!(clients.ports(), ports_before, "same sockets, same local ports");
+    assert_eq!(
+        clients.ports(),
+        ports_before,
+        "same sockets, same local ports"
+    );
     quiesce(&lab, &clients);
-    assert_eq!(peer_tcp_counters(&lab), counters_before, "(resets, opens, aborts) at the peer");
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "(resets, opens, aborts) at the peer"
+    );
+}
+
+#[test]
+fn three_chat_clients_keep_chatting_through_a_switchover_and_a_crash() {
+    use std::io::{BufRead, BufReader, Write};
+    if !require_root() {
+        return;
+    }
+    let chat = bin("nonstop-chat");
+    let lab = lab_with_service("chat", &format!("{} --listen 0.0.0.0:7000", chat.display()));
+    let vip = std::net::SocketAddr::from((lab.vip(), 7000));
+    let mut clients: Vec<(std::net::TcpStream, BufReader<std::net::TcpStream>)> = (0..3)
+        .map(|_| {
+            let s =
+                nonstop_lab::connect_in_netns(&lab.namespace("peer"), vip, Duration::from_secs(3))
+                    .expect("join the chat");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let r = BufReader::new(s.try_clone().expect("clone"));
+            (s, r)
+        })
+        .collect();
+    let ports: Vec<u16> = clients
+        .iter()
+        .map(|(s, _)| s.local_addr().map_or(0, |a| a.port()))
+        .collect();
+    let mut round = 0;
+    // Each round every client says one numbered line and must hear all three.
+    let mut chat_round =
+        |clients: &mut Vec<(std::net::TcpStream, BufReader<std::net::TcpStream>)>, what: &str| {
+            round += 1;
+            for (i, (s, _)) in clients.iter_mut().enumerate() {
+                writeln!(s, "client{i} says {round}")
+                    .unwrap_or_else(|e| panic!("{what}: client {i} write: {e}"));
+            }
+            for (i, (_, r)) in clients.iter_mut().enumerate() {
+                let mut heard = Vec::new();
+                for _ in 0..3 {
+                    let mut line = String::new();
+                    r.read_line(&mut line)
+                        .unwrap_or_else(|e| panic!("{what}: client {i} round {round}: {e}"));
+                    heard.push(line.trim().to_owned());
+                }
+                heard.sort();
+                let want: Vec<String> = (0..3).map(|j| format!("client{j} says {round}")).collect();
+                assert_eq!(heard, want, "{what}: client {i} round {round}");
+            }
+        };
+    for _ in 0..3 {
+        chat_round(&mut clients, "before");
+    }
+    switchover(&lab);
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(&lab, Node::Backup)?;
+        (s.mode == Mode::Master && s.replication.sessions >= 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("switchover not complete: {e}\n{}", logs(&lab)));
+    for _ in 0..3 {
+        chat_round(&mut clients, "after switchover");
+    }
+    // Now the backup node is master: crash it (every process on that host).
+    lab.kill_all("backup").expect("crash the current master");
+    wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Master && s.replication.sessions >= 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("no takeover after the crash: {e}\n{}", logs(&lab)));
+    lab.start_agent(Node::Backup)
+        .expect("crashed host's agent back");
+    for _ in 0..3 {
+        chat_round(&mut clients, "after crash");
+    }
+    let now: Vec<u16> = clients
+        .iter()
+        .map(|(s, _)| s.local_addr().map_or(0, |a| a.port()))
+        .collect();
+    assert_eq!(now, ports, "nobody reconnected");
 }
