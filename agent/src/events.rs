@@ -89,6 +89,13 @@ fn log_event(event: &AgentEvent) {
         EventKind::GarpSent { number } => tracing::debug!(number, "gratuitous ARP sent"),
         EventKind::FenceRan { ok, detail } => tracing::info!(ok, %detail, "fence command ran"),
         EventKind::App { detail } => tracing::info!(%detail, "service"),
+        EventKind::Restored {
+            sessions,
+            failed,
+            elapsed_ms,
+        } => {
+            tracing::info!(sessions, failed, elapsed_ms, "sessions restored")
+        }
         EventKind::Injected { fault } => tracing::warn!(%fault, "fault injected"),
         EventKind::Error { detail } => tracing::warn!(%detail, "error"),
     }

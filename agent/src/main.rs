@@ -112,6 +112,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (interceptor, queue_thread) =
         interceptor::spawn(interceptor_config, records_tx, restored, first_seq)
             .context("interception")?;
+    interceptor.send(QueueCommand::SetEventLog(Arc::clone(&events)));
     let stats = Arc::new(ReplicationStats::default());
     let receiver = receiver::bind(ReceiverParts {
         listen: config.sync.address,

@@ -212,6 +212,18 @@ pub struct ReplicationView {
     pub snapshots: u64,
     /// Records that could not be applied or stored.
     pub errors: u64,
+    /// Sessions restored into the local service since the agent started.
+    #[serde(default)]
+    pub restored: u64,
+    /// Sessions whose restore is queued or waiting for the service's SYN-ACK.
+    #[serde(default)]
+    pub restore_pending: u64,
+    /// Restores given up (no SYN-ACK, unexpected answer).
+    #[serde(default)]
+    pub restore_failed: u64,
+    /// Milliseconds from the restore command to the last session of it restored.
+    #[serde(default)]
+    pub restore_ms: u64,
 }
 
 /// Why a node changed mode.
@@ -464,6 +476,15 @@ pub enum EventKind {
     App {
         /// What happened, e.g. `started pid 123` or `exited with status 1; restarting in 1 s`.
         detail: String,
+    },
+    /// Replicated sessions were restored into the local service after a promotion.
+    Restored {
+        /// Sessions restored.
+        sessions: u64,
+        /// Restores given up.
+        failed: u64,
+        /// Milliseconds from the restore command to the last session restored.
+        elapsed_ms: u64,
     },
     /// A fault was injected or healed on this host.
     Injected {

@@ -94,6 +94,17 @@ fn sessions_survive_a_switchover_and_the_way_back() {
             (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
         })
         .unwrap_or_else(|e| panic!("leg {leg}: new master not ready: {e}\n{}", logs(&lab)));
+        // The restore is reported: every session restored, none pending or failed.
+        let restored = wait_for(Duration::from_secs(10), || {
+            let r = status_of(&lab, new_master)?.replication;
+            (r.restore_pending == 0 && r.restored >= SESSIONS as u64).then_some(r)
+        })
+        .unwrap_or_else(|e| panic!("leg {leg}: restore not reported: {e}\n{}", logs(&lab)));
+        assert_eq!(restored.restore_failed, 0, "leg {leg}");
+        eprintln!(
+            "leg {leg}: {} sessions restored in {} ms",
+            restored.restored, restored.restore_ms
+        );
         for round in 0..5 {
             clients.round().unwrap_or_else(|e| {
                 panic!(

@@ -76,6 +76,8 @@ pub enum QueueCommand {
     /// Restore these replicated sessions into the local service (design §4): forge
     /// each peer's handshake, then translate. Sessions already tracked are skipped.
     Restore(Vec<SessionState>),
+    /// Where to report finished restores.
+    SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
     Stop,
 }
@@ -111,6 +113,8 @@ pub struct InterceptorStats {
     pub restore_last_us: AtomicU64,
     /// Outbound packets dropped because this node is not master.
     pub not_master_drops: AtomicU64,
+    /// Restores queued or waiting for a SYN-ACK.
+    pub restore_pending: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.
@@ -229,6 +233,10 @@ struct Worker {
     forged_acks: HashMap<SessionKey, u32>,
     translators: HashMap<SessionKey, Translator>,
     restore_began: Option<Instant>,
+    /// Counters at the start of the current restore, for its report.
+    restored_before: u64,
+    failed_before: u64,
+    events: Option<Arc<crate::events::EventLog>>,
 }
 
 /// A forged handshake in flight.
@@ -311,6 +319,9 @@ impl Worker {
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
             restore_began: None,
+            restored_before: 0,
+            failed_before: 0,
+            events: None,
         })
     }
 
@@ -517,6 +528,8 @@ impl Worker {
         }
         tracing::info!(sessions = fresh.len(), "restoring sessions");
         self.restore_began = Some(Instant::now());
+        self.restored_before = self.stats.restored.load(Ordering::Relaxed);
+        self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
         self.tracker.restore(fresh.clone());
         // The new backup may have been sent a snapshot before these sessions were
         // tracked here: announce each in full.
@@ -579,6 +592,28 @@ impl Worker {
                     tries: 1,
                 },
             );
+        }
+        let pending = (self.restoring.len() + self.queued.len()) as u64;
+        self.stats.restore_pending.store(pending, Ordering::Relaxed);
+        if pending == 0 {
+            if let Some(began) = self.restore_began.take() {
+                self.report_restore(began);
+            }
+        }
+    }
+
+    /// Reports a finished restore in the event log.
+    fn report_restore(&self, began: Instant) {
+        let elapsed = began.elapsed();
+        self.stats
+            .restore_last_us
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if let Some(events) = &self.events {
+            events.emit(nonstop_shared::control::EventKind::Restored {
+                sessions: self.stats.restored.load(Ordering::Relaxed) - self.restored_before,
+                failed: self.stats.restore_failed.load(Ordering::Relaxed) - self.failed_before,
+                elapsed_ms: elapsed.as_millis() as u64,
+            });
         }
     }
 
@@ -675,6 +710,7 @@ impl Worker {
                 self.master = master;
             }
             QueueCommand::Restore(states) => self.start_restore(states),
+            QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
             }

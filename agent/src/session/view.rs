@@ -101,6 +101,10 @@ impl SessionView {
             snapshots: self.stats.snapshots.load(Ordering::Relaxed),
             errors: self.stats.apply_errors.load(Ordering::Relaxed)
                 + self.stats.store_errors.load(Ordering::Relaxed),
+            restored: i.restored.load(Ordering::Relaxed),
+            restore_pending: i.restore_pending.load(Ordering::Relaxed),
+            restore_failed: i.restore_failed.load(Ordering::Relaxed),
+            restore_ms: i.restore_last_us.load(Ordering::Relaxed) / 1000,
         }
     }
 }

@@ -91,6 +91,13 @@ fn print_event(event: &AgentEvent, json: bool) {
             format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" })
         }
         EventKind::App { detail } => format!("service: {detail}"),
+        EventKind::Restored {
+            sessions,
+            failed,
+            elapsed_ms,
+        } => {
+            format!("{sessions} sessions restored in {elapsed_ms} ms ({failed} failed)")
+        }
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
         EventKind::Error { detail } => format!("error: {detail}"),
     };

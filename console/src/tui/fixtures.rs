@@ -76,6 +76,7 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             packets: (0, 0),
             snapshots: 1,
             errors: 0,
+            ..ReplicationView::default()
         },
         resources: nonstop_shared::control::Resources {
             agent_cpu_percent: if master { 12.5 } else { 3.0 },

@@ -510,6 +510,14 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
             format!("fence {}: {detail}", if *ok { "ok" } else { "FAILED" }),
         ),
         EventKind::App { detail } => (LogKind::Vip, format!("service: {detail}")),
+        EventKind::Restored {
+            sessions,
+            failed,
+            elapsed_ms,
+        } => (
+            LogKind::Mode,
+            format!("{sessions} sessions restored in {elapsed_ms} ms ({failed} failed)"),
+        ),
         EventKind::Injected { fault } => (LogKind::Injected, format!("fault injected: {fault}")),
         EventKind::Error { detail } => (LogKind::AgentError, format!("error: {detail}")),
     }
