@@ -154,6 +154,79 @@ fn quiesce(lab: &nonstop_lab::Lab, clients: &EchoClients) {
 }
 
 #[test]
+fn sessions_survive_a_crash_of_the_app_on_a_healthy_master() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_managed_echo("apprec");
+    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
+    let ports_before = clients.ports();
+    for _ in 0..5 {
+        clients.round().expect("round before");
+    }
+    quiesce(&lab, &clients);
+    let counters_before = peer_tcp_counters(&lab);
+    let before = status_of(&lab, Node::Master).expect("master status");
+    let epoch = before.epoch;
+    let app_pid = before
+        .app
+        .as_ref()
+        .and_then(|a| a.pid)
+        .expect("service pid");
+    // The service crashes (its whole process group, SIGKILL); the agents stay up.
+    let pgid = libc::pid_t::try_from(app_pid).expect("pid");
+    // SAFETY: plain syscall on a process group this test's lab started.
+    assert_eq!(
+        unsafe { libc::kill(-pgid, libc::SIGKILL) },
+        0,
+        "kill the service"
+    );
+    let after = wait_for(Duration::from_secs(15), || {
+        let s = status_of(&lab, Node::Master)?;
+        let r = &s.replication;
+        let app = s.app.as_ref()?;
+        (app.pid.is_some_and(|p| p != app_pid)
+            && r.restore_pending == 0
+            && r.restored >= before.replication.restored + SESSIONS as u64)
+            .then_some(s)
+    })
+    .unwrap_or_else(|e| panic!("sessions never restored locally: {e}\n{}", logs(&lab)));
+    assert_eq!(after.replication.restore_failed, 0);
+    assert_eq!(after.mode, Mode::Master, "no failover for an app crash");
+    assert_eq!(after.epoch, epoch, "no failover for an app crash");
+    assert_eq!(after.app.as_ref().map(|a| a.restarts), Some(1));
+    eprintln!(
+        "app crash: {} sessions restored locally in {} ms",
+        after.replication.restored - before.replication.restored,
+        after.replication.restore_ms
+    );
+    for round in 0..5 {
+        clients.round().unwrap_or_else(|e| {
+            panic!(
+                "round {round} after the app crash: session broke: {e:#}\n{}",
+                logs(&lab)
+            )
+        });
+    }
+    assert_eq!(
+        clients.ports(),
+        ports_before,
+        "same sockets, same local ports"
+    );
+    quiesce(&lab, &clients);
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "(resets, opens, aborts) at the peer"
+    );
+    // The backup still mirrors the restored sessions, so a failover works next.
+    assert_eq!(
+        status_of(&lab, Node::Backup).map(|s| s.mode),
+        Some(Mode::Backup)
+    );
+}
+
+#[test]
 fn sessions_survive_a_master_crash() {
     if !require_root() {
         return;

@@ -14,6 +14,13 @@
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 
+mod close_quarantine;
+mod peek;
+mod raw;
+
+use self::close_quarantine::CloseQuarantine;
+use self::peek::Peek;
+use self::raw::RawSender;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
 use crate::recovery::translate::{duplicate_acks, retransmit_segments, Translator, Verdict};
@@ -76,6 +83,12 @@ pub enum QueueCommand {
     /// Restore these replicated sessions into the local service (design §4): forge
     /// each peer's handshake, then translate. Sessions already tracked are skipped.
     Restore(Vec<SessionState>),
+    /// The service process died on this (master) node: drop the closes its kernel
+    /// is sending (see [`close_quarantine`]) and park its sessions until
+    /// [`QueueCommand::RestoreLocal`].
+    AppDied,
+    /// The restarted service listens again: restore the parked sessions into it.
+    RestoreLocal,
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -115,6 +128,12 @@ pub struct InterceptorStats {
     pub not_master_drops: AtomicU64,
     /// Restores queued or waiting for a SYN-ACK.
     pub restore_pending: AtomicU64,
+    /// Closes (FIN/RST) of the service waiting out [`close_quarantine::CLOSE_GRACE`].
+    pub closes_waiting: AtomicU64,
+    /// Closes dropped because the service had died (its sessions were restored).
+    pub closes_dropped: AtomicU64,
+    /// Times the service died on this master and its sessions were parked.
+    pub app_deaths: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.
@@ -237,6 +256,10 @@ struct Worker {
     restored_before: u64,
     failed_before: u64,
     events: Option<Arc<crate::events::EventLog>>,
+    /// The service's closes, held a moment in case it is dying.
+    closing: CloseQuarantine<nfq::Message>,
+    /// Sessions of a dead service, waiting for it to listen again.
+    awaiting_app: Vec<SessionKey>,
 }
 
 /// A forged handshake in flight.
@@ -322,6 +345,8 @@ impl Worker {
             restored_before: 0,
             failed_before: 0,
             events: None,
+            closing: CloseQuarantine::new(close_quarantine::CLOSE_GRACE),
+            awaiting_app: Vec::new(),
         })
     }
 
@@ -367,10 +392,14 @@ impl Worker {
                 }
             }
             self.release();
+            self.release_closes();
             if !self.restoring.is_empty() {
                 self.pump_restores();
             }
-            let timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            if let Some(due) = self.closing.next_due(Instant::now()) {
+                timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
+            }
             if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), timeout_ms) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(1));
@@ -424,6 +453,21 @@ impl Worker {
             self.verdict(message);
             return;
         }
+        if peek.outbound
+            && (self.closing.holds(&peek.key)
+                || ((peek.fin || peek.rst) && self.tracker.session(&peek.key).is_some()))
+        {
+            self.closing.hold(peek.key, message, Instant::now());
+            self.stats
+                .closes_waiting
+                .store(self.closing.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        self.forward(message, peek);
+    }
+
+    /// Translates (restored sessions), tracks and passes on or holds a packet.
+    fn forward(&mut self, mut message: nfq::Message, peek: Peek) {
         if let Some(translator) = self.translators.get_mut(&peek.key) {
             let mut packet = message.get_payload().to_vec();
             if peek.outbound {
@@ -459,6 +503,97 @@ impl Worker {
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
         }
+    }
+
+    /// Lets the closes whose grace has passed go on their way.
+    fn release_closes(&mut self) {
+        if self.closing.is_empty() {
+            return;
+        }
+        for message in self.closing.due(Instant::now()) {
+            match Peek::of(message.get_payload(), self.vip) {
+                Some(peek) => self.forward(message, peek),
+                None => self.verdict_with(message, nfq::Verdict::Accept),
+            }
+        }
+        self.stats
+            .closes_waiting
+            .store(self.closing.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops every close waiting: they come from a service that is gone (or from a
+    /// node that is no longer master).
+    fn drop_closes(&mut self) {
+        let dropped = self.closing.take_all();
+        self.stats
+            .closes_dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        for message in dropped {
+            self.verdict_with(message, nfq::Verdict::Drop);
+        }
+        self.stats.closes_waiting.store(0, Ordering::Relaxed);
+    }
+
+    /// The service died: its closes never reach the peers, and each of its sessions
+    /// waits (inbound packets noted and dropped, outbound ones dropped) until the
+    /// restarted service listens.
+    fn on_app_died(&mut self) {
+        self.drop_closes();
+        self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
+        let parked: Vec<SessionState> = self
+            .tracker
+            .sessions()
+            .filter(|s| {
+                matches!(
+                    s.phase,
+                    Phase::Established | Phase::PeerClosed | Phase::LocalClosed
+                )
+            })
+            .cloned()
+            .collect();
+        tracing::warn!(
+            sessions = parked.len(),
+            "service died: its sessions wait for the restarted service"
+        );
+        for state in parked {
+            self.translators.remove(&state.key);
+            self.restoring.remove(&state.key);
+            self.forged_acks.remove(&state.key);
+            self.awaiting_app.push(state.key);
+            self.queued.insert(state.key, state);
+        }
+        self.stats.restore_pending.store(
+            (self.restoring.len() + self.queued.len()) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The restarted service listens: restore the parked sessions into it, from
+    /// their latest tracked state.
+    fn restore_local(&mut self) {
+        let keys = std::mem::take(&mut self.awaiting_app);
+        let mut count = 0;
+        for key in keys {
+            if !self.queued.contains_key(&key) {
+                continue; // ended meanwhile (the peer reset it)
+            }
+            if let Some(state) = self.tracker.session(&key) {
+                self.queued.insert(key, state.clone());
+            }
+            self.restore_queue.push_back(key);
+            count += 1;
+        }
+        if count == 0 {
+            return;
+        }
+        tracing::info!(
+            sessions = count,
+            "restoring sessions into the restarted service"
+        );
+        self.restore_began = Some(Instant::now());
+        self.restored_before = self.stats.restored.load(Ordering::Relaxed);
+        self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
+        self.pump_restores();
     }
 
     /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
@@ -696,6 +831,8 @@ impl Worker {
                         self.verdict(held.message);
                     }
                     self.stats.held.store(0, Ordering::Relaxed);
+                    self.drop_closes();
+                    self.awaiting_app.clear();
                     self.restoring.clear();
                     self.restore_queue.clear();
                     self.queued.clear();
@@ -710,6 +847,8 @@ impl Worker {
                 self.master = master;
             }
             QueueCommand::Restore(states) => self.start_restore(states),
+            QueueCommand::AppDied => self.on_app_died(),
+            QueueCommand::RestoreLocal => self.restore_local(),
             QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
@@ -742,6 +881,11 @@ impl Worker {
         self.stats.held.store(0, Ordering::Relaxed);
     }
 
+    fn verdict_with(&mut self, mut message: nfq::Message, verdict: nfq::Verdict) {
+        message.set_verdict(verdict);
+        self.verdict(message);
+    }
+
     fn verdict(&mut self, message: nfq::Message) {
         if let Err(e) = self.queue.verdict(message) {
             tracing::warn!(error = %e, "NFQUEUE verdict failed");
@@ -755,131 +899,11 @@ impl Worker {
             held.message.set_verdict(nfq::Verdict::Drop);
             self.verdict(held.message);
         }
+        self.drop_closes();
         if let Err(e) = queue_rules::remove() {
             tracing::error!(error = %e, "could not remove the queue rules");
         }
         tracing::info!("interception stopped");
-    }
-}
-
-/// The few header fields the interceptor decides on before the tracker runs.
-#[derive(Debug, Clone, Copy)]
-struct Peek {
-    key: SessionKey,
-    outbound: bool,
-    syn: bool,
-    ack: bool,
-    ack_no: u32,
-    payload_len: usize,
-}
-
-impl Peek {
-    /// Reads an IPv4/TCP packet's tuple and flags; `None` if it is not one.
-    /// Outbound packets come from the VIP (the queue rules match nothing else).
-    fn of(packet: &[u8], vip: Ipv4Addr) -> Option<Peek> {
-        let ihl = usize::from(packet.first()? & 0x0f) * 4;
-        if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
-            return None;
-        }
-        let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-        let tcp = packet.get(ihl..total.min(packet.len()))?;
-        if tcp.len() < 20 {
-            return None;
-        }
-        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-        let data_offset = usize::from(tcp[12] >> 4) * 4;
-        let flags = tcp[13];
-        let outbound = src == vip;
-        let key = if outbound {
-            SessionKey {
-                peer_ip: dst,
-                peer_port: dport,
-                local_ip: src,
-                local_port: sport,
-            }
-        } else {
-            SessionKey {
-                peer_ip: src,
-                peer_port: sport,
-                local_ip: dst,
-                local_port: dport,
-            }
-        };
-        Some(Peek {
-            key,
-            outbound,
-            syn: flags & 0x02 != 0,
-            ack: flags & 0x10 != 0,
-            ack_no: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-            payload_len: tcp.len().saturating_sub(data_offset),
-        })
-    }
-}
-
-/// A raw IPv4 socket (`IPPROTO_RAW`, header included) whose packets carry
-/// [`INJECT_MARK`], for forged handshakes and retransmissions.
-struct RawSender(RawFd);
-
-impl RawSender {
-    fn open() -> std::io::Result<RawSender> {
-        // SAFETY: plain syscall.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_RAW,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let sender = RawSender(fd);
-        set_socket_int(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            INJECT_MARK as libc::c_int,
-        )?;
-        Ok(sender)
-    }
-
-    fn send(&self, packet: &[u8]) -> std::io::Result<()> {
-        if packet.len() < 20 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "short packet",
-            ));
-        }
-        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr = libc::in_addr {
-            s_addr: u32::from_ne_bytes([packet[16], packet[17], packet[18], packet[19]]),
-        };
-        // SAFETY: valid buffer and sockaddr_in of the right size.
-        let rc = unsafe {
-            libc::sendto(
-                self.0,
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RawSender {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
     }
 }
 
