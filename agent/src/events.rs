@@ -96,6 +96,9 @@ fn log_event(event: &AgentEvent) {
         } => {
             tracing::info!(sessions, failed, elapsed_ms, "sessions restored")
         }
+        EventKind::SessionReset { peer, reason } => {
+            tracing::warn!(%peer, %reason, "restored session reset")
+        }
         EventKind::Injected { fault } => tracing::warn!(%fault, "fault injected"),
         EventKind::Error { detail } => tracing::warn!(%detail, "error"),
     }

@@ -98,6 +98,9 @@ fn print_event(event: &AgentEvent, json: bool) {
         } => {
             format!("{sessions} sessions restored in {elapsed_ms} ms ({failed} failed)")
         }
+        EventKind::SessionReset { peer, reason } => {
+            format!("session {peer} reset: {reason}")
+        }
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
         EventKind::Error { detail } => format!("error: {detail}"),
     };

@@ -518,6 +518,10 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
             LogKind::Mode,
             format!("{sessions} sessions restored in {elapsed_ms} ms ({failed} failed)"),
         ),
+        EventKind::SessionReset { peer, reason } => (
+            LogKind::AgentError,
+            format!("session {peer} reset: {reason}"),
+        ),
         EventKind::Injected { fault } => (LogKind::Injected, format!("fault injected: {fault}")),
         EventKind::Error { detail } => (LogKind::AgentError, format!("error: {detail}")),
     }

@@ -22,8 +22,10 @@ use self::close_quarantine::CloseQuarantine;
 use self::peek::Peek;
 use self::raw::RawSender;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
+use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
-use crate::recovery::translate::{duplicate_acks, retransmit_segments, Translator, Verdict};
+use crate::recovery::translate::TranslateError;
+use crate::recovery::translate::{duplicate_acks, probe, retransmit_segments, Translator, Verdict};
 use crate::session::queue_rules;
 use crate::session::tracker::{Tracker, TrackerLimits};
 use anyhow::{bail, Context};
@@ -134,6 +136,8 @@ pub struct InterceptorStats {
     pub closes_dropped: AtomicU64,
     /// Times the service died on this master and its sessions were parked.
     pub app_deaths: AtomicU64,
+    /// Restored sessions reset because their peer had seen state the replica lacked.
+    pub sessions_reset: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.
@@ -260,6 +264,10 @@ struct Worker {
     closing: CloseQuarantine<nfq::Message>,
     /// Sessions of a dead service, waiting for it to listen again.
     awaiting_app: Vec<SessionKey>,
+    /// Restored sessions (async mode) whose peer has not yet proven it is in step.
+    probations: HashMap<SessionKey, Probation>,
+    /// Sessions this node reset, and when: the app's late packets are dropped.
+    reset_recently: HashMap<SessionKey, Instant>,
 }
 
 /// A forged handshake in flight.
@@ -276,6 +284,10 @@ pub const MAX_HANDSHAKES: usize = 32;
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(300);
 /// Forged SYNs per session before the restore is given up.
 pub const HANDSHAKE_TRIES: u32 = 10;
+
+/// How long the app's packets of a session this node reset are dropped (its socket
+/// is being reset too; nothing it still sends may reach the peer untranslated).
+pub const RESET_QUIET: Duration = Duration::from_secs(10);
 
 /// Mark on packets the agent injects itself (forged handshakes, retransmissions).
 pub const INJECT_MARK: u32 = 0x4e53_0001;
@@ -347,6 +359,8 @@ impl Worker {
             events: None,
             closing: CloseQuarantine::new(close_quarantine::CLOSE_GRACE),
             awaiting_app: Vec::new(),
+            probations: HashMap::new(),
+            reset_recently: HashMap::new(),
         })
     }
 
@@ -393,6 +407,7 @@ impl Worker {
             }
             self.release();
             self.release_closes();
+            self.check_probations();
             if !self.restoring.is_empty() {
                 self.pump_restores();
             }
@@ -468,9 +483,30 @@ impl Worker {
 
     /// Translates (restored sessions), tracks and passes on or holds a packet.
     fn forward(&mut self, mut message: nfq::Message, peek: Peek) {
-        if let Some(translator) = self.translators.get_mut(&peek.key) {
+        if peek.outbound && self.reset_recently.contains_key(&peek.key) {
+            self.verdict_with(message, nfq::Verdict::Drop);
+            return;
+        }
+        if self.translators.contains_key(&peek.key) {
             let mut packet = message.get_payload().to_vec();
             if peek.outbound {
+                if let Some(probation) = self.probations.get_mut(&peek.key) {
+                    if peek.ack {
+                        probation.app_acked(peek.ack_no);
+                    }
+                    if !probation.verified() && (peek.payload_len > 0 || peek.fin) {
+                        // Not before the peer has shown where it stands; the app
+                        // kernel retransmits.
+                        self.verdict_with(message, nfq::Verdict::Drop);
+                        return;
+                    }
+                    if probation.finished() {
+                        self.probations.remove(&peek.key);
+                    }
+                }
+                let Some(translator) = self.translators.get_mut(&peek.key) else {
+                    return;
+                };
                 match translator.outbound(&mut packet) {
                     Ok(Verdict::Accept) => {
                         self.track(&packet);
@@ -483,14 +519,25 @@ impl Worker {
                     }
                 }
             } else {
-                self.track(&packet);
                 let translator = self.translators.get_mut(&peek.key);
                 match translator.map(|t| t.inbound(&mut packet)) {
                     Some(Ok(Verdict::Accept)) => {
+                        if let Some(probation) = self.probations.get_mut(&peek.key) {
+                            let ack = peek.ack.then_some(peek.ack_no);
+                            probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
+                        }
+                        self.track(message.get_payload());
                         message.set_payload(packet);
                         message.set_verdict(nfq::Verdict::Accept);
                     }
-                    _ => message.set_verdict(nfq::Verdict::Drop),
+                    Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
+                        message.set_verdict(nfq::Verdict::Drop);
+                        self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
+                    }
+                    _ => {
+                        self.track(message.get_payload());
+                        message.set_verdict(nfq::Verdict::Drop);
+                    }
                 }
                 self.verdict(message);
             }
@@ -502,6 +549,57 @@ impl Worker {
         } else {
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
+        }
+    }
+
+    /// Resets sessions whose peer never filled the hole before its data.
+    fn check_probations(&mut self) {
+        if self.probations.is_empty() && self.reset_recently.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.reset_recently
+            .retain(|_, at| now.saturating_duration_since(*at) < RESET_QUIET);
+        let diverged: Vec<(SessionKey, Option<u32>, Divergence)> = self
+            .probations
+            .iter()
+            .filter_map(|(key, p)| Some((*key, p.peer_ack(), p.check(now)?)))
+            .collect();
+        for (key, peer_ack, why) in diverged {
+            self.reset_diverged(key, peer_ack, why);
+        }
+    }
+
+    /// Ends a restored session whose peer saw state the replica lacked (design §3):
+    /// an RST to the peer (matching its `rcv_nxt`) and one to the restored socket,
+    /// the session deleted here and on the backup, counted and reported.
+    fn reset_diverged(&mut self, key: SessionKey, peer_ack: Option<u32>, why: Divergence) {
+        self.translators.remove(&key);
+        self.probations.remove(&key);
+        let app_rcv_nxt = self.tracker.session(&key).map(|s| s.rcv_nxt);
+        let mut packets = Vec::new();
+        if let Some(seq) = peer_ack {
+            packets.push(reset_to_peer(&key, seq));
+        }
+        if let Some(seq) = app_rcv_nxt {
+            packets.push(reset_to_app(&key, seq));
+        }
+        if let Some(record) = self.tracker.remove(&key) {
+            self.issue(record);
+        }
+        self.reset_recently.insert(key, Instant::now());
+        for packet in packets {
+            if let Err(e) = self.raw.send(&packet) {
+                tracing::warn!(session = %key, error = %e, "reset not sent");
+            }
+        }
+        self.stats.sessions_reset.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(session = %key, reason = why.describe(), "restored session reset");
+        if let Some(events) = &self.events {
+            events.emit(nonstop_shared::control::EventKind::SessionReset {
+                peer: format!("{}:{}", key.peer_ip, key.peer_port),
+                reason: why.describe().to_owned(),
+            });
         }
     }
 
@@ -772,6 +870,9 @@ impl Worker {
         let mut packets = vec![ack];
         packets.extend(retransmit_segments(&state, 1460, None));
         packets.extend(duplicate_acks(&state, 4));
+        if !self.holding {
+            packets.push(probe(&state));
+        }
         for packet in packets {
             if let Err(e) = self.raw.send(&packet) {
                 tracing::warn!(session = %key, error = %e, "restore packet not sent");
@@ -779,6 +880,10 @@ impl Worker {
         }
         self.translators
             .insert(key, Translator::new(&state, &synack));
+        if !self.holding {
+            // Async replication: the replica may be behind what the peer saw.
+            self.probations.insert(key, Probation::new(state.rcv_nxt));
+        }
         self.stats.restored.fetch_add(1, Ordering::Relaxed);
         if let Some(began) = self.restore_began {
             self.stats

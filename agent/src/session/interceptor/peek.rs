@@ -18,6 +18,8 @@ pub(super) struct Peek {
     pub fin: bool,
     /// RST flag.
     pub rst: bool,
+    /// The sequence number.
+    pub seq: u32,
     /// The acknowledgment number.
     pub ack_no: u32,
     /// TCP payload bytes.
@@ -66,6 +68,7 @@ impl Peek {
             ack: flags & 0x10 != 0,
             fin: flags & 0x01 != 0,
             rst: flags & 0x04 != 0,
+            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
             ack_no: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
             payload_len: tcp.len().saturating_sub(data_offset),
         })
