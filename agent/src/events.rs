@@ -93,6 +93,7 @@ fn log_event(event: &AgentEvent) {
             sessions,
             failed,
             elapsed_ms,
+            ..
         } => {
             tracing::info!(sessions, failed, elapsed_ms, "sessions restored")
         }

@@ -268,6 +268,7 @@ async fn follow_mode(
             master && replication == ReplicationMode::Sync,
         ));
         if master && !was_master {
+            let promoted_at = std::time::Instant::now();
             let states = replica
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -279,7 +280,10 @@ async fn follow_mode(
                 if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
                     tracing::warn!(?ports, "no service listening; restoring anyway");
                 }
-                interceptor.send(QueueCommand::Restore(states));
+                interceptor.send(QueueCommand::Restore {
+                    states,
+                    promoted_at,
+                });
             }
         }
         if was_master && !master {

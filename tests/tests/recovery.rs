@@ -102,9 +102,15 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         .unwrap_or_else(|e| panic!("leg {leg}: restore not reported: {e}\n{}", logs(&lab)));
         assert_eq!(restored.restore_failed, 0, "leg {leg}");
         eprintln!(
-            "leg {leg}: {} sessions restored in {} ms",
-            restored.restored, restored.restore_ms
+            "leg {leg}: {} sessions restored in {} ms (per session p50 {} µs, p99 {} µs; \
+             {} ms after the promotion)",
+            restored.restored,
+            restored.restore_ms,
+            restored.restore_session_p50_us,
+            restored.restore_session_p99_us,
+            restored.restore_since_promotion_ms
         );
+        assert!(restored.restore_session_p50_us > 0, "per-session times reported");
         for round in 0..5 {
             clients.round().unwrap_or_else(|e| {
                 panic!(

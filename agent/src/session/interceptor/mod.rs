@@ -84,7 +84,12 @@ pub enum QueueCommand {
     SetRole(bool),
     /// Restore these replicated sessions into the local service (design §4): forge
     /// each peer's handshake, then translate. Sessions already tracked are skipped.
-    Restore(Vec<SessionState>),
+    Restore {
+        /// The replicated sessions.
+        states: Vec<SessionState>,
+        /// When this node became master (for the report).
+        promoted_at: Instant,
+    },
     /// The service process died on this (master) node: drop the closes its kernel
     /// is sending (see [`close_quarantine`]) and park its sessions until
     /// [`QueueCommand::RestoreLocal`].
@@ -138,6 +143,12 @@ pub struct InterceptorStats {
     pub app_deaths: AtomicU64,
     /// Restored sessions reset because their peer had seen state the replica lacked.
     pub sessions_reset: AtomicU64,
+    /// Per-session restore time of the last restore, median, µs.
+    pub restore_session_p50_us: AtomicU64,
+    /// Per-session restore time of the last restore, 99th percentile, µs.
+    pub restore_session_p99_us: AtomicU64,
+    /// Promotion (or service death) to the last session restored, ms.
+    pub restore_since_promotion_ms: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.
@@ -268,11 +279,18 @@ struct Worker {
     probations: HashMap<SessionKey, Probation>,
     /// Sessions this node reset, and when: the app's late packets are dropped.
     reset_recently: HashMap<SessionKey, Instant>,
+    /// Per-session restore times (µs) of the restore under way.
+    restore_times_us: Vec<u64>,
+    /// The promotion (or service death) the restore under way answers.
+    restore_origin: Option<Instant>,
 }
 
 /// A forged handshake in flight.
 struct Restoring {
     state: SessionState,
+    /// First forged SYN.
+    started: Instant,
+    /// Latest forged SYN.
     sent_at: Instant,
     tries: u32,
 }
@@ -284,6 +302,15 @@ pub const MAX_HANDSHAKES: usize = 32;
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(300);
 /// Forged SYNs per session before the restore is given up.
 pub const HANDSHAKE_TRIES: u32 = 10;
+
+/// The `p` quantile (0..=1) of sorted values, nearest rank; 0 if empty.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
 
 /// How long the app's packets of a session this node reset are dropped (its socket
 /// is being reset too; nothing it still sends may reach the peer untranslated).
@@ -361,6 +388,8 @@ impl Worker {
             awaiting_app: Vec::new(),
             probations: HashMap::new(),
             reset_recently: HashMap::new(),
+            restore_times_us: Vec::new(),
+            restore_origin: None,
         })
     }
 
@@ -637,6 +666,7 @@ impl Worker {
     /// restarted service listens.
     fn on_app_died(&mut self) {
         self.drop_closes();
+        self.restore_origin = Some(Instant::now());
         self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
         let parked: Vec<SessionState> = self
             .tracker
@@ -821,6 +851,7 @@ impl Worker {
                 key,
                 Restoring {
                     state,
+                    started: Instant::now(),
                     sent_at: Instant::now(),
                     tries: 1,
                 },
@@ -835,17 +866,39 @@ impl Worker {
         }
     }
 
-    /// Reports a finished restore in the event log.
-    fn report_restore(&self, began: Instant) {
+    /// Reports a finished restore in the event log and the counters.
+    fn report_restore(&mut self, began: Instant) {
         let elapsed = began.elapsed();
-        self.stats
-            .restore_last_us
+        let since_promotion = self.restore_origin.take().unwrap_or(began).elapsed();
+        let mut times = std::mem::take(&mut self.restore_times_us);
+        times.sort_unstable();
+        let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
+        let s = &self.stats;
+        s.restore_last_us
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        s.restore_session_p50_us.store(p50, Ordering::Relaxed);
+        s.restore_session_p99_us.store(p99, Ordering::Relaxed);
+        s.restore_since_promotion_ms
+            .store(since_promotion.as_millis() as u64, Ordering::Relaxed);
+        let sessions = s.restored.load(Ordering::Relaxed) - self.restored_before;
+        let failed = s.restore_failed.load(Ordering::Relaxed) - self.failed_before;
+        tracing::info!(
+            sessions,
+            failed,
+            elapsed_ms = elapsed.as_millis() as u64,
+            session_p50_us = p50,
+            session_p99_us = p99,
+            since_promotion_ms = since_promotion.as_millis() as u64,
+            "restore finished"
+        );
         if let Some(events) = &self.events {
             events.emit(nonstop_shared::control::EventKind::Restored {
-                sessions: self.stats.restored.load(Ordering::Relaxed) - self.restored_before,
-                failed: self.stats.restore_failed.load(Ordering::Relaxed) - self.failed_before,
+                sessions,
+                failed,
                 elapsed_ms: elapsed.as_millis() as u64,
+                session_p50_us: p50,
+                session_p99_us: p99,
+                since_promotion_ms: since_promotion.as_millis() as u64,
             });
         }
     }
@@ -854,9 +907,11 @@ impl Worker {
     /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
     /// ACKs) and translate from now on.
     fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
-        let Some(Restoring { state, .. }) = self.restoring.remove(&key) else {
+        let Some(Restoring { state, started, .. }) = self.restoring.remove(&key) else {
             return;
         };
+        self.restore_times_us
+            .push(started.elapsed().as_micros() as u64);
         let synack = match parse_synack(synack_packet, &state) {
             Ok(synack) => synack,
             Err(e) => {
@@ -951,7 +1006,13 @@ impl Worker {
                 }
                 self.master = master;
             }
-            QueueCommand::Restore(states) => self.start_restore(states),
+            QueueCommand::Restore {
+                states,
+                promoted_at,
+            } => {
+                self.restore_origin = Some(promoted_at);
+                self.start_restore(states);
+            }
             QueueCommand::AppDied => self.on_app_died(),
             QueueCommand::RestoreLocal => self.restore_local(),
             QueueCommand::SetEventLog(events) => self.events = Some(events),
