@@ -248,6 +248,7 @@ fn spawn_failover_thread(
     std::thread::Builder::new()
         .name("failover".into())
         .spawn(move || {
+            use_realtime_scheduling();
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -262,6 +263,30 @@ fn spawn_failover_thread(
         })
         .context("cannot start the failover thread")?;
     Ok(done_rx)
+}
+
+/// Real-time priority (SCHED_RR) of the failover thread: heartbeats must go out and
+/// be read on time even when the host is saturated (a starved heartbeat thread would
+/// look dead to the peer after `heartbeat_ms × misses`, as keepalived's
+/// `vrrp_rt_priority` also guards against). Low in the RT range: it sleeps nearly
+/// always, so it can never starve the host.
+const FAILOVER_RT_PRIORITY: libc::c_int = 10;
+
+/// Puts the calling thread under SCHED_RR at [`FAILOVER_RT_PRIORITY`]; without the
+/// privilege (CAP_SYS_NICE) it stays at normal priority, with a warning.
+fn use_realtime_scheduling() {
+    let param = libc::sched_param {
+        sched_priority: FAILOVER_RT_PRIORITY,
+    };
+    // Processes it starts (the fence command) must not inherit the priority.
+    let policy = libc::SCHED_RR | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: plain syscall; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "failover thread stays at normal priority: heartbeats may be late on a saturated host"
+        );
+    }
 }
 
 /// Keeps the interceptor in step with this node's role: holding (sync mode, master
