@@ -301,8 +301,11 @@ async fn follow_mode(
     ports: Vec<u16>,
 ) {
     let mut was_master = false;
+    // Whether this node has left `Startup` yet.
+    let mut settled = false;
     loop {
-        let master = mode.borrow_and_update().0 == Mode::Master;
+        let current = mode.borrow_and_update().0;
+        let master = current == Mode::Master;
         interceptor.send(QueueCommand::SetRole(master));
         interceptor.send(QueueCommand::SetHolding(
             master && replication == ReplicationMode::Sync,
@@ -326,12 +329,18 @@ async fn follow_mode(
                 });
             }
         }
-        if was_master && !master {
-            // Give the service manager time to stop the app, then make sure none of
-            // its connections on the VIP survive (their RSTs are dropped by the queue).
+        // Leaving a reign — demoted, or (re)starting as backup after a crash: this node
+        // owns no session now. The tracker forgets what it was seeded with from disk
+        // (kept for a *resume* as master only), and after the service manager has
+        // stopped the app, none of its connections on the VIP may survive (their RSTs
+        // are dropped by the queue): a later restore of the same 4-tuples must meet
+        // no stale socket.
+        if !master && current != Mode::Startup && (was_master || !settled) {
+            interceptor.send(QueueCommand::ForgetSessions);
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             destroy_stale_sockets(vip, &ports).await;
         }
+        settled |= current != Mode::Startup;
         was_master = master;
         if mode.changed().await.is_err() {
             return;

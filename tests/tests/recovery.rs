@@ -288,6 +288,37 @@ fn sessions_survive_a_master_crash() {
     })
     .unwrap_or_else(|e| panic!("old master did not rejoin as backup: {e}\n{}", logs(&lab)));
     sessions_went_on_unbroken(&lab, &mut clients, &ports_before, counters_before, "crash");
+    // And back: the new master's host crashes in turn; the restarted original master
+    // (whose agent came back with its old, stale table on disk) takes the sessions.
+    lab.kill_all("backup").expect("crash the new master's host");
+    wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Master
+            && s.replication.restore_pending == 0
+            && s.replication.restored >= SESSIONS as u64)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "original master did not take the sessions back: {e}\n{}",
+            logs(&lab)
+        )
+    });
+    lab.start_agent(Node::Backup)
+        .expect("restart the second crashed agent");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
+            && status_of(&lab, Node::Master)?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("second crashed host did not rejoin: {e}\n{}", logs(&lab)));
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
+        counters_before,
+        "second crash",
+    );
 }
 
 #[test]
@@ -658,5 +689,87 @@ fn a_planned_switchover_drains_a_slow_reader_without_losing_a_byte() {
     assert_eq!(
         status_of(&lab, Node::Backup).map(|s| s.mode),
         Some(Mode::Master)
+    );
+}
+
+/// The acceptance scenario with traffic never pausing: every client keeps exchanging
+/// numbered messages while the pair switches over, then the new master's host crashes
+/// (SIGKILL of agent and service) and its agent comes back as backup. No round may
+/// fail, lose, duplicate or reorder a byte.
+#[test]
+fn sessions_survive_a_switchover_and_a_crash_under_live_traffic() {
+    if !require_root() {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let lab = lab_with_managed_echo("livrec");
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, 64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
+        std::thread::spawn(move || -> Result<EchoClients, String> {
+            while !stop.load(Ordering::Relaxed) {
+                clients
+                    .round()
+                    .map_err(|e| format!("round {}: {e:#}", rounds.load(Ordering::Relaxed)))?;
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(clients)
+        })
+    };
+    let wait_rounds = |more: u64| {
+        let target = rounds.load(Ordering::Relaxed) + more;
+        wait_for(Duration::from_secs(20), || {
+            (rounds.load(Ordering::Relaxed) >= target).then_some(())
+        })
+    };
+    let progress = wait_rounds(20);
+    assert!(progress.is_ok(), "traffic never flowed\n{}", logs(&lab));
+    switchover(&lab);
+    if let Err(e) = wait_rounds(50) {
+        stop.store(true, Ordering::Relaxed);
+        panic!(
+            "traffic stalled after the switchover: {e}: {:?}\n{}",
+            traffic.join().map(|r| r.err()),
+            logs(&lab)
+        );
+    }
+    // The new master (the backup host) crashes; the original master takes over.
+    lab.kill_all("backup").expect("crash the new master's host");
+    if let Err(e) = wait_rounds(50) {
+        stop.store(true, Ordering::Relaxed);
+        panic!(
+            "traffic stalled after the crash: {e}: {:?}\n{}",
+            traffic.join().map(|r| r.err()),
+            logs(&lab)
+        );
+    }
+    lab.start_agent(Node::Backup)
+        .expect("restart the crashed host's agent");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
+            && status_of(&lab, Node::Master)?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("crashed host did not rejoin as backup: {e}\n{}", logs(&lab)));
+    let more = wait_rounds(50);
+    stop.store(true, Ordering::Relaxed);
+    let mut clients = traffic
+        .join()
+        .expect("traffic thread")
+        .unwrap_or_else(|e| panic!("a session broke under live traffic: {e}\n{}", logs(&lab)));
+    assert!(more.is_ok(), "traffic stalled after the rejoin");
+    eprintln!(
+        "{} rounds under live traffic",
+        rounds.load(Ordering::Relaxed)
+    );
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
+        counters_before,
+        "live failovers",
     );
 }

@@ -177,8 +177,9 @@ fn switchover(lab: &Lab) {
         .expect("run nonstop-console");
     assert!(
         out.status.success(),
-        "switchover failed: {}\n{}",
+        "switchover failed: {}{}\n{}",
         String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
         logs(lab)
     );
 }

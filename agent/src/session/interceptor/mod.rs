@@ -102,6 +102,9 @@ pub enum QueueCommand {
     RestoreLocal,
     /// Freeze peers with a zero window (a planned switchover's drain) or thaw them.
     Freeze(bool),
+    /// This node is not master and owns no session: forget the tracked ones (a
+    /// restarted agent seeds its tracker from disk, for a resume as master only).
+    ForgetSessions,
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -666,28 +669,14 @@ impl Worker {
                     self.release_all();
                 }
             }
+            QueueCommand::ForgetSessions => {
+                if !self.master {
+                    self.forget_reign();
+                }
+            }
             QueueCommand::SetRole(master) => {
                 if self.master && !master {
-                    // Whatever is held was never acknowledged by the backup; the new
-                    // master retransmits from its replica.
-                    while let Some(mut held) = self.held.pop_front() {
-                        held.message.set_verdict(nfq::Verdict::Drop);
-                        self.verdict(held.message);
-                    }
-                    self.stats.held.store(0, Ordering::Relaxed);
-                    self.drop_closes();
-                    self.frozen = false;
-                    self.awaiting_app.clear();
-                    self.restoring.clear();
-                    self.restore_queue.clear();
-                    self.queued.clear();
-                    self.forged_acks.clear();
-                    self.translators.clear();
-                    // The sessions now live on the other node; if this node becomes
-                    // master again it restores them afresh from its replica.
-                    let limits = self.tracker.limits();
-                    self.tracker = Tracker::new(self.vip, &self.ports, limits);
-                    self.stats.sessions.store(0, Ordering::Relaxed);
+                    self.forget_reign();
                 }
                 self.master = master;
             }
@@ -710,6 +699,34 @@ impl Worker {
             }
             QueueCommand::Stop => {}
         }
+    }
+
+    /// The end of this node's reign: held packets and waiting closes dropped (never
+    /// acknowledged by the backup; the new master retransmits from its replica), every
+    /// restore and translation abandoned, the tracker emptied.
+    fn forget_reign(&mut self) {
+        // Whatever is held was never acknowledged by the backup; the new
+        // master retransmits from its replica.
+        while let Some(mut held) = self.held.pop_front() {
+            held.message.set_verdict(nfq::Verdict::Drop);
+            self.verdict(held.message);
+        }
+        self.stats.held.store(0, Ordering::Relaxed);
+        self.drop_closes();
+        self.frozen = false;
+        self.awaiting_app.clear();
+        self.restoring.clear();
+        self.restore_queue.clear();
+        self.queued.clear();
+        self.forged_acks.clear();
+        self.translators.clear();
+        self.probations.clear();
+        self.stats.restore_pending.store(0, Ordering::Relaxed);
+        // The sessions now live on the other node; if this node becomes
+        // master again it restores them afresh from its replica.
+        let limits = self.tracker.limits();
+        self.tracker = Tracker::new(self.vip, &self.ports, limits);
+        self.stats.sessions.store(0, Ordering::Relaxed);
     }
 
     /// Releases, in order, every held packet the backup's acknowledgement covers.
