@@ -74,10 +74,19 @@ pub enum Command {
     Inject(inject::InjectArgs),
     /// Remove injected faults from one node (`--node`) or both (`--all`).
     Heal(inject::HealArgs),
+    /// Run a switchover drill written in TOML (scripts/drills/); builds its own lab
+    /// unless --lab is given.
+    Drill(crate::drill::DrillArgs),
 }
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Drill(args)) = &cli.command {
+        if !cli.agents.is_empty() {
+            anyhow::bail!("drill works on a lab: give --lab NAME or nothing (it builds one)");
+        }
+        return crate::drill::run(args, cli.lab.as_deref());
+    }
     let agents = crate::pair::resolve(&cli.agents, cli.lab.as_deref())?;
     let timeout = Duration::from_millis(cli.timeout_ms.max(1));
     let labels: Vec<String> = match &cli.lab {
@@ -97,5 +106,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Sessions { json }) => sessions::run(&agents, timeout, json),
         Some(Command::Events { json, follow }) => events::run(&agents, timeout, json, follow),
+        Some(Command::Drill(args)) => crate::drill::run(&args, cli.lab.as_deref()),
     }
 }
