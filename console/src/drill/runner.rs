@@ -618,6 +618,12 @@ impl Runner {
                 let mut restarted = Vec::new();
                 for node in Node::ALL {
                     if self.lab.agent_pid(node).is_none() {
+                        // As a supervisor would (systemd's KillMode=control-group):
+                        // whatever the dead agent left running on its host (its
+                        // service) goes before the agent starts again.
+                        self.lab.kill_all(node.as_str()).with_context(|| {
+                            format!("cannot clear the {node} host before restarting its agent")
+                        })?;
                         self.lab.start_agent(node)?;
                         restarted.push(node.as_str());
                     }
@@ -628,7 +634,10 @@ impl Runner {
                     if restarted.is_empty() {
                         String::new()
                     } else {
-                        format!("restarted the {} agent; ", restarted.join(" and "))
+                        format!(
+                            "cleared the host and restarted the {} agent; ",
+                            restarted.join(" and ")
+                        )
                     },
                     t0.elapsed().as_millis()
                 )))
@@ -695,16 +704,22 @@ impl Runner {
             let t0 = Instant::now();
             loop {
                 let statuses = self.statuses();
-                let roles = Self::roles_of(&statuses);
-                let ok = match (roles, wanted) {
-                    (Some((m, _)), Some(w)) => m == w,
-                    (Some(_), None) => true,
-                    (None, _) => false,
+                let masters: Vec<Node> = Node::ALL
+                    .into_iter()
+                    .filter(|n| {
+                        statuses[index(*n)]
+                            .as_ref()
+                            .is_some_and(|s| s.mode == Mode::Master)
+                    })
+                    .collect();
+                // The wanted node is the only master (the other may be down).
+                let found = match (masters.as_slice(), wanted) {
+                    ([m], Some(w)) if *m == w => Some(*m),
+                    ([m], None) => Some(*m),
+                    _ => None,
                 };
-                if ok {
-                    if let Some((m, _)) = roles {
-                        detail.push(format!("{m} is master"));
-                    }
+                if let Some(m) = found {
+                    detail.push(format!("{m} is master"));
                     break;
                 }
                 if t0.elapsed() >= within {
