@@ -642,6 +642,11 @@ impl Runner {
                     t0.elapsed().as_millis()
                 )))
             }
+            Step::Pause => Ok(Done::passed(self.quiesce()?)),
+            Step::Resume => {
+                self.resume_all();
+                Ok(Done::passed(String::new()))
+            }
             Step::Expect(e) => self.expect(e),
         }
     }

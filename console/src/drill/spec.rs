@@ -222,6 +222,11 @@ pub enum Step {
         /// How long to wait for the pair to settle, milliseconds.
         within_ms: u64,
     },
+    /// Pause every session group at a round boundary and wait until both agents'
+    /// tables agree; traffic stays paused until `resume`.
+    Pause,
+    /// Let paused session groups go on.
+    Resume,
     /// Check expectations; the drill fails if any does not hold.
     Expect(Expect),
 }
@@ -239,6 +244,8 @@ impl Step {
             Step::CutSync { .. } => "cut_sync",
             Step::Flap { .. } => "flap",
             Step::Heal { .. } => "heal",
+            Step::Pause => "pause",
+            Step::Resume => "resume",
             Step::Expect(_) => "expect",
         }
     }
@@ -287,6 +294,8 @@ impl Step {
                 if *link == Link::Both { "s" } else { "" }
             ),
             Step::Heal { .. } => "heal every fault and wait for the pair".to_owned(),
+            Step::Pause => "pause traffic at a round boundary".to_owned(),
+            Step::Resume => "resume traffic".to_owned(),
             Step::Expect(e) => format!("expect {}", e.describe()),
         }
         .to_owned()
@@ -517,6 +526,8 @@ const STEP_KINDS: &[&str] = &[
     "cut_sync",
     "flap",
     "heal",
+    "pause",
+    "resume",
     "expect",
 ];
 
@@ -799,6 +810,8 @@ fn check_steps(
             "kill_agent" => Step::KillAgent { quiesce },
             "kill_app" => Step::KillApp { quiesce },
             "cut_sync" => Step::CutSync { quiesce },
+            "pause" => Step::Pause,
+            "resume" => Step::Resume,
             "heal" => Step::Heal {
                 within_ms: ms(c, &step.within_ms, "within_ms", 1, 20_000),
             },
@@ -1038,7 +1051,7 @@ do = "explode"
                 "line 12, column 12: setup 2 (do = \"open\"), field sessions: must be between 1 and 4096, got -4",
                 "line 17, column 9: step 1 (do = \"expect\"), field group: no session group \"nosuch\" is opened before this step (known: b)",
                 "line 22, column 9: step 2 (do = \"wait\"), field times: does not apply to do = \"wait\"",
-                "line 25, column 6: step 3, field do: unknown step \"explode\"; expected one of open, wait, switchover, crash_master, kill_agent, kill_app, cut_sync, flap, heal, expect",
+                "line 25, column 6: step 3, field do: unknown step \"explode\"; expected one of open, wait, switchover, crash_master, kill_agent, kill_app, cut_sync, flap, heal, pause, resume, expect",
             ]
         );
     }
