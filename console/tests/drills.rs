@@ -153,7 +153,10 @@ broken = 0
     );
     assert!(stderr.contains("FAILED wrong expectation"), "{all}");
     let junit = std::fs::read_to_string(reports.join("wrong.junit.xml")).expect("junit");
-    assert!(junit.contains("<failure message=\"expected master as the single master"), "{junit}");
+    assert!(
+        junit.contains("<failure message=\"expected master as the single master"),
+        "{junit}"
+    );
     let _ = std::fs::remove_dir_all(&reports);
 }
 
@@ -174,7 +177,10 @@ fn a_malformed_drill_is_rejected_before_anything_runs() {
     assert_eq!(out.status.code(), Some(2), "{all}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let path = file.display().to_string();
-    assert!(stderr.contains("rejected (2 errors), nothing was run"), "{all}");
+    assert!(
+        stderr.contains("rejected (2 errors), nothing was run"),
+        "{all}"
+    );
     assert!(
         stderr.contains(&format!(
             "{path}:6:12: setup 1 (do = \"open\"), field sessions: must be between 1 and 4096, got -3"
@@ -182,10 +188,15 @@ fn a_malformed_drill_is_rejected_before_anything_runs() {
         "{all}"
     );
     assert!(
-        stderr.contains(&format!("{path}:10:9: step 1 (do = \"expect\"), field group: no session group \"nope\"")),
+        stderr.contains(&format!(
+            "{path}:10:9: step 1 (do = \"expect\"), field group: no session group \"nope\""
+        )),
         "{all}"
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{all}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{all}"
+    );
     assert!(!reports.join("bad.json").exists(), "no report: nothing ran");
     // A syntax error too.
     std::fs::write(&file, "name = \"bad\"\n[[step]\n").expect("write");

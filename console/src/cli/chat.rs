@@ -109,15 +109,27 @@ impl ChatView {
 /// Draws the view: status on top, the room, the input line.
 pub fn draw(frame: &mut Frame, view: &ChatView) {
     let [top, room, input] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Min(3),
         Constraint::Length(3),
     ])
     .areas(frame.area());
     let bold = Style::default().add_modifier(Modifier::BOLD);
     frame.render_widget(
-        Paragraph::new(Line::from(Span::styled(view.status(), bold)))
-            .block(Block::default().borders(Borders::ALL).title(" nonstop chat ")),
+        Paragraph::new(view.status().split_once(" · ").map_or_else(
+            || vec![Line::from(Span::styled(view.status(), bold))],
+            |(who, how)| {
+                vec![
+                    Line::from(Span::styled(who.to_owned(), bold)),
+                    Line::from(Span::styled(how.to_owned(), bold)),
+                ]
+            },
+        ))
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" nonstop chat "),
+        ),
         top,
     );
     let height = usize::from(room.height.saturating_sub(2));
@@ -186,7 +198,10 @@ pub fn run(lab_name: Option<&str>, args: &ChatArgs) -> anyhow::Result<ExitCode> 
     let mut stream = connect(&lab, &args.host, addr, &tx, generation)?;
     let mut view = ChatView {
         name: args.name.clone(),
-        local: stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        local: stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         remote: addr.to_string(),
         connected_since_ms: now_ms(),
         now_ms: now_ms(),
@@ -254,7 +269,10 @@ pub fn run(lab_name: Option<&str>, args: &ChatArgs) -> anyhow::Result<ExitCode> 
                     view.reconnects += 1;
                     view.down = None;
                     view.connected_since_ms = now_ms();
-                    view.local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    view.local = stream
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
                     retry_at = None;
                     if plain {
                         println!("!! reconnected: {}", view.status());
@@ -349,8 +367,14 @@ mod tests {
             heard: 3,
             said: 1,
             lines: vec![
-                (1_700_000_190_000, "bot: tick 190 (connection from port 43100, reconnects 0)".into()),
-                (1_700_000_191_000, "carol: still here after the switchover".into()),
+                (
+                    1_700_000_190_000,
+                    "bot: tick 190 (connection from port 43100, reconnects 0)".into(),
+                ),
+                (
+                    1_700_000_191_000,
+                    "carol: still here after the switchover".into(),
+                ),
             ],
             input: "hello".into(),
             down: None,
@@ -365,7 +389,9 @@ mod tests {
         );
         let mut down = view();
         down.down = Some("connection reset by peer".into());
-        assert!(down.status().contains("DISCONNECTED: connection reset by peer"));
+        assert!(down
+            .status()
+            .contains("DISCONNECTED: connection reset by peer"));
     }
 
     #[test]

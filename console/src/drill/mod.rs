@@ -99,11 +99,7 @@ pub fn run(args: &DrillArgs, lab: Option<&str>) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn write_reports(
-    report: &report::Report,
-    dir: &Path,
-    stem: &str,
-) -> anyhow::Result<Vec<String>> {
+fn write_reports(report: &report::Report, dir: &Path, stem: &str) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report directory {}", dir.display()))?;
     let mut written = Vec::new();

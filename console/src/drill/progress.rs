@@ -108,7 +108,11 @@ pub fn bar(fraction: Option<f64>, elapsed: Duration) -> String {
         }
         None => {
             let step = (elapsed.as_millis() / 100) as usize % (2 * (BAR - 3));
-            let pos = if step < BAR - 3 { step } else { 2 * (BAR - 3) - step };
+            let pos = if step < BAR - 3 {
+                step
+            } else {
+                2 * (BAR - 3) - step
+            };
             format!("{}<=>{}", ".".repeat(pos), ".".repeat(BAR - 3 - pos))
         }
     }
@@ -124,7 +128,10 @@ mod tests {
 
     #[test]
     fn bars() {
-        assert_eq!(bar(Some(0.5), Duration::ZERO), format!("{}{}", "#".repeat(12), ".".repeat(12)));
+        assert_eq!(
+            bar(Some(0.5), Duration::ZERO),
+            format!("{}{}", "#".repeat(12), ".".repeat(12))
+        );
         assert_eq!(bar(Some(2.0), Duration::ZERO), "#".repeat(24));
         assert_eq!(bar(None, Duration::ZERO), format!("<=>{}", ".".repeat(21)));
         assert_eq!(bar(None, Duration::from_millis(2100)).len(), 24);

@@ -116,11 +116,7 @@ pub struct Report {
 impl Report {
     /// Whether every step passed and there was no drill-level error.
     pub fn passed(&self) -> bool {
-        self.error.is_none()
-            && self
-                .steps
-                .iter()
-                .all(|s| s.outcome == Outcome::Passed)
+        self.error.is_none() && self.steps.iter().all(|s| s.outcome == Outcome::Passed)
     }
 
     /// Steps whose expectations failed.
@@ -281,11 +277,7 @@ impl Report {
             ("lab", self.lab.clone()),
             ("rounds", self.rounds.to_string()),
         ] {
-            let _ = writeln!(
-                out,
-                "      <property name=\"{k}\" value=\"{}\"/>",
-                xml(&v)
-            );
+            let _ = writeln!(out, "      <property name=\"{k}\" value=\"{}\"/>", xml(&v));
         }
         let _ = writeln!(out, "    </properties>");
         let class = format!("drill.{}", self.drill.replace(' ', "_"));
@@ -391,13 +383,35 @@ mod tests {
             failures: vec![],
         };
         let mut steps = vec![
-            step(0, 1, "open", "open 32 echo sessions as \"web\"", 120, "32 sessions from ports 40000–40031"),
-            step(1, 1, "switchover", "planned switchover", 412, "backup is master at epoch 3 after 412 ms"),
-            step(1, 2, "expect", "expect master switched, resumed within 2000 ms, ≤ 0 broken [web]", 30, "master: backup; web resumed in 388 ms; 0 broken; 0 lost"),
+            step(
+                0,
+                1,
+                "open",
+                "open 32 echo sessions as \"web\"",
+                120,
+                "32 sessions from ports 40000–40031",
+            ),
+            step(
+                1,
+                1,
+                "switchover",
+                "planned switchover",
+                412,
+                "backup is master at epoch 3 after 412 ms",
+            ),
+            step(
+                1,
+                2,
+                "expect",
+                "expect master switched, resumed within 2000 ms, ≤ 0 broken [web]",
+                30,
+                "master: backup; web resumed in 388 ms; 0 broken; 0 lost",
+            ),
         ];
         if fail {
             steps[2].outcome = Outcome::Failed;
-            steps[2].failures = vec!["web resumed in 388 ms, more than the 100 ms expected <&>".into()];
+            steps[2].failures =
+                vec!["web resumed in 388 ms, more than the 100 ms expected <&>".into()];
             steps.push(StepRecord {
                 outcome: Outcome::Skipped,
                 ..step(2, 1, "switchover", "planned switchover", 0, "")
@@ -455,7 +469,9 @@ mod tests {
         let failed = sample(true);
         assert!(!failed.passed());
         assert_eq!(failed.failed(), 1);
-        assert!(failed.summary().starts_with("FAILED planned switchover: 3 steps in 5.321 s"));
+        assert!(failed
+            .summary()
+            .starts_with("FAILED planned switchover: 3 steps in 5.321 s"));
         let mut errored = sample(false);
         errored.error = Some("interrupted".into());
         assert!(!errored.passed());

@@ -280,7 +280,11 @@ fn open_lab(
 
 impl Runner {
     /// Sleeps `d` in small slices, failing if a signal arrived.
-    fn sleep(&mut self, d: Duration, fraction_of: Option<(Instant, Duration)>) -> anyhow::Result<()> {
+    fn sleep(
+        &mut self,
+        d: Duration,
+        fraction_of: Option<(Instant, Duration)>,
+    ) -> anyhow::Result<()> {
         let until = Instant::now() + d;
         loop {
             if self.interrupted.load(Ordering::SeqCst) {
@@ -470,7 +474,10 @@ impl Runner {
         };
         let find = |l: &nonstop_shared::control::SessionList, port: u16| {
             let suffix = format!(":{port}");
-            l.sessions.iter().find(|s| s.peer.ends_with(&suffix)).cloned()
+            l.sessions
+                .iter()
+                .find(|s| s.peer.ends_with(&suffix))
+                .cloned()
         };
         ports.iter().all(|&p| match (find(&ml, p), find(&bl, p)) {
             (Some(x), Some(y)) => {
@@ -669,9 +676,7 @@ impl Runner {
         loop {
             let statuses = self.statuses();
             if Self::roles_of(&statuses).map(|(m, _)| m) == Some(old.other()) {
-                let epoch = statuses[index(old.other())]
-                    .as_ref()
-                    .map_or(0, |s| s.epoch);
+                let epoch = statuses[index(old.other())].as_ref().map_or(0, |s| s.epoch);
                 return Ok(Done::passed(format!(
                     "{} is master at epoch {epoch} after {} ms",
                     old.other(),
@@ -778,7 +783,10 @@ impl Runner {
                 }
             }
         }
-        let snaps: Vec<_> = selected.iter().map(|&i| self.groups[i].0.snapshot()).collect();
+        let snaps: Vec<_> = selected
+            .iter()
+            .map(|&i| self.groups[i].0.snapshot())
+            .collect();
         if let Some(max) = e.broken {
             let broken: u64 = snaps.iter().map(|s| s.broken()).sum();
             detail.push(format!("{broken} broken"));
@@ -787,7 +795,9 @@ impl Runner {
                     .iter()
                     .flat_map(|s| {
                         s.sessions.iter().enumerate().filter_map(move |(i, x)| {
-                            x.broken.as_ref().map(|w| format!("{} session {i}: {w}", s.name))
+                            x.broken
+                                .as_ref()
+                                .map(|w| format!("{} session {i}: {w}", s.name))
                         })
                     })
                     .take(3)

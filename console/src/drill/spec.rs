@@ -442,10 +442,9 @@ struct RawStep {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.chars().count(), |nl| before[nl + 1..].chars().count())
-        + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
     (line, column)
 }
 
@@ -508,7 +507,10 @@ impl Checker<'_> {
                 self.error(
                     value.span(),
                     field.to_owned(),
-                    format!("unknown value \"{got}\"; expected one of {}", names.join(", ")),
+                    format!(
+                        "unknown value \"{got}\"; expected one of {}",
+                        names.join(", ")
+                    ),
                 );
                 None
             }
@@ -562,7 +564,10 @@ fn allowed_fields(kind: &str) -> &'static [&'static str] {
 impl RawStep {
     /// Every optional field that is present, with its span.
     fn present(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
-        fn s<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, std::ops::Range<usize>)> {
+        fn s<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, std::ops::Range<usize>)> {
             v.as_ref().map(|v| (name, v.span()))
         }
         [
@@ -776,7 +781,11 @@ fn check_steps(
                     );
                 }
                 let sessions = c.int(&step.sessions, &field("sessions"), 1, MAX_SESSIONS, 1);
-                let max_bytes = if workload == Workload::Bulk { 1 << 20 } else { 4000 };
+                let max_bytes = if workload == Workload::Bulk {
+                    1 << 20
+                } else {
+                    4000
+                };
                 let message_bytes = c.int(
                     &step.message_bytes,
                     &field("message_bytes"),
@@ -889,8 +898,7 @@ fn check_steps(
                     )
                 });
                 let opt = |c: &mut Checker<'_>, v: &Option<Spanned<i64>>, name: &str, max: i64| {
-                    v.as_ref()
-                        .map(|_| c.int(v, &field(name), 0, max, 0) as u64)
+                    v.as_ref().map(|_| c.int(v, &field(name), 0, max, 0) as u64)
                 };
                 let expect = Expect {
                     master,

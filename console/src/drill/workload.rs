@@ -416,7 +416,10 @@ impl Worker {
         for i in 0..self.conns.len() {
             let hello = format!("{}:{i}:0:hello\n", self.name);
             if let Err(IoEnd::Broken(why)) = self.write_fully(i, hello.as_bytes()) {
-                anyhow::bail!("group {}: session {i} cannot join the chat: {why}", self.name);
+                anyhow::bail!(
+                    "group {}: session {i} cannot join the chat: {why}",
+                    self.name
+                );
             }
             self.local[i].sent = 0;
         }
@@ -544,7 +547,9 @@ impl Worker {
         let mut ok = true;
         for &i in live {
             let msg = echo_message(&self.name, i, round, self.bytes);
-            let result = self.write_fully(i, &msg).and_then(|()| self.fill(i, msg.len()));
+            let result = self
+                .write_fully(i, &msg)
+                .and_then(|()| self.fill(i, msg.len()));
             match result {
                 Ok(()) => ok &= self.verify(i, &msg),
                 Err(e) => {
@@ -595,8 +600,7 @@ impl Worker {
                     continue;
                 }
                 let expected = self.conns[r].next[sender];
-                match judge_chat_line(&self.name, sender, said_round, expected, &line, self.bytes)
-                {
+                match judge_chat_line(&self.name, sender, said_round, expected, &line, self.bytes) {
                     Heard::Ok => {
                         self.local[r].verified += line.len() as u64;
                         self.conns[r].next[sender] = said_round + 1;
