@@ -163,7 +163,17 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         (manager, handle)
     });
     let app_handle = app.as_ref().map(|(_, h)| h.clone());
-    let app_task = app.map(|(manager, _)| tokio::spawn(manager.run()));
+    let app_task = app.map(|(manager, _)| {
+        let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(restore_after_app_crashes(
+            interceptor.clone(),
+            exits_rx,
+            mode_rx_for_app.clone(),
+            config.service.vip.addr,
+            config.service.ports.clone(),
+        ));
+        tokio::spawn(manager.notify_exits(exits_tx).run())
+    });
     let resources = nonstop_agent::resources::ResourceMonitor::default();
     tokio::spawn(resources.clone().run());
     // The failover driver gets a thread and a runtime of its own, so that session
@@ -258,6 +268,7 @@ async fn follow_mode(
             master && replication == ReplicationMode::Sync,
         ));
         if master && !was_master {
+            let promoted_at = std::time::Instant::now();
             let states = replica
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -269,7 +280,10 @@ async fn follow_mode(
                 if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
                     tracing::warn!(?ports, "no service listening; restoring anyway");
                 }
-                interceptor.send(QueueCommand::Restore(states));
+                interceptor.send(QueueCommand::Restore {
+                    states,
+                    promoted_at,
+                });
             }
         }
         if was_master && !master {
@@ -281,6 +295,37 @@ async fn follow_mode(
         was_master = master;
         if mode.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// An app crash on a healthy master (design §4): the interceptor drops the dying
+/// service's FINs/RSTs and parks its sessions; the orphaned kernel sockets are
+/// destroyed (their RSTs are dropped too); once the manager has restarted the
+/// service and it listens again, the sessions are restored into it.
+async fn restore_after_app_crashes(
+    interceptor: InterceptorHandle,
+    mut exits: tokio::sync::mpsc::UnboundedReceiver<()>,
+    mode: watch::Receiver<(Mode, u64)>,
+    vip: std::net::Ipv4Addr,
+    ports: Vec<u16>,
+) {
+    while exits.recv().await.is_some() {
+        if mode.borrow().0 != Mode::Master {
+            continue;
+        }
+        interceptor.send(QueueCommand::AppDied);
+        // Orphaned sockets (FIN_WAIT) would catch the forged SYNs of the restore.
+        destroy_stale_sockets(vip, &ports).await;
+        let limit = nonstop_agent::app::RESTART_DELAY + std::time::Duration::from_secs(10);
+        if !wait_for_listener(&ports, limit).await {
+            tracing::warn!(
+                ?ports,
+                "restarted service does not listen; restoring anyway"
+            );
+        }
+        if mode.borrow().0 == Mode::Master {
+            interceptor.send(QueueCommand::RestoreLocal);
         }
     }
 }

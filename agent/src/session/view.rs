@@ -105,6 +105,11 @@ impl SessionView {
             restore_pending: i.restore_pending.load(Ordering::Relaxed),
             restore_failed: i.restore_failed.load(Ordering::Relaxed),
             restore_ms: i.restore_last_us.load(Ordering::Relaxed) / 1000,
+            sessions_reset: i.sessions_reset.load(Ordering::Relaxed),
+            restore_session_p50_us: i.restore_session_p50_us.load(Ordering::Relaxed),
+            restore_session_p99_us: i.restore_session_p99_us.load(Ordering::Relaxed),
+            restore_since_promotion_ms: i.restore_since_promotion_ms.load(Ordering::Relaxed),
+            app_crashes: i.app_deaths.load(Ordering::Relaxed),
         }
     }
 }
