@@ -66,13 +66,16 @@ pub fn run(args: &DrillArgs, lab: Option<&str>) -> anyhow::Result<ExitCode> {
         drill.rounds = rounds;
     }
     if args.check {
-        println!("{file}: ok — {} ({} rounds)", drill.name, drill.rounds);
+        use std::io::Write as _;
+        let mut plan = format!("{file}: ok — {} ({} rounds)\n", drill.name, drill.rounds);
         for (i, s) in drill.setup.iter().enumerate() {
-            println!("  setup {}: {}", i + 1, s.describe());
+            plan.push_str(&format!("  setup {}: {}\n", i + 1, s.describe()));
         }
         for (i, s) in drill.steps.iter().enumerate() {
-            println!("  step {}: {}", i + 1, s.describe());
+            plan.push_str(&format!("  step {}: {}\n", i + 1, s.describe()));
         }
+        // A closed stdout (`| head`) is not an error worth a panic.
+        let _ = std::io::stdout().write_all(plan.as_bytes());
         return Ok(ExitCode::SUCCESS);
     }
     nonstop_lab::naming::validate_name(&format!("{}0000000", args.lab_prefix))
@@ -89,7 +92,10 @@ pub fn run(args: &DrillArgs, lab: Option<&str>) -> anyhow::Result<ExitCode> {
         .file_stem()
         .map_or_else(|| "drill".to_owned(), |s| s.to_string_lossy().into_owned());
     let written = write_reports(&report, &args.report_dir, &stem)?;
-    print!("{}", report.to_markdown());
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout().write_all(report.to_markdown().as_bytes());
+    }
     eprintln!("reports: {}", written.join(", "));
     eprintln!("{}", report.summary());
     Ok(if report.passed() {
