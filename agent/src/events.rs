@@ -97,6 +97,9 @@ fn log_event(event: &AgentEvent) {
         } => {
             tracing::info!(sessions, failed, elapsed_ms, "sessions restored")
         }
+        EventKind::Protection { replicated, detail } => {
+            tracing::warn!(replicated, %detail, "replication protection changed")
+        }
         EventKind::SessionReset { peer, reason } => {
             tracing::warn!(%peer, %reason, "restored session reset")
         }

@@ -135,6 +135,19 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         stats: Arc::clone(&stats),
         shutdown: shutdown.clone(),
     }));
+    if config.session.replication == ReplicationMode::Sync
+        && config.session.lone_master == nonstop_shared::config::LoneMaster::Serve
+    {
+        tokio::spawn(serve_when_alone(
+            interceptor.clone(),
+            mode_rx.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&events),
+            std::time::Duration::from_millis(
+                config.sync.heartbeat_ms * u64::from(config.sync.misses),
+            ),
+        ));
+    }
     tokio::spawn(follow_mode(
         interceptor.clone(),
         mode_rx.clone(),
@@ -150,6 +163,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         replica,
         stats,
         mode: mode_rx,
+        ports: config.service.ports.clone(),
+        drain_limit: std::time::Duration::from_millis(config.session.drain_ms),
     };
 
     let app = config.service.command.clone().map(|command| {
@@ -295,6 +310,58 @@ async fn follow_mode(
         was_master = master;
         if mode.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// `lone_master = "serve"` in sync mode: once no backup has been connected for the
+/// detection window, output is released unreplicated (the service stays available;
+/// the sessions are still stored locally), and held again as soon as a backup
+/// connects (its snapshot covers everything). Both changes are events.
+async fn serve_when_alone(
+    interceptor: InterceptorHandle,
+    mut mode: watch::Receiver<(Mode, u64)>,
+    stats: Arc<nonstop_agent::replication::stats::ReplicationStats>,
+    events: Arc<nonstop_agent::events::EventLog>,
+    grace: std::time::Duration,
+) {
+    use std::sync::atomic::Ordering;
+    let mut alone_since: Option<tokio::time::Instant> = None;
+    let mut serving_alone = false;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            changed = mode.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let master = mode.borrow().0 == Mode::Master;
+        let connected = stats.connected.load(Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        alone_since = match (master && !connected, alone_since) {
+            (true, None) => Some(now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        let alone = alone_since.is_some_and(|since| now - since >= grace);
+        if alone {
+            // Re-sent every tick: a mode change elsewhere re-enables holding.
+            interceptor.send(QueueCommand::SetHolding(false));
+        } else if serving_alone && master {
+            interceptor.send(QueueCommand::SetHolding(true));
+        }
+        if alone != serving_alone {
+            serving_alone = alone;
+            events.emit(nonstop_shared::control::EventKind::Protection {
+                replicated: !alone,
+                detail: if alone {
+                    format!(
+                        "no backup for {} ms: serving unreplicated (lone_master = serve)",
+                        grace.as_millis()
+                    )
+                } else {
+                    "a backup is connected: output held for replication again".to_owned()
+                },
+            });
         }
     }
 }

@@ -512,6 +512,14 @@ pub enum EventKind {
         #[serde(default)]
         since_promotion_ms: u64,
     },
+    /// Sync-mode protection changed: output is (again) held until the backup has its
+    /// state, or released unreplicated because no backup is connected.
+    Protection {
+        /// Whether outbound packets wait for the backup now.
+        replicated: bool,
+        /// What happened.
+        detail: String,
+    },
     /// A restored session was reset on both sides: its peer proved it had seen state
     /// the replica lacked (async replication lag, design §3).
     SessionReset {

@@ -103,6 +103,7 @@ fn print_event(event: &AgentEvent, json: bool) {
              p50 {session_p50_us} µs, p99 {session_p99_us} µs; {since_promotion_ms} ms after \
              the promotion)"
         ),
+        EventKind::Protection { detail, .. } => format!("protection: {detail}"),
         EventKind::SessionReset { peer, reason } => {
             format!("session {peer} reset: {reason}")
         }

@@ -525,6 +525,9 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
                  promotion)"
             ),
         ),
+        EventKind::Protection { detail, .. } => {
+            (LogKind::AgentError, format!("protection: {detail}"))
+        }
         EventKind::SessionReset { peer, reason } => (
             LogKind::AgentError,
             format!("session {peer} reset: {reason}"),

@@ -24,8 +24,11 @@ use self::raw::RawSender;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
+use crate::recovery::freeze::{freeze_ack, zero_window};
 use crate::recovery::translate::TranslateError;
-use crate::recovery::translate::{duplicate_acks, probe, retransmit_segments, Translator, Verdict};
+use crate::recovery::translate::{
+    duplicate_acks, probe, retransmit_segments, window_update, Translator, Verdict,
+};
 use crate::session::queue_rules;
 use crate::session::tracker::{Tracker, TrackerLimits};
 use anyhow::{bail, Context};
@@ -96,6 +99,8 @@ pub enum QueueCommand {
     AppDied,
     /// The restarted service listens again: restore the parked sessions into it.
     RestoreLocal,
+    /// Freeze peers with a zero window (a planned switchover's drain) or thaw them.
+    Freeze(bool),
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -281,6 +286,8 @@ struct Worker {
     reset_recently: HashMap<SessionKey, Instant>,
     /// Per-session restore times (µs) of the restore under way.
     restore_times_us: Vec<u64>,
+    /// Peers are frozen: every outbound segment announces a zero window.
+    frozen: bool,
     /// The promotion (or service death) the restore under way answers.
     restore_origin: Option<Instant>,
 }
@@ -389,6 +396,7 @@ impl Worker {
             probations: HashMap::new(),
             reset_recently: HashMap::new(),
             restore_times_us: Vec::new(),
+            frozen: false,
             restore_origin: None,
         })
     }
@@ -512,6 +520,12 @@ impl Worker {
 
     /// Translates (restored sessions), tracks and passes on or holds a packet.
     fn forward(&mut self, mut message: nfq::Message, peek: Peek) {
+        if self.frozen && peek.outbound {
+            let mut packet = message.get_payload().to_vec();
+            if zero_window(&mut packet).is_ok() {
+                message.set_payload(packet);
+            }
+        }
         if peek.outbound && self.reset_recently.contains_key(&peek.key) {
             self.verdict_with(message, nfq::Verdict::Drop);
             return;
@@ -578,6 +592,32 @@ impl Worker {
         } else {
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
+        }
+    }
+
+    /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
+    /// a zero window (or the window reopened).
+    fn freeze(&mut self, on: bool) {
+        let on = on && self.master;
+        if self.frozen == on {
+            return;
+        }
+        self.frozen = on;
+        let acks: Vec<Vec<u8>> = self
+            .tracker
+            .sessions()
+            .filter(|s| matches!(s.phase, Phase::Established | Phase::PeerClosed))
+            .map(|s| if on { freeze_ack(s) } else { window_update(s) })
+            .collect();
+        tracing::info!(
+            frozen = on,
+            sessions = acks.len(),
+            "peers' windows frozen or reopened"
+        );
+        for ack in acks {
+            if let Err(e) = self.raw.send(&ack) {
+                tracing::warn!(error = %e, "freeze ACK not sent");
+            }
         }
     }
 
@@ -992,6 +1032,7 @@ impl Worker {
                     }
                     self.stats.held.store(0, Ordering::Relaxed);
                     self.drop_closes();
+                    self.frozen = false;
                     self.awaiting_app.clear();
                     self.restoring.clear();
                     self.restore_queue.clear();
@@ -1015,6 +1056,7 @@ impl Worker {
             }
             QueueCommand::AppDied => self.on_app_died(),
             QueueCommand::RestoreLocal => self.restore_local(),
+            QueueCommand::Freeze(on) => self.freeze(on),
             QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
