@@ -290,8 +290,13 @@ fn use_realtime_scheduling() {
 }
 
 /// Keeps the interceptor in step with this node's role: holding (sync mode, master
-/// only), dropping outbound service packets when not master, and restoring the
-/// replicated sessions into the local service when this node becomes master.
+/// only), dropping outbound service packets when not master, restoring the replicated
+/// sessions into the local service when this node becomes master, and cleaning up
+/// when a reign ends.
+///
+/// Never blocks on a slow step: the restore waits for the service in a task of its
+/// own, cancelled if the mode changes first, and a reign is identified by its epoch,
+/// so a demotion and re-promotion coalesced by the watch still end the old reign.
 async fn follow_mode(
     interceptor: InterceptorHandle,
     mut mode: watch::Receiver<(Mode, u64)>,
@@ -300,52 +305,96 @@ async fn follow_mode(
     vip: std::net::Ipv4Addr,
     ports: Vec<u16>,
 ) {
-    let mut was_master = false;
+    // The epoch of the reign this node is master in.
+    let mut reign: Option<u64> = None;
     // Whether this node has left `Startup` yet.
     let mut settled = false;
+    let mut restore: Option<tokio::task::JoinHandle<()>> = None;
+    let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let current = mode.borrow_and_update().0;
+        let (current, epoch) = *mode.borrow_and_update();
         let master = current == Mode::Master;
+        if master && reign.is_some_and(|e| e != epoch) {
+            // A new reign whose start looked like a continuation: end the old one.
+            interceptor.send(QueueCommand::SetRole(false));
+            reign = None;
+        }
         interceptor.send(QueueCommand::SetRole(master));
         interceptor.send(QueueCommand::SetHolding(
             master && replication == ReplicationMode::Sync,
         ));
-        if master && !was_master {
-            let promoted_at = std::time::Instant::now();
-            let states = replica
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .states();
-            if !states.is_empty() {
-                // (Sockets from an earlier reign were destroyed at the demotion; a
-                // resumed master's live sockets must not be touched, and the
-                // interceptor skips the sessions it already tracks.)
-                if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
-                    tracing::warn!(?ports, "no service listening; restoring anyway");
-                }
-                interceptor.send(QueueCommand::Restore {
-                    states,
-                    promoted_at,
-                });
-            }
+        if master && reign.is_none() {
+            reign = Some(epoch);
+            // Stale sockets of the last reign not destroyed yet: before the restore.
+            let stale = cleanup.take().is_some_and(|task| {
+                let pending = !task.is_finished();
+                task.abort();
+                pending
+            });
+            restore = Some(tokio::spawn(restore_when_listening(
+                interceptor.clone(),
+                Arc::clone(&replica),
+                vip,
+                ports.clone(),
+                stale,
+            )));
         }
-        // Leaving a reign — demoted, or (re)starting as backup after a crash: this node
-        // owns no session now. The tracker forgets what it was seeded with from disk
-        // (kept for a *resume* as master only), and after the service manager has
-        // stopped the app, none of its connections on the VIP may survive (their RSTs
-        // are dropped by the queue): a later restore of the same 4-tuples must meet
-        // no stale socket.
-        if !master && current != Mode::Startup && (was_master || !settled) {
-            interceptor.send(QueueCommand::ForgetSessions);
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            destroy_stale_sockets(vip, &ports).await;
+        if !master {
+            if let Some(task) = restore.take() {
+                task.abort();
+            }
+            // Leaving a reign — demoted, or (re)starting as backup after a crash: this
+            // node owns no session now. The tracker forgets what it was seeded with
+            // from disk (kept for a *resume* as master only), and once the service
+            // manager has stopped the app, none of its connections on the VIP may
+            // survive (their RSTs are dropped by the queue): a later restore of the
+            // same 4-tuples must meet no stale socket.
+            if current != Mode::Startup && (reign.is_some() || !settled) {
+                interceptor.send(QueueCommand::ForgetSessions);
+                let (vip, ports) = (vip, ports.clone());
+                cleanup = Some(tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    destroy_stale_sockets(vip, &ports).await;
+                }));
+            }
+            reign = None;
         }
         settled |= current != Mode::Startup;
-        was_master = master;
         if mode.changed().await.is_err() {
             return;
         }
     }
+}
+
+/// A new reign's restore: once the service listens, the replicated sessions (those
+/// the interceptor does not track already — a resumed master tracks its own).
+async fn restore_when_listening(
+    interceptor: InterceptorHandle,
+    replica: Arc<Mutex<Replica>>,
+    vip: std::net::Ipv4Addr,
+    ports: Vec<u16>,
+    destroy_stale_first: bool,
+) {
+    let promoted_at = std::time::Instant::now();
+    let states = replica
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .states();
+    // Parked at once: until restored, no peer packet may reach the kernel (it has no
+    // socket for the session and would answer with an RST).
+    if !states.is_empty() {
+        interceptor.send(QueueCommand::Park {
+            states,
+            promoted_at,
+        });
+    }
+    if destroy_stale_first {
+        destroy_stale_sockets(vip, &ports).await;
+    }
+    if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
+        tracing::warn!(?ports, "no service listening; restoring anyway");
+    }
+    interceptor.send(QueueCommand::ServiceReady);
 }
 
 /// `lone_master = "serve"` in sync mode: once no backup has been connected for the
@@ -426,7 +475,7 @@ async fn restore_after_app_crashes(
             );
         }
         if mode.borrow().0 == Mode::Master {
-            interceptor.send(QueueCommand::RestoreLocal);
+            interceptor.send(QueueCommand::ServiceReady);
         }
     }
 }
@@ -450,20 +499,11 @@ async fn destroy_stale_sockets(vip: std::net::Ipv4Addr, ports: &[u16]) {
 
 /// Waits until something listens on one of `ports` (from /proc/net/tcp).
 async fn wait_for_listener(ports: &[u16], limit: std::time::Duration) -> bool {
+    use nonstop_agent::session::proc_tcp;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Ok(table) = tokio::fs::read_to_string("/proc/net/tcp").await {
-            let listening = table.lines().skip(1).any(|line| {
-                let mut fields = line.split_whitespace();
-                let local = fields.nth(1).unwrap_or("");
-                let state = fields.nth(1).unwrap_or("");
-                state == "0A"
-                    && local
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-                        .is_some_and(|p| ports.contains(&p))
-            });
-            if listening {
+        if let Ok(table) = tokio::fs::read_to_string(proc_tcp::PATH).await {
+            if proc_tcp::listening(&table, ports) {
                 return true;
             }
         }

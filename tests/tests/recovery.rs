@@ -773,3 +773,48 @@ fn sessions_survive_a_switchover_and_a_crash_under_live_traffic() {
         "live failovers",
     );
 }
+
+/// The soak's round, twice: a switchover, a crash of the new master's host (it
+/// rejoins as backup), then a switchover back onto the restarted host.
+#[test]
+fn a_switchover_onto_a_host_that_crashed_and_rejoined_keeps_the_sessions() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_managed_echo("rejsw");
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, 32);
+    switchover(&lab);
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
+        counters_before,
+        "switchover",
+    );
+    lab.kill_all("backup").expect("crash the new master's host");
+    wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Master
+            && s.replication.restore_pending == 0
+            && s.replication.restored >= 32)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("no takeover after the crash: {e}\n{}", logs(&lab)));
+    lab.start_agent(Node::Backup)
+        .expect("restart the crashed agent");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
+            && status_of(&lab, Node::Master)?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("crashed host did not rejoin: {e}\n{}", logs(&lab)));
+    sessions_went_on_unbroken(&lab, &mut clients, &ports_before, counters_before, "crash");
+    switchover(&lab);
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
+        counters_before,
+        "switchover onto the rejoined host",
+    );
+}

@@ -55,8 +55,10 @@ async fn main() -> std::process::ExitCode {
             }
         };
         let room = room.clone();
+        // Subscribed at accept time: a client hears every line said after it joined,
+        // even one said before its task first runs.
+        let mut inbox = room.subscribe();
         tokio::spawn(async move {
-            let mut inbox = room.subscribe();
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             eprintln!("nonstop-chat: {from} joined");

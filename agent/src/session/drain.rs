@@ -6,6 +6,7 @@
 //! the state the peers and the old service agreed on.
 
 use crate::session::interceptor::{InterceptorHandle, QueueCommand};
+use crate::session::proc_tcp;
 use nonstop_shared::session::Phase;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -72,8 +73,8 @@ pub async fn drain(interceptor: &InterceptorHandle, ports: &[u16], limit: Durati
             .iter()
             .filter(|s| s.snd_una != s.snd_nxt)
             .count();
-        let unread_bytes = match tokio::fs::read_to_string("/proc/net/tcp").await {
-            Ok(table) => unread_input(&table, ports),
+        let unread_bytes = match tokio::fs::read_to_string(proc_tcp::PATH).await {
+            Ok(table) => proc_tcp::unread_input(&table, ports),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read /proc/net/tcp");
                 0
@@ -112,49 +113,9 @@ pub fn thaw(interceptor: &InterceptorHandle) {
     interceptor.send(QueueCommand::Freeze(false));
 }
 
-/// Bytes waiting in the receive queues of established (or close-wait) sockets on
-/// `ports`, from the text of `/proc/net/tcp` (`rx_queue`, hex).
-pub fn unread_input(table: &str, ports: &[u16]) -> u64 {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = fields.nth(1)?;
-            let queues = fields.next()?;
-            let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
-            let established_or_close_wait = state == "01" || state == "08";
-            if !established_or_close_wait || !ports.contains(&port) {
-                return None;
-            }
-            u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
-        })
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1B58 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: 641212C6:1B58 0A1212C6:A2D4 01 00000000:00000010 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
-   2: 641212C6:1B58 0A1212C6:A2D6 08 00000005:00000100 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
-   3: 641212C6:1B59 0A1212C6:A2D8 01 00000000:00001000 00:00000000 00000000     0        0 4 1 0000000000000000 20 4 30 10 -1
-   4: 641212C6:1B58 0A1212C6:A2DA 06 00000000:00000007 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1
-garbage line
-";
-
-    #[test]
-    fn unread_input_sums_the_service_sockets_only() {
-        // 0x10 (established) + 0x100 (close-wait) on port 7000; the listener, the
-        // other port and the time-wait entry do not count; garbage is skipped.
-        assert_eq!(unread_input(TABLE, &[7000]), 0x10 + 0x100);
-        assert_eq!(unread_input(TABLE, &[7001]), 0x1000);
-        assert_eq!(unread_input(TABLE, &[7000, 7001]), 0x1110);
-        assert_eq!(unread_input("", &[7000]), 0);
-    }
 
     #[test]
     fn a_report_is_complete_only_when_nothing_is_left() {

@@ -88,7 +88,7 @@ pub enum QueueCommand {
     SetRole(bool),
     /// Restore these replicated sessions into the local service (design §4): forge
     /// each peer's handshake, then translate. Sessions already tracked are skipped.
-    Restore {
+    Park {
         /// The replicated sessions.
         states: Vec<SessionState>,
         /// When this node became master (for the report).
@@ -96,10 +96,10 @@ pub enum QueueCommand {
     },
     /// The service process died on this (master) node: drop the closes its kernel
     /// is sending (see [`close_quarantine`]) and park its sessions until
-    /// [`QueueCommand::RestoreLocal`].
+    /// [`QueueCommand::ServiceReady`].
     AppDied,
-    /// The restarted service listens again: restore the parked sessions into it.
-    RestoreLocal,
+    /// The service listens (again): restore the parked sessions into it.
+    ServiceReady,
     /// Freeze peers with a zero window (a planned switchover's drain) or thaw them.
     Freeze(bool),
     /// This node is not master and owns no session: forget the tracked ones (a
@@ -292,6 +292,12 @@ struct Worker {
     restore_times_us: Vec<u64>,
     /// Peers are frozen: every outbound segment announces a zero window.
     frozen: bool,
+    /// Peers' input to restored sessions, held until the whole batch is restored
+    /// and the service has accepted every connection of it.
+    barrier: VecDeque<nfq::Message>,
+    /// The batch is restored; the barrier waits (until this deadline at most) for the
+    /// service to drain its accept queue.
+    barrier_until: Option<Instant>,
     /// The promotion (or service death) the restore under way answers.
     restore_origin: Option<Instant>,
 }
@@ -401,6 +407,8 @@ impl Worker {
             reset_recently: HashMap::new(),
             restore_times_us: Vec::new(),
             frozen: false,
+            barrier: VecDeque::new(),
+            barrier_until: None,
             restore_origin: None,
         })
     }
@@ -449,10 +457,14 @@ impl Worker {
             self.release();
             self.release_closes();
             self.check_probations();
+            self.check_barrier();
             if !self.restoring.is_empty() {
                 self.pump_restores();
             }
             let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            if self.barrier_until.is_some() {
+                timeout_ms = 2;
+            }
             if let Some(due) = self.closing.next_due(Instant::now()) {
                 timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
             }
@@ -552,6 +564,7 @@ impl Worker {
                     }
                 }
                 let Some(translator) = self.translators.get_mut(&peek.key) else {
+                    self.verdict_with(message, nfq::Verdict::Drop);
                     return;
                 };
                 match translator.outbound(&mut packet) {
@@ -566,6 +579,18 @@ impl Worker {
                     }
                 }
             } else {
+                let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
+                if batch_open && (peek.payload_len > 0 || peek.fin) {
+                    // The restore barrier: no peer's input reaches the new service
+                    // before every session of the batch is connected to it, so a
+                    // service that relays between clients (chat) misses no one.
+                    if self.barrier.len() < MAX_HELD {
+                        self.barrier.push_back(message);
+                    } else {
+                        self.verdict_with(message, nfq::Verdict::Drop);
+                    }
+                    return;
+                }
                 let translator = self.translators.get_mut(&peek.key);
                 match translator.map(|t| t.inbound(&mut packet)) {
                     Some(Ok(Verdict::Accept)) => {
@@ -680,15 +705,15 @@ impl Worker {
                 }
                 self.master = master;
             }
-            QueueCommand::Restore {
+            QueueCommand::Park {
                 states,
                 promoted_at,
             } => {
                 self.restore_origin = Some(promoted_at);
-                self.start_restore(states);
+                self.park(states);
             }
             QueueCommand::AppDied => self.on_app_died(),
-            QueueCommand::RestoreLocal => self.restore_local(),
+            QueueCommand::ServiceReady => self.restore_parked(),
             QueueCommand::Freeze(on) => self.freeze(on),
             QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
@@ -713,6 +738,9 @@ impl Worker {
         }
         self.stats.held.store(0, Ordering::Relaxed);
         self.drop_closes();
+        self.drop_barrier();
+        self.barrier_until = None;
+        self.restore_began = None;
         self.frozen = false;
         self.awaiting_app.clear();
         self.restoring.clear();
@@ -727,6 +755,13 @@ impl Worker {
         let limits = self.tracker.limits();
         self.tracker = Tracker::new(self.vip, &self.ports, limits);
         self.stats.sessions.store(0, Ordering::Relaxed);
+    }
+
+    /// Drops the peers' input held at the restore barrier (they retransmit).
+    fn drop_barrier(&mut self) {
+        for message in std::mem::take(&mut self.barrier) {
+            self.verdict_with(message, nfq::Verdict::Drop);
+        }
     }
 
     /// Releases, in order, every held packet the backup's acknowledgement covers.
@@ -769,6 +804,7 @@ impl Worker {
             self.verdict(held.message);
         }
         self.drop_closes();
+        self.drop_barrier();
         if let Err(e) = queue_rules::remove() {
             tracing::error!(error = %e, "could not remove the queue rules");
         }

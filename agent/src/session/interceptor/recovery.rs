@@ -4,6 +4,11 @@
 //! switchover's drain. Methods of the same worker as `mod.rs`, split out by concern.
 
 use super::*;
+use crate::session::proc_tcp;
+
+/// Longest the restore barrier waits for the service to accept the restored
+/// connections after the last handshake.
+pub const BARRIER_ACCEPT_WAIT: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
@@ -154,7 +159,7 @@ impl Worker {
 
     /// The restarted service listens: restore the parked sessions into it, from
     /// their latest tracked state.
-    pub(super) fn restore_local(&mut self) {
+    pub(super) fn restore_parked(&mut self) {
         let keys = std::mem::take(&mut self.awaiting_app);
         let mut count = 0;
         for key in keys {
@@ -170,10 +175,7 @@ impl Worker {
         if count == 0 {
             return;
         }
-        tracing::info!(
-            sessions = count,
-            "restoring sessions into the restarted service"
-        );
+        tracing::info!(sessions = count, "restoring sessions into the service");
         self.restore_began = Some(Instant::now());
         self.restored_before = self.stats.restored.load(Ordering::Relaxed);
         self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
@@ -193,8 +195,12 @@ impl Worker {
         }
     }
 
-    /// Starts restoring `states` (those not tracked yet): forged SYN into the stack.
-    pub(super) fn start_restore(&mut self, states: Vec<SessionState>) {
+    /// Takes over replicated sessions (those not tracked yet) the moment this node
+    /// becomes master: tracked and announced to the new backup in full, but *parked*
+    /// — the peers' packets noted and dropped, the local kernel never sees them (it
+    /// would answer with an RST) — until [`Worker::restore_parked`] once the service
+    /// listens.
+    pub(super) fn park(&mut self, states: Vec<SessionState>) {
         let fresh: Vec<SessionState> = states
             .into_iter()
             .filter(|s| self.tracker.session(&s.key).is_none())
@@ -208,10 +214,10 @@ impl Worker {
         if fresh.is_empty() {
             return;
         }
-        tracing::info!(sessions = fresh.len(), "restoring sessions");
-        self.restore_began = Some(Instant::now());
-        self.restored_before = self.stats.restored.load(Ordering::Relaxed);
-        self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
+        tracing::info!(
+            sessions = fresh.len(),
+            "sessions taken over, waiting for the service"
+        );
         self.tracker.restore(fresh.clone());
         // The new backup may have been sent a snapshot before these sessions were
         // tracked here: announce each in full.
@@ -219,13 +225,16 @@ impl Worker {
             self.issue(Record::Full(state.clone()));
         }
         for state in fresh {
-            self.restore_queue.push_back(state.key);
+            self.awaiting_app.push(state.key);
             self.queued.insert(state.key, state);
         }
-        self.pump_restores();
         self.stats
             .sessions
             .store(self.tracker.len() as u64, Ordering::Relaxed);
+        self.stats.restore_pending.store(
+            (self.restoring.len() + self.queued.len()) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
@@ -281,6 +290,42 @@ impl Worker {
         if pending == 0 {
             if let Some(began) = self.restore_began.take() {
                 self.report_restore(began);
+                self.barrier_until = Some(Instant::now() + BARRIER_ACCEPT_WAIT);
+                self.check_barrier();
+            }
+        }
+    }
+
+    /// Once the batch is restored and the service has accepted every connection of
+    /// it (its listening sockets' accept queues are empty) — or after
+    /// [`BARRIER_ACCEPT_WAIT`] — the peers' input held at the barrier goes on.
+    pub(super) fn check_barrier(&mut self) {
+        let Some(until) = self.barrier_until else {
+            return;
+        };
+        let accepted = std::fs::read_to_string(proc_tcp::PATH)
+            .map(|table| proc_tcp::accept_backlog(&table, &self.ports) == 0)
+            .unwrap_or(true);
+        if !accepted && Instant::now() < until {
+            return;
+        }
+        if !accepted {
+            tracing::warn!("the service did not accept every restored connection in time");
+        }
+        self.barrier_until = None;
+        self.release_barrier();
+    }
+
+    /// The peers' input held at the barrier goes on, in order.
+    fn release_barrier(&mut self) {
+        let held = std::mem::take(&mut self.barrier);
+        if !held.is_empty() {
+            tracing::debug!(packets = held.len(), "restore barrier released");
+        }
+        for message in held {
+            match Peek::of(message.get_payload(), self.vip) {
+                Some(peek) => self.forward(message, peek),
+                None => self.verdict_with(message, nfq::Verdict::Accept),
             }
         }
     }
