@@ -296,13 +296,19 @@ impl Worker {
         }
     }
 
-    /// Once the batch is restored and the service has accepted every connection of
-    /// it (its listening sockets' accept queues are empty) — or after
+    /// Once the batch is restored, every forged ACK has gone through, and the service
+    /// has accepted every connection of it (its listening sockets' accept queues are
+    /// empty) — or after
     /// [`BARRIER_ACCEPT_WAIT`] — the peers' input held at the barrier goes on.
     pub(super) fn check_barrier(&mut self) {
         let Some(until) = self.barrier_until else {
             return;
         };
+        // Every forged ACK must have reached the kernel (completing its handshake)
+        // before an empty accept queue means "all accepted".
+        if !self.forged_acks.is_empty() && Instant::now() < until {
+            return;
+        }
         let accepted = std::fs::read_to_string(proc_tcp::PATH)
             .map(|table| proc_tcp::accept_backlog(&table, &self.ports) == 0)
             .unwrap_or(true);
