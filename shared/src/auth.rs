@@ -273,6 +273,23 @@ pub struct HeartbeatAuth {
     trusted: Option<(u64, u64)>,
     /// Boot nonce of the last authentic envelope (echoed in ours).
     last_seen_boot: u64,
+    /// The last unconfirmed heartbeat: (boot, counter, inner bytes). Delivered once
+    /// its boot is confirmed within [`PENDING_WINDOW`] counters, so that what a
+    /// restarted peer said first (e.g. "I am master") is not lost to the handshake.
+    pending: Option<(u64, u64, Vec<u8>)>,
+}
+
+/// How many counters later an unconfirmed heartbeat may still be delivered.
+pub const PENDING_WINDOW: u64 = 8;
+
+/// Heartbeats accepted by [`HeartbeatAuth::open`], oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted<'a> {
+    /// An earlier heartbeat of a boot just confirmed (authentic, from the same live
+    /// boot, at most [`PENDING_WINDOW`] heartbeats older).
+    pub earlier: Option<Vec<u8>>,
+    /// The heartbeat of this datagram.
+    pub heartbeat: &'a [u8],
 }
 
 impl HeartbeatAuth {
@@ -284,6 +301,7 @@ impl HeartbeatAuth {
             counter: 0,
             trusted: None,
             last_seen_boot: 0,
+            pending: None,
         }
     }
 
@@ -307,9 +325,10 @@ impl HeartbeatAuth {
         out
     }
 
-    /// Checks an envelope and returns the heartbeat bytes inside, or why it is dropped.
-    /// Only an `Ok` may reach the failover machine.
-    pub fn open<'a>(&mut self, datagram: &'a [u8]) -> Result<&'a [u8], HeartbeatAuthError> {
+    /// Checks an envelope and returns the heartbeat bytes inside (preceded by an
+    /// earlier one of a just-confirmed boot), or why it is dropped. Only an `Ok` may
+    /// reach the failover machine.
+    pub fn open<'a>(&mut self, datagram: &'a [u8]) -> Result<Accepted<'a>, HeartbeatAuthError> {
         if datagram.len() < HB_HEADER_LEN + TAG_LEN {
             return Err(HeartbeatAuthError::Malformed("too short"));
         }
@@ -338,12 +357,27 @@ impl HeartbeatAuth {
             }
             _ => {
                 if echo != self.boot {
+                    self.pending = Some((boot, counter, signed[HB_HEADER_LEN..].to_vec()));
                     return Err(HeartbeatAuthError::Unconfirmed);
                 }
             }
         }
+        let earlier = match self.pending.take() {
+            Some((b, c, bytes))
+                if b == boot
+                    && c < counter
+                    && counter - c <= PENDING_WINDOW
+                    && self.trusted.is_none_or(|(t, _)| t != boot) =>
+            {
+                Some(bytes)
+            }
+            _ => None,
+        };
         self.trusted = Some((boot, counter));
-        Ok(&signed[HB_HEADER_LEN..])
+        Ok(Accepted {
+            earlier,
+            heartbeat: &signed[HB_HEADER_LEN..],
+        })
     }
 }
 
@@ -552,14 +586,7 @@ impl fmt::Debug for Channel {
 impl Channel {
     /// Appends `payload` as one or more frames (split at [`MAX_FRAME_BODY`]).
     pub fn seal(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        for body in payload.chunks(MAX_FRAME_BODY) {
-            self.sent += 1;
-            let counter = self.sent.to_be_bytes();
-            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            out.extend_from_slice(&counter);
-            out.extend_from_slice(body);
-            out.extend_from_slice(&mac(&self.send, &[&counter, body]));
-        }
+        seal_frames(&self.send, &mut self.sent, payload, out);
     }
 
     /// Opens the frame at the front of `buf`: `Ok(None)` if more bytes are needed,
@@ -569,34 +596,109 @@ impl Channel {
         &mut self,
         buf: &[u8],
     ) -> Result<Option<(std::ops::Range<usize>, usize)>, FrameError> {
-        if buf.len() < FRAME_HEADER_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len > MAX_FRAME_BODY {
-            return Err(FrameError::TooLong(len));
-        }
-        let total = FRAME_HEADER_LEN + len + TAG_LEN;
-        if buf.len() < total {
-            return Ok(None);
-        }
-        let counter = &buf[4..12];
-        let body = FRAME_HEADER_LEN..FRAME_HEADER_LEN + len;
-        if !verify(
-            &self.recv,
-            &[counter, &buf[body.clone()]],
-            &buf[body.end..total],
-        ) {
-            return Err(FrameError::BadTag);
-        }
-        let got = be_u64(counter);
-        let expected = self.received + 1;
-        if got != expected {
-            return Err(FrameError::Replayed { expected, got });
-        }
-        self.received = got;
-        Ok(Some((body, total)))
+        open_frame(&self.recv, &mut self.received, buf)
     }
+
+    /// Splits into the sending and the receiving direction (for a writer task and a
+    /// reader task).
+    pub fn split(self) -> (ChannelSender, ChannelReceiver) {
+        (
+            ChannelSender {
+                key: self.send,
+                sent: self.sent,
+            },
+            ChannelReceiver {
+                key: self.recv,
+                received: self.received,
+            },
+        )
+    }
+}
+
+/// The sending direction of a [`Channel`].
+pub struct ChannelSender {
+    key: [u8; TAG_LEN],
+    sent: u64,
+}
+
+impl fmt::Debug for ChannelSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelSender")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelSender {
+    /// As [`Channel::seal`].
+    pub fn seal(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        seal_frames(&self.key, &mut self.sent, payload, out);
+    }
+}
+
+/// The receiving direction of a [`Channel`].
+pub struct ChannelReceiver {
+    key: [u8; TAG_LEN],
+    received: u64,
+}
+
+impl fmt::Debug for ChannelReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelReceiver")
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelReceiver {
+    /// As [`Channel::open`].
+    pub fn open(
+        &mut self,
+        buf: &[u8],
+    ) -> Result<Option<(std::ops::Range<usize>, usize)>, FrameError> {
+        open_frame(&self.key, &mut self.received, buf)
+    }
+}
+
+fn seal_frames(key: &[u8; TAG_LEN], sent: &mut u64, payload: &[u8], out: &mut Vec<u8>) {
+    for body in payload.chunks(MAX_FRAME_BODY) {
+        *sent += 1;
+        let counter = sent.to_be_bytes();
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&counter);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&mac(key, &[&counter, body]));
+    }
+}
+
+fn open_frame(
+    key: &[u8; TAG_LEN],
+    received: &mut u64,
+    buf: &[u8],
+) -> Result<Option<(std::ops::Range<usize>, usize)>, FrameError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME_BODY {
+        return Err(FrameError::TooLong(len));
+    }
+    let total = FRAME_HEADER_LEN + len + TAG_LEN;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let counter = &buf[4..12];
+    let body = FRAME_HEADER_LEN..FRAME_HEADER_LEN + len;
+    if !verify(key, &[counter, &buf[body.clone()]], &buf[body.end..total]) {
+        return Err(FrameError::BadTag);
+    }
+    let got = be_u64(counter);
+    let expected = *received + 1;
+    if got != expected {
+        return Err(FrameError::Replayed { expected, got });
+    }
+    *received = got;
+    Ok(Some((body, total)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -721,12 +823,25 @@ mod tests {
         assert_eq!(b.open(&first), Err(HeartbeatAuthError::Unconfirmed));
         // b now echoes a's boot; a accepts (it echoes a's current boot).
         let reply = b.seal(b"there");
-        assert_eq!(a.open(&reply), Ok(&b"there"[..]));
-        // a echoes b's boot: accepted, and from then on the counter rules.
+        assert_eq!(a.open(&reply).map(|x| x.heartbeat), Ok(&b"there"[..]));
+        // a echoes b's boot: accepted, with the first one (same live boot) before it;
+        // from then on the counter rules.
         let second = a.seal(b"again");
-        assert_eq!(b.open(&second), Ok(&b"again"[..]));
+        assert_eq!(
+            b.open(&second),
+            Ok(Accepted {
+                earlier: Some(b"hello".to_vec()),
+                heartbeat: &b"again"[..]
+            })
+        );
         let third = a.seal(b"more");
-        assert_eq!(b.open(&third), Ok(&b"more"[..]));
+        assert_eq!(
+            b.open(&third),
+            Ok(Accepted {
+                earlier: None,
+                heartbeat: &b"more"[..]
+            })
+        );
         assert!(matches!(
             b.open(&second),
             Err(HeartbeatAuthError::Replayed { .. })
@@ -741,7 +856,13 @@ mod tests {
         assert_eq!(b.open(&old), Err(HeartbeatAuthError::Unconfirmed));
         // ... and b still accepts a's live heartbeats afterwards.
         let fourth = a.seal(b"live");
-        assert_eq!(b.open(&fourth), Ok(&b"live"[..]));
+        assert_eq!(
+            b.open(&fourth),
+            Ok(Accepted {
+                earlier: None,
+                heartbeat: &b"live"[..]
+            })
+        );
     }
 
     #[test]

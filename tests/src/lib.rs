@@ -425,3 +425,57 @@ impl EchoClients {
             .collect()
     }
 }
+
+/// Opens a control connection to `node`'s agent from inside its namespace and runs the
+/// authentication handshake with `key` (the lab's key unless given). Returns the
+/// buffered reader and the writer; the first reply line is already consumed.
+pub fn control_session(
+    lab: &Lab,
+    node: Node,
+    key: Option<&nonstop_shared::auth::Key>,
+) -> anyhow::Result<(std::io::BufReader<std::net::TcpStream>, std::net::TcpStream)> {
+    use nonstop_shared::auth;
+    use nonstop_shared::control::{Reply, Request};
+    use std::io::{BufRead, Write};
+    let lab_key;
+    let key = match key {
+        Some(key) => key,
+        None => {
+            lab_key = auth::Key::load(&lab.key_path()).context("lab key")?;
+            &lab_key
+        }
+    };
+    let stream = nonstop_lab::connect_in_netns(
+        &lab.namespace(node.as_str()),
+        lab.control_addr(node),
+        Duration::from_secs(2),
+    )
+    .context("control connect")?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = std::io::BufReader::new(stream);
+    let read_reply = |reader: &mut std::io::BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        reader.read_line(&mut line).context("read reply")?;
+        Reply::parse_line(&line).map_err(anyhow::Error::msg)
+    };
+    let Reply::Challenge { nonce, .. } = read_reply(&mut reader)? else {
+        bail!("the agent did not open with a challenge");
+    };
+    let server = auth::parse_nonce(&nonce).context("challenge nonce")?;
+    let client: [u8; auth::NONCE_LEN] =
+        auth::random_bytes().map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let request = Request::Auth {
+        nonce: client.iter().map(|b| format!("{b:02x}")).collect(),
+        mac: auth::control_client_mac(key, &server, &client),
+    };
+    writer.write_all(request.to_line().as_bytes())?;
+    match read_reply(&mut reader)? {
+        Reply::Authenticated { mac }
+            if auth::control_verify(key, false, &server, &client, &mac) =>
+        {
+            Ok((reader, writer))
+        }
+        other => bail!("authentication failed: {other:?}"),
+    }
+}
