@@ -479,3 +479,125 @@ pub fn control_session(
         other => bail!("authentication failed: {other:?}"),
     }
 }
+
+/// Sends one request on an authenticated control connection to `node`'s agent and
+/// returns the reply.
+pub fn control_request(
+    lab: &Lab,
+    node: Node,
+    request: &nonstop_shared::control::Request,
+) -> anyhow::Result<nonstop_shared::control::Reply> {
+    use std::io::{BufRead, Write};
+    let (mut reader, mut writer) = control_session(lab, node, None)?;
+    writer.write_all(request.to_line().as_bytes())?;
+    let mut line = String::new();
+    reader.read_line(&mut line).context("read reply")?;
+    nonstop_shared::control::Reply::parse_line(&line).map_err(anyhow::Error::msg)
+}
+
+/// Injects `fault` through `node`'s agent (its own nftables/delayer mechanisms).
+pub fn inject_fault(
+    lab: &Lab,
+    node: Node,
+    fault: nonstop_shared::control::Fault,
+) -> anyhow::Result<String> {
+    use nonstop_shared::control::{Reply, Request};
+    match control_request(lab, node, &Request::Inject { fault })? {
+        Reply::Ack { message } => Ok(message),
+        other => bail!("inject refused: {other:?}"),
+    }
+}
+
+/// A lab whose agents manage the echo service, settled with one master (service
+/// running, replication connected) and one backup.
+pub fn managed_echo_lab(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
+    let echo = bin("nonstop-echo");
+    let spec = LabSpec {
+        name: unique_name(tag),
+        peers: 1,
+        heartbeat_ms,
+        misses,
+        service: Some(format!("{} --listen 0.0.0.0:7000", echo.display())),
+    };
+    let lab = LabGuard::up(&spec).expect("lab up");
+    lab.start_agent(Node::Master).expect("master agent");
+    std::thread::sleep(Duration::from_millis(
+        heartbeat_ms * u64::from(misses) + 200,
+    ));
+    lab.start_agent(Node::Backup).expect("backup agent");
+    wait_for(Duration::from_secs(10), || {
+        let (m, b) = statuses(&lab);
+        let (m, b) = (m?, b?);
+        (m.mode == Mode::Master
+            && b.mode == Mode::Backup
+            && m.app?.pid.is_some()
+            && m.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("pair never settled: {e}\n{}", logs(&lab)));
+    lab
+}
+
+/// Waits until both nodes' tables agree on every client session with nothing unacked
+/// (the backup holds exactly what the master does).
+pub fn wait_replicated(lab: &Lab, clients: &EchoClients) -> anyhow::Result<()> {
+    let ports = clients.ports();
+    wait_for(Duration::from_secs(15), || {
+        let (m, b) = session_lists(lab);
+        let (m, b) = (m?, b?);
+        let master = if m.mode == Mode::Master { &m } else { &b };
+        let backup = if m.mode == Mode::Master { &b } else { &m };
+        let find = |list: &nonstop_shared::control::SessionList, port: u16| {
+            list.sessions
+                .iter()
+                .find(|s| s.peer.ends_with(&format!(":{port}")))
+                .cloned()
+        };
+        ports
+            .iter()
+            .all(|&p| match (find(master, p), find(backup, p)) {
+                (Some(x), Some(y)) => {
+                    x.snd_una == x.snd_nxt && (x.rcv_nxt, x.snd_nxt) == (y.rcv_nxt, y.snd_nxt)
+                }
+                _ => false,
+            })
+            .then_some(())
+    })
+}
+
+/// The peer's kernel counters that would show a broken session: (established
+/// connections reset, active opens, aborts on data).
+pub fn peer_tcp_counters(lab: &Lab) -> (u64, u64, u64) {
+    let Ok(out) = lab.exec(
+        "peer",
+        &[
+            "nstat",
+            "-az",
+            "TcpEstabResets",
+            "TcpActiveOpens",
+            "TcpExtTCPAbortOnData",
+        ],
+    ) else {
+        return (u64::MAX, u64::MAX, u64::MAX);
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        get("TcpEstabResets"),
+        get("TcpActiveOpens"),
+        get("TcpExtTCPAbortOnData"),
+    )
+}
+
+/// Which nodes hold the VIP on their service interface right now.
+pub fn vip_holders(lab: &Lab) -> Vec<Node> {
+    [Node::Master, Node::Backup]
+        .into_iter()
+        .filter(|&n| holds_vip(lab, n))
+        .collect()
+}

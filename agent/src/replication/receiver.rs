@@ -76,6 +76,9 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
                 }
                 // An authenticated connection from the master supersedes the old one.
                 if let Some(old) = current.take() {
+                    if !old.is_finished() {
+                        tracing::info!(from = %ready.from, "new authenticated replication connection supersedes the current one");
+                    }
                     old.abort();
                 }
                 let replica = Arc::clone(&parts.replica);
