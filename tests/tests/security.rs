@@ -68,7 +68,7 @@ fn forged_heartbeats_from_the_peer_namespace_do_not_demote_the_master() {
             socket2::Type::RAW,
             Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
         )?;
-        let mut send = |payload: &[u8]| -> std::io::Result<()> {
+        let send = |payload: &[u8]| -> std::io::Result<()> {
             let packet = spoofed_udp(spoofed, target, payload);
             socket.send_to(&packet, &target.into()).map(|_| ())
         };
