@@ -93,8 +93,15 @@ fn log_event(event: &AgentEvent) {
             sessions,
             failed,
             elapsed_ms,
+            ..
         } => {
             tracing::info!(sessions, failed, elapsed_ms, "sessions restored")
+        }
+        EventKind::Protection { replicated, detail } => {
+            tracing::warn!(replicated, %detail, "replication protection changed")
+        }
+        EventKind::SessionReset { peer, reason } => {
+            tracing::warn!(%peer, %reason, "restored session reset")
         }
         EventKind::Injected { fault } => tracing::warn!(%fault, "fault injected"),
         EventKind::Error { detail } => tracing::warn!(%detail, "error"),

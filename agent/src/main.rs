@@ -148,6 +148,19 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         key: key.clone(),
     }));
+    if config.session.replication == ReplicationMode::Sync
+        && config.session.lone_master == nonstop_shared::config::LoneMaster::Serve
+    {
+        tokio::spawn(serve_when_alone(
+            interceptor.clone(),
+            mode_rx.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&events),
+            std::time::Duration::from_millis(
+                config.sync.heartbeat_ms * u64::from(config.sync.misses),
+            ),
+        ));
+    }
     tokio::spawn(follow_mode(
         interceptor.clone(),
         mode_rx.clone(),
@@ -163,6 +176,8 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         replica,
         stats,
         mode: mode_rx,
+        ports: config.service.ports.clone(),
+        drain_limit: std::time::Duration::from_millis(config.session.drain_ms),
     };
 
     let app = config.service.command.clone().map(|command| {
@@ -176,7 +191,17 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         (manager, handle)
     });
     let app_handle = app.as_ref().map(|(_, h)| h.clone());
-    let app_task = app.map(|(manager, _)| tokio::spawn(manager.run()));
+    let app_task = app.map(|(manager, _)| {
+        let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(restore_after_app_crashes(
+            interceptor.clone(),
+            exits_rx,
+            mode_rx_for_app.clone(),
+            config.service.vip.addr,
+            config.service.ports.clone(),
+        ));
+        tokio::spawn(manager.notify_exits(exits_tx).run())
+    });
     let resources = nonstop_agent::resources::ResourceMonitor::default();
     tokio::spawn(resources.clone().run());
     // The failover driver gets a thread and a runtime of its own, so that session
@@ -275,6 +300,7 @@ async fn follow_mode(
             master && replication == ReplicationMode::Sync,
         ));
         if master && !was_master {
+            let promoted_at = std::time::Instant::now();
             let states = replica
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -286,7 +312,10 @@ async fn follow_mode(
                 if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
                     tracing::warn!(?ports, "no service listening; restoring anyway");
                 }
-                interceptor.send(QueueCommand::Restore(states));
+                interceptor.send(QueueCommand::Restore {
+                    states,
+                    promoted_at,
+                });
             }
         }
         if was_master && !master {
@@ -298,6 +327,89 @@ async fn follow_mode(
         was_master = master;
         if mode.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// `lone_master = "serve"` in sync mode: once no backup has been connected for the
+/// detection window, output is released unreplicated (the service stays available;
+/// the sessions are still stored locally), and held again as soon as a backup
+/// connects (its snapshot covers everything). Both changes are events.
+async fn serve_when_alone(
+    interceptor: InterceptorHandle,
+    mut mode: watch::Receiver<(Mode, u64)>,
+    stats: Arc<nonstop_agent::replication::stats::ReplicationStats>,
+    events: Arc<nonstop_agent::events::EventLog>,
+    grace: std::time::Duration,
+) {
+    use std::sync::atomic::Ordering;
+    let mut alone_since: Option<tokio::time::Instant> = None;
+    let mut serving_alone = false;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            changed = mode.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let master = mode.borrow().0 == Mode::Master;
+        let connected = stats.connected.load(Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        alone_since = match (master && !connected, alone_since) {
+            (true, None) => Some(now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        let alone = alone_since.is_some_and(|since| now - since >= grace);
+        if alone {
+            // Re-sent every tick: a mode change elsewhere re-enables holding.
+            interceptor.send(QueueCommand::SetHolding(false));
+        } else if serving_alone && master {
+            interceptor.send(QueueCommand::SetHolding(true));
+        }
+        if alone != serving_alone {
+            serving_alone = alone;
+            events.emit(nonstop_shared::control::EventKind::Protection {
+                replicated: !alone,
+                detail: if alone {
+                    format!(
+                        "no backup for {} ms: serving unreplicated (lone_master = serve)",
+                        grace.as_millis()
+                    )
+                } else {
+                    "a backup is connected: output held for replication again".to_owned()
+                },
+            });
+        }
+    }
+}
+
+/// An app crash on a healthy master (design §4): the interceptor drops the dying
+/// service's FINs/RSTs and parks its sessions; the orphaned kernel sockets are
+/// destroyed (their RSTs are dropped too); once the manager has restarted the
+/// service and it listens again, the sessions are restored into it.
+async fn restore_after_app_crashes(
+    interceptor: InterceptorHandle,
+    mut exits: tokio::sync::mpsc::UnboundedReceiver<()>,
+    mode: watch::Receiver<(Mode, u64)>,
+    vip: std::net::Ipv4Addr,
+    ports: Vec<u16>,
+) {
+    while exits.recv().await.is_some() {
+        if mode.borrow().0 != Mode::Master {
+            continue;
+        }
+        interceptor.send(QueueCommand::AppDied);
+        // Orphaned sockets (FIN_WAIT) would catch the forged SYNs of the restore.
+        destroy_stale_sockets(vip, &ports).await;
+        let limit = nonstop_agent::app::RESTART_DELAY + std::time::Duration::from_secs(10);
+        if !wait_for_listener(&ports, limit).await {
+            tracing::warn!(
+                ?ports,
+                "restarted service does not listen; restoring anyway"
+            );
+        }
+        if mode.borrow().0 == Mode::Master {
+            interceptor.send(QueueCommand::RestoreLocal);
         }
     }
 }

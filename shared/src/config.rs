@@ -136,6 +136,26 @@ pub struct SessionConfig {
     /// Most sessions tracked at once.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Longest a planned switchover waits for its drain (peers frozen, service input
+    /// read, output acknowledged, backup caught up) before handing over anyway, ms.
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
+    /// In `sync` mode, what a master does while no backup is connected: `serve`
+    /// (default: release output unreplicated, the service stays available) or `hold`
+    /// (hold all output until a backup has the state: no byte unprotected).
+    #[serde(default)]
+    pub lone_master: LoneMaster,
+}
+
+/// A sync-mode master's policy while no backup is connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoneMaster {
+    /// Keep serving; replication resumes (by snapshot) when a backup connects.
+    #[default]
+    Serve,
+    /// Hold every outbound packet until a backup has acknowledged its state.
+    Hold,
 }
 
 impl Default for SessionConfig {
@@ -146,6 +166,8 @@ impl Default for SessionConfig {
             fsync: FsyncMode::default(),
             fsync_interval_ms: default_fsync_interval_ms(),
             max_sessions: default_max_sessions(),
+            drain_ms: default_drain_ms(),
+            lone_master: LoneMaster::default(),
         }
     }
 }
@@ -158,6 +180,9 @@ fn default_fsync_interval_ms() -> u64 {
 }
 fn default_max_sessions() -> usize {
     100_000
+}
+fn default_drain_ms() -> u64 {
+    2000
 }
 
 /// The service side: interface, virtual IP, ports, command.
@@ -478,6 +503,12 @@ impl AgentConfig {
             return Err(invalid(
                 "session.max_sessions",
                 format!("must be in 1..=1000000, got {}", self.session.max_sessions),
+            ));
+        }
+        if self.session.drain_ms > 60_000 {
+            return Err(invalid(
+                "session.drain_ms",
+                format!("must be in 0..=60000, got {}", self.session.drain_ms),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -249,6 +249,22 @@ pub struct ReplicationView {
     /// Milliseconds from the restore command to the last session of it restored.
     #[serde(default)]
     pub restore_ms: u64,
+    /// Per-session restore time of the last restore, median, µs.
+    #[serde(default)]
+    pub restore_session_p50_us: u64,
+    /// Per-session restore time of the last restore, 99th percentile, µs.
+    #[serde(default)]
+    pub restore_session_p99_us: u64,
+    /// Milliseconds from the last promotion (or service crash) to its last session
+    /// restored.
+    #[serde(default)]
+    pub restore_since_promotion_ms: u64,
+    /// Restored sessions reset because their peer had seen state the replica lacked.
+    #[serde(default)]
+    pub sessions_reset: u64,
+    /// Times the service died on this master and its sessions were restored locally.
+    #[serde(default)]
+    pub app_crashes: u64,
 }
 
 /// Why a node changed mode.
@@ -529,6 +545,32 @@ pub enum EventKind {
         failed: u64,
         /// Milliseconds from the restore command to the last session restored.
         elapsed_ms: u64,
+        /// Per-session restore time (forged SYN to handshake done), median, µs.
+        #[serde(default)]
+        session_p50_us: u64,
+        /// Per-session restore time, 99th percentile, µs.
+        #[serde(default)]
+        session_p99_us: u64,
+        /// Milliseconds from the promotion (or the service's crash) to the last
+        /// session restored: what the peers waited, detection aside.
+        #[serde(default)]
+        since_promotion_ms: u64,
+    },
+    /// Sync-mode protection changed: output is (again) held until the backup has its
+    /// state, or released unreplicated because no backup is connected.
+    Protection {
+        /// Whether outbound packets wait for the backup now.
+        replicated: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// A restored session was reset on both sides: its peer proved it had seen state
+    /// the replica lacked (async replication lag, design §3).
+    SessionReset {
+        /// The peer, `IP:PORT`.
+        peer: String,
+        /// Why.
+        reason: String,
     },
     /// A fault was injected or healed on this host.
     Injected {

@@ -150,7 +150,9 @@ fn sync_mode_holds_traffic_while_the_backup_is_away_and_resumes_losslessly() {
     if !require_root() {
         return;
     }
-    let lab = lab_with_agents("hold", 100, 3);
+    let lab = lab_with_agents_configured("hold", 100, 3, |c| {
+        c.session.lone_master = nonstop_shared::config::LoneMaster::Hold
+    });
     let _echo = start_echo(&lab, Node::Master);
     std::thread::sleep(Duration::from_millis(200));
     let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
@@ -194,6 +196,69 @@ fn sync_mode_holds_traffic_while_the_backup_is_away_and_resumes_losslessly() {
         status.replication.snapshots >= 2,
         "a snapshot caught the backup up"
     );
+    quiesced_tables(&lab, &clients.ports());
+}
+
+#[test]
+fn a_lone_sync_master_serves_unreplicated_then_protects_again_when_a_backup_returns() {
+    if !require_root() {
+        return;
+    }
+    // lone_master = "serve" is the default.
+    let lab = lab_with_agents("lone", 100, 3);
+    let _echo = start_echo(&lab, Node::Master);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut clients = EchoClients::connect(&lab, 16).expect("sessions");
+    clients.round().expect("round before");
+    lab.stop_agent(Node::Backup, libc::SIGKILL)
+        .expect("kill backup agent");
+    // After the detection window (300 ms) the master serves on without a backup.
+    let began = std::time::Instant::now();
+    for round in 0..5 {
+        clients
+            .round()
+            .unwrap_or_else(|e| panic!("round {round} without a backup: {e:#}\n{}", logs(&lab)));
+    }
+    eprintln!("5 rounds without a backup in {:?}", began.elapsed());
+    let status = status_of(&lab, Node::Master).expect("status");
+    assert_eq!(status.replication.held_packets, 0);
+    let alone = events(&lab).expect("events").into_iter().any(|e| {
+        matches!(
+            e.kind,
+            nonstop_shared::control::EventKind::Protection {
+                replicated: false,
+                ..
+            }
+        )
+    });
+    assert!(alone, "serving unreplicated is an event");
+    // The backup returns: a snapshot catches it up, output is held again, and the
+    // tables agree.
+    lab.start_agent(Node::Backup).expect("restart backup agent");
+    wait_for(Duration::from_secs(10), || {
+        status_of(&lab, Node::Master)?
+            .replication
+            .connected
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("backup never reconnected: {e:#}\n{}", logs(&lab)));
+    for _ in 0..5 {
+        clients
+            .round()
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&lab)));
+    }
+    let protected = wait_for(Duration::from_secs(5), || {
+        events(&lab).ok()?.into_iter().find(|e| {
+            matches!(
+                e.kind,
+                nonstop_shared::control::EventKind::Protection {
+                    replicated: true,
+                    ..
+                }
+            )
+        })
+    });
+    assert!(protected.is_ok(), "protection back is an event");
     quiesced_tables(&lab, &clients.ports());
 }
 

@@ -53,9 +53,17 @@ pub struct AppManager {
     handle: AppHandle,
     mode: watch::Receiver<(Mode, u64)>,
     shutdown: Shutdown,
+    exits: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
 impl AppManager {
+    /// Also tells `exits` each time the service dies while it should be running
+    /// (a crash), so its sessions can be restored into the restarted service.
+    pub fn notify_exits(mut self, exits: tokio::sync::mpsc::UnboundedSender<()>) -> AppManager {
+        self.exits = Some(exits);
+        self
+    }
+
     /// A manager for `command`; returns it and the handle for status reports.
     pub fn new(
         command: String,
@@ -73,6 +81,7 @@ impl AppManager {
             handle: handle.clone(),
             mode,
             shutdown,
+            exits: None,
         };
         (manager, handle)
     }
@@ -132,6 +141,11 @@ impl AppManager {
                             v.restarts += 1;
                         }
                     });
+                    if still_wanted {
+                        if let Some(exits) = &self.exits {
+                            let _ = exits.send(());
+                        }
+                    }
                     let what = if still_wanted {
                         restart_at = Some(tokio::time::Instant::now() + RESTART_DELAY);
                         format!("service exited ({detail}); restarting in {RESTART_DELAY:?}")

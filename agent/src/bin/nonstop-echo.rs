@@ -1,14 +1,27 @@
-//! `nonstop-echo [--listen ADDR]`: the project's echo service, the lab's default
-//! service and the workload of tests and benchmarks. Every byte a client sends comes
-//! straight back; each connection is logged when it opens and closes.
+//! `nonstop-echo [--listen ADDR] [--slow-read BYTES:MS]`: the project's echo service,
+//! the lab's default service and the workload of tests and benchmarks. Every byte a
+//! client sends comes straight back; each connection is logged when it closes.
+//! `--slow-read` makes it a slow reader (at most BYTES per read, then a pause of MS),
+//! so input waits unread in its kernel: what a switchover's drain must cope with.
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings from the command line.
+struct Args {
+    listen: SocketAddr,
+    /// (bytes per read, pause after each read).
+    slow_read: Option<(usize, Duration)>,
+}
+
+const USAGE: &str = "usage: nonstop-echo [--listen ADDR:PORT] [--slow-read BYTES:MS]";
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn parse_listen() -> Result<SocketAddr, String> {
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 7000));
+    let mut slow_read = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => {
@@ -17,17 +30,26 @@ fn parse_listen() -> Result<SocketAddr, String> {
                     .parse()
                     .map_err(|_| format!("`{value}` is not ADDR:PORT"))?;
             }
-            "-h" | "--help" => return Err("usage: nonstop-echo [--listen ADDR:PORT]".into()),
+            "--slow-read" => {
+                let value = args.next().ok_or("--slow-read needs BYTES:MS")?;
+                let parsed = value
+                    .split_once(':')
+                    .and_then(|(b, ms)| Some((b.parse::<usize>().ok()?, ms.parse::<u64>().ok()?)))
+                    .filter(|(b, _)| *b > 0)
+                    .ok_or_else(|| format!("`{value}` is not BYTES:MS (e.g. 64:20)"))?;
+                slow_read = Some((parsed.0, Duration::from_millis(parsed.1)));
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    Ok(listen)
+    Ok(Args { listen, slow_read })
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let listen = match parse_listen() {
-        Ok(listen) => listen,
+    let Args { listen, slow_read } = match parse_args() {
+        Ok(args) => args,
         Err(e) => {
             eprintln!("nonstop-echo: {e}");
             return std::process::ExitCode::from(2);
@@ -50,7 +72,8 @@ async fn main() -> std::process::ExitCode {
             }
         };
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
+            let (chunk, pause) = slow_read.unwrap_or((64 * 1024, Duration::ZERO));
+            let mut buf = vec![0u8; chunk];
             let mut total = 0u64;
             loop {
                 match stream.read(&mut buf).await {
@@ -60,6 +83,9 @@ async fn main() -> std::process::ExitCode {
                             break;
                         }
                         total += n as u64;
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
                     }
                     Err(_) => break,
                 }

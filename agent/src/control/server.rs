@@ -236,10 +236,34 @@ async fn serve_connection(
                 send(&mut write, &reply).await?;
             }
             Request::Switchover => {
+                // A planned switchover drains first (design §3): zero loss.
+                // Only when the switchover can happen: master with a live backup.
+                let (tx, rx) = oneshot::channel();
+                let ready = ask(&handle, ControlCommand::Status(tx), rx)
+                    .await
+                    .is_ok_and(|s| {
+                        s.mode == nonstop_shared::Mode::Master
+                            && s.peer.mode == Some(nonstop_shared::Mode::Backup)
+                            && s.missed_heartbeats < s.misses
+                    });
+                let drained = match &handle.sessions {
+                    Some(view) if ready => view.drain_for_switchover().await,
+                    _ => None,
+                };
                 let (tx, rx) = oneshot::channel();
                 let reply = match ask(&handle, ControlCommand::Switchover(tx), rx).await {
-                    Ok(Ok(message)) => Reply::Ack { message },
-                    Ok(Err(message)) | Err(message) => Reply::Error { message },
+                    Ok(Ok(message)) => Reply::Ack {
+                        message: match &drained {
+                            Some(report) => format!("{}; {message}", report.describe()),
+                            None => message,
+                        },
+                    },
+                    Ok(Err(message)) | Err(message) => {
+                        if let (Some(view), Some(_)) = (&handle.sessions, &drained) {
+                            view.thaw();
+                        }
+                        Reply::Error { message }
+                    }
                 };
                 send(&mut write, &reply).await?;
             }

@@ -528,6 +528,15 @@ pub fn window_update(state: &SessionState) -> Vec<u8> {
     our_segment(state, state.snd_nxt, 0, &[], our_tsval(state, None))
 }
 
+/// A keepalive-style probe (seq `snd_nxt − 1`, no payload): below the peer's window,
+/// so the peer must answer with an ACK of its `rcv_nxt` (RFC 793 §3.9) — proof, right
+/// after an async-mode restore, of whether it saw bytes the replica lacks
+/// ([`super::divergence`]), even if the session is idle.
+pub fn probe(state: &SessionState) -> Vec<u8> {
+    let seq = state.snd_nxt.wrapping_sub(1);
+    our_segment(state, seq, 0, &[], our_tsval(state, None))
+}
+
 /// `n` identical [`window_update`]s: duplicate ACKs of `rcv_nxt` so the peer
 /// retransmits its unacknowledged data at once instead of waiting for its RTO (TCPR
 /// sent four: the first may count as a window update, the next three as duplicates).

@@ -13,6 +13,8 @@ pub(super) mod flags {
     pub const FIN: u8 = 0x01;
     /// SYN.
     pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
     /// PSH.
     pub const PSH: u8 = 0x08;
     /// ACK.

@@ -8,6 +8,7 @@
 //! - [`interceptor`]: the NFQUEUE thread: tracking, record numbering, holding.
 //! - [`queue_rules`]: the firewall chains that queue the service traffic (fail-closed).
 
+pub mod drain;
 pub mod interceptor;
 pub mod queue_rules;
 pub mod replica;

@@ -28,9 +28,27 @@ pub struct SessionView {
     pub stats: Arc<ReplicationStats>,
     /// Mode and epoch.
     pub mode: watch::Receiver<(Mode, u64)>,
+    /// The service's ports.
+    pub ports: Vec<u16>,
+    /// Longest a switchover's drain may take.
+    pub drain_limit: std::time::Duration,
 }
 
 impl SessionView {
+    /// Before a planned switchover: freezes the peers and drains (see
+    /// [`crate::session::drain`]); `None` unless this node is master.
+    pub async fn drain_for_switchover(&self) -> Option<crate::session::drain::DrainReport> {
+        if self.mode.borrow().0 != Mode::Master {
+            return None;
+        }
+        Some(crate::session::drain::drain(&self.interceptor, &self.ports, self.drain_limit).await)
+    }
+
+    /// The switchover did not happen: reopen the peers' windows.
+    pub fn thaw(&self) {
+        crate::session::drain::thaw(&self.interceptor);
+    }
+
     /// The sessions as this node knows them.
     pub async fn list(&self) -> SessionList {
         let mode = self.mode.borrow().0;
@@ -105,6 +123,11 @@ impl SessionView {
             restore_pending: i.restore_pending.load(Ordering::Relaxed),
             restore_failed: i.restore_failed.load(Ordering::Relaxed),
             restore_ms: i.restore_last_us.load(Ordering::Relaxed) / 1000,
+            sessions_reset: i.sessions_reset.load(Ordering::Relaxed),
+            restore_session_p50_us: i.restore_session_p50_us.load(Ordering::Relaxed),
+            restore_session_p99_us: i.restore_session_p99_us.load(Ordering::Relaxed),
+            restore_since_promotion_ms: i.restore_since_promotion_ms.load(Ordering::Relaxed),
+            app_crashes: i.app_deaths.load(Ordering::Relaxed),
         }
     }
 }

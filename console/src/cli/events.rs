@@ -95,8 +95,17 @@ fn print_event(event: &AgentEvent, json: bool) {
             sessions,
             failed,
             elapsed_ms,
-        } => {
-            format!("{sessions} sessions restored in {elapsed_ms} ms ({failed} failed)")
+            session_p50_us,
+            session_p99_us,
+            since_promotion_ms,
+        } => format!(
+            "{sessions} sessions restored in {elapsed_ms} ms ({failed} failed; per session \
+             p50 {session_p50_us} µs, p99 {session_p99_us} µs; {since_promotion_ms} ms after \
+             the promotion)"
+        ),
+        EventKind::Protection { detail, .. } => format!("protection: {detail}"),
+        EventKind::SessionReset { peer, reason } => {
+            format!("session {peer} reset: {reason}")
         }
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
         EventKind::Error { detail } => format!("error: {detail}"),

@@ -514,9 +514,23 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
             sessions,
             failed,
             elapsed_ms,
+            session_p50_us,
+            session_p99_us,
+            since_promotion_ms,
         } => (
             LogKind::Mode,
-            format!("{sessions} sessions restored in {elapsed_ms} ms ({failed} failed)"),
+            format!(
+                "{sessions} restored in {elapsed_ms} ms ({failed} failed, p50 \
+                 {session_p50_us}µs p99 {session_p99_us}µs, {since_promotion_ms} ms since \
+                 promotion)"
+            ),
+        ),
+        EventKind::Protection { detail, .. } => {
+            (LogKind::AgentError, format!("protection: {detail}"))
+        }
+        EventKind::SessionReset { peer, reason } => (
+            LogKind::AgentError,
+            format!("session {peer} reset: {reason}"),
         ),
         EventKind::Injected { fault } => (LogKind::Injected, format!("fault injected: {fault}")),
         EventKind::Error { detail } => (LogKind::AgentError, format!("error: {detail}")),

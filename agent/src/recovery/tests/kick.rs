@@ -2,7 +2,9 @@
 //! the window update, duplicate ACKs.
 
 use super::*;
-use crate::recovery::translate::{duplicate_acks, kick_window, retransmit_segments, window_update};
+use crate::recovery::translate::{
+    duplicate_acks, kick_window, probe, retransmit_segments, window_update,
+};
 use crate::test_support::segment::{PEER, PEER_PORT, PORT, VIP};
 
 /// `n` tail bytes from `snd_una`.
@@ -221,4 +223,16 @@ fn duplicate_acks_are_identical_window_updates() {
     assert_eq!(dups.len(), 4);
     assert!(dups.iter().all(|d| *d == window_update(&s)));
     assert!(duplicate_acks(&s, 0).is_empty());
+}
+
+#[test]
+fn the_probe_sits_one_below_snd_nxt_so_the_peer_must_answer() {
+    let s = state();
+    let v = view(&probe(&s));
+    assert_eq!(v.seq, SND_NXT.wrapping_sub(1));
+    assert_eq!(v.ack, Some(RCV_NXT));
+    assert!(v.payload.is_empty() && !v.fin && !v.rst && !v.syn);
+    let mut wrapped = state();
+    wrapped.snd_nxt = 0;
+    assert_eq!(view(&probe(&wrapped)).seq, u32::MAX);
 }

@@ -12,6 +12,7 @@
 //! both checksums twice: with a naive RFC 1071 sum written here and with etherparse.
 
 mod forge;
+mod freeze;
 mod kick;
 mod props;
 mod translate;

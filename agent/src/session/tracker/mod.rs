@@ -263,6 +263,13 @@ impl Tracker {
         self.sessions.remove(key).is_some_and(|e| e.announced)
     }
 
+    /// Drops a session the agent itself ended (a diverged restore it reset); the
+    /// `Delete` record to replicate, if the backup knew it.
+    pub fn remove(&mut self, key: &SessionKey) -> Option<Record> {
+        self.stats.reset += u64::from(self.sessions.contains_key(key));
+        self.forget(key).then_some(Record::Delete(*key))
+    }
+
     /// The state of one session (half-open ones included).
     pub fn session(&self, key: &SessionKey) -> Option<&SessionState> {
         self.sessions.get(key).map(|e| &e.state)

@@ -14,9 +14,21 @@
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 
+mod close_quarantine;
+mod peek;
+mod raw;
+
+use self::close_quarantine::CloseQuarantine;
+use self::peek::Peek;
+use self::raw::RawSender;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
+use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
-use crate::recovery::translate::{duplicate_acks, retransmit_segments, Translator, Verdict};
+use crate::recovery::freeze::{freeze_ack, zero_window};
+use crate::recovery::translate::TranslateError;
+use crate::recovery::translate::{
+    duplicate_acks, probe, retransmit_segments, window_update, Translator, Verdict,
+};
 use crate::session::queue_rules;
 use crate::session::tracker::{Tracker, TrackerLimits};
 use anyhow::{bail, Context};
@@ -75,7 +87,20 @@ pub enum QueueCommand {
     SetRole(bool),
     /// Restore these replicated sessions into the local service (design §4): forge
     /// each peer's handshake, then translate. Sessions already tracked are skipped.
-    Restore(Vec<SessionState>),
+    Restore {
+        /// The replicated sessions.
+        states: Vec<SessionState>,
+        /// When this node became master (for the report).
+        promoted_at: Instant,
+    },
+    /// The service process died on this (master) node: drop the closes its kernel
+    /// is sending (see [`close_quarantine`]) and park its sessions until
+    /// [`QueueCommand::RestoreLocal`].
+    AppDied,
+    /// The restarted service listens again: restore the parked sessions into it.
+    RestoreLocal,
+    /// Freeze peers with a zero window (a planned switchover's drain) or thaw them.
+    Freeze(bool),
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -115,6 +140,20 @@ pub struct InterceptorStats {
     pub not_master_drops: AtomicU64,
     /// Restores queued or waiting for a SYN-ACK.
     pub restore_pending: AtomicU64,
+    /// Closes (FIN/RST) of the service waiting out [`close_quarantine::CLOSE_GRACE`].
+    pub closes_waiting: AtomicU64,
+    /// Closes dropped because the service had died (its sessions were restored).
+    pub closes_dropped: AtomicU64,
+    /// Times the service died on this master and its sessions were parked.
+    pub app_deaths: AtomicU64,
+    /// Restored sessions reset because their peer had seen state the replica lacked.
+    pub sessions_reset: AtomicU64,
+    /// Per-session restore time of the last restore, median, µs.
+    pub restore_session_p50_us: AtomicU64,
+    /// Per-session restore time of the last restore, 99th percentile, µs.
+    pub restore_session_p99_us: AtomicU64,
+    /// Promotion (or service death) to the last session restored, ms.
+    pub restore_since_promotion_ms: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.
@@ -237,11 +276,28 @@ struct Worker {
     restored_before: u64,
     failed_before: u64,
     events: Option<Arc<crate::events::EventLog>>,
+    /// The service's closes, held a moment in case it is dying.
+    closing: CloseQuarantine<nfq::Message>,
+    /// Sessions of a dead service, waiting for it to listen again.
+    awaiting_app: Vec<SessionKey>,
+    /// Restored sessions (async mode) whose peer has not yet proven it is in step.
+    probations: HashMap<SessionKey, Probation>,
+    /// Sessions this node reset, and when: the app's late packets are dropped.
+    reset_recently: HashMap<SessionKey, Instant>,
+    /// Per-session restore times (µs) of the restore under way.
+    restore_times_us: Vec<u64>,
+    /// Peers are frozen: every outbound segment announces a zero window.
+    frozen: bool,
+    /// The promotion (or service death) the restore under way answers.
+    restore_origin: Option<Instant>,
 }
 
 /// A forged handshake in flight.
 struct Restoring {
     state: SessionState,
+    /// First forged SYN.
+    started: Instant,
+    /// Latest forged SYN.
     sent_at: Instant,
     tries: u32,
 }
@@ -253,6 +309,19 @@ pub const MAX_HANDSHAKES: usize = 32;
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(300);
 /// Forged SYNs per session before the restore is given up.
 pub const HANDSHAKE_TRIES: u32 = 10;
+
+/// The `p` quantile (0..=1) of sorted values, nearest rank; 0 if empty.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// How long the app's packets of a session this node reset are dropped (its socket
+/// is being reset too; nothing it still sends may reach the peer untranslated).
+pub const RESET_QUIET: Duration = Duration::from_secs(10);
 
 /// Mark on packets the agent injects itself (forged handshakes, retransmissions).
 pub const INJECT_MARK: u32 = 0x4e53_0001;
@@ -322,6 +391,13 @@ impl Worker {
             restored_before: 0,
             failed_before: 0,
             events: None,
+            closing: CloseQuarantine::new(close_quarantine::CLOSE_GRACE),
+            awaiting_app: Vec::new(),
+            probations: HashMap::new(),
+            reset_recently: HashMap::new(),
+            restore_times_us: Vec::new(),
+            frozen: false,
+            restore_origin: None,
         })
     }
 
@@ -367,10 +443,15 @@ impl Worker {
                 }
             }
             self.release();
+            self.release_closes();
+            self.check_probations();
             if !self.restoring.is_empty() {
                 self.pump_restores();
             }
-            let timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            if let Some(due) = self.closing.next_due(Instant::now()) {
+                timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
+            }
             if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), timeout_ms) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(1));
@@ -424,9 +505,51 @@ impl Worker {
             self.verdict(message);
             return;
         }
-        if let Some(translator) = self.translators.get_mut(&peek.key) {
+        if peek.outbound
+            && (self.closing.holds(&peek.key)
+                || ((peek.fin || peek.rst) && self.tracker.session(&peek.key).is_some()))
+        {
+            self.closing.hold(peek.key, message, Instant::now());
+            self.stats
+                .closes_waiting
+                .store(self.closing.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        self.forward(message, peek);
+    }
+
+    /// Translates (restored sessions), tracks and passes on or holds a packet.
+    fn forward(&mut self, mut message: nfq::Message, peek: Peek) {
+        if self.frozen && peek.outbound {
+            let mut packet = message.get_payload().to_vec();
+            if zero_window(&mut packet).is_ok() {
+                message.set_payload(packet);
+            }
+        }
+        if peek.outbound && self.reset_recently.contains_key(&peek.key) {
+            self.verdict_with(message, nfq::Verdict::Drop);
+            return;
+        }
+        if self.translators.contains_key(&peek.key) {
             let mut packet = message.get_payload().to_vec();
             if peek.outbound {
+                if let Some(probation) = self.probations.get_mut(&peek.key) {
+                    if peek.ack {
+                        probation.app_acked(peek.ack_no);
+                    }
+                    if !probation.verified() && (peek.payload_len > 0 || peek.fin) {
+                        // Not before the peer has shown where it stands; the app
+                        // kernel retransmits.
+                        self.verdict_with(message, nfq::Verdict::Drop);
+                        return;
+                    }
+                    if probation.finished() {
+                        self.probations.remove(&peek.key);
+                    }
+                }
+                let Some(translator) = self.translators.get_mut(&peek.key) else {
+                    return;
+                };
                 match translator.outbound(&mut packet) {
                     Ok(Verdict::Accept) => {
                         self.track(&packet);
@@ -439,14 +562,25 @@ impl Worker {
                     }
                 }
             } else {
-                self.track(&packet);
                 let translator = self.translators.get_mut(&peek.key);
                 match translator.map(|t| t.inbound(&mut packet)) {
                     Some(Ok(Verdict::Accept)) => {
+                        if let Some(probation) = self.probations.get_mut(&peek.key) {
+                            let ack = peek.ack.then_some(peek.ack_no);
+                            probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
+                        }
+                        self.track(message.get_payload());
                         message.set_payload(packet);
                         message.set_verdict(nfq::Verdict::Accept);
                     }
-                    _ => message.set_verdict(nfq::Verdict::Drop),
+                    Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
+                        message.set_verdict(nfq::Verdict::Drop);
+                        self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
+                    }
+                    _ => {
+                        self.track(message.get_payload());
+                        message.set_verdict(nfq::Verdict::Drop);
+                    }
                 }
                 self.verdict(message);
             }
@@ -459,6 +593,175 @@ impl Worker {
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
         }
+    }
+
+    /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
+    /// a zero window (or the window reopened).
+    fn freeze(&mut self, on: bool) {
+        let on = on && self.master;
+        if self.frozen == on {
+            return;
+        }
+        self.frozen = on;
+        let acks: Vec<Vec<u8>> = self
+            .tracker
+            .sessions()
+            .filter(|s| matches!(s.phase, Phase::Established | Phase::PeerClosed))
+            .map(|s| if on { freeze_ack(s) } else { window_update(s) })
+            .collect();
+        tracing::info!(
+            frozen = on,
+            sessions = acks.len(),
+            "peers' windows frozen or reopened"
+        );
+        for ack in acks {
+            if let Err(e) = self.raw.send(&ack) {
+                tracing::warn!(error = %e, "freeze ACK not sent");
+            }
+        }
+    }
+
+    /// Resets sessions whose peer never filled the hole before its data.
+    fn check_probations(&mut self) {
+        if self.probations.is_empty() && self.reset_recently.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.reset_recently
+            .retain(|_, at| now.saturating_duration_since(*at) < RESET_QUIET);
+        let diverged: Vec<(SessionKey, Option<u32>, Divergence)> = self
+            .probations
+            .iter()
+            .filter_map(|(key, p)| Some((*key, p.peer_ack(), p.check(now)?)))
+            .collect();
+        for (key, peer_ack, why) in diverged {
+            self.reset_diverged(key, peer_ack, why);
+        }
+    }
+
+    /// Ends a restored session whose peer saw state the replica lacked (design §3):
+    /// an RST to the peer (matching its `rcv_nxt`) and one to the restored socket,
+    /// the session deleted here and on the backup, counted and reported.
+    fn reset_diverged(&mut self, key: SessionKey, peer_ack: Option<u32>, why: Divergence) {
+        self.translators.remove(&key);
+        self.probations.remove(&key);
+        let app_rcv_nxt = self.tracker.session(&key).map(|s| s.rcv_nxt);
+        let mut packets = Vec::new();
+        if let Some(seq) = peer_ack {
+            packets.push(reset_to_peer(&key, seq));
+        }
+        if let Some(seq) = app_rcv_nxt {
+            packets.push(reset_to_app(&key, seq));
+        }
+        if let Some(record) = self.tracker.remove(&key) {
+            self.issue(record);
+        }
+        self.reset_recently.insert(key, Instant::now());
+        for packet in packets {
+            if let Err(e) = self.raw.send(&packet) {
+                tracing::warn!(session = %key, error = %e, "reset not sent");
+            }
+        }
+        self.stats.sessions_reset.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(session = %key, reason = why.describe(), "restored session reset");
+        if let Some(events) = &self.events {
+            events.emit(nonstop_shared::control::EventKind::SessionReset {
+                peer: format!("{}:{}", key.peer_ip, key.peer_port),
+                reason: why.describe().to_owned(),
+            });
+        }
+    }
+
+    /// Lets the closes whose grace has passed go on their way.
+    fn release_closes(&mut self) {
+        if self.closing.is_empty() {
+            return;
+        }
+        for message in self.closing.due(Instant::now()) {
+            match Peek::of(message.get_payload(), self.vip) {
+                Some(peek) => self.forward(message, peek),
+                None => self.verdict_with(message, nfq::Verdict::Accept),
+            }
+        }
+        self.stats
+            .closes_waiting
+            .store(self.closing.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops every close waiting: they come from a service that is gone (or from a
+    /// node that is no longer master).
+    fn drop_closes(&mut self) {
+        let dropped = self.closing.take_all();
+        self.stats
+            .closes_dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        for message in dropped {
+            self.verdict_with(message, nfq::Verdict::Drop);
+        }
+        self.stats.closes_waiting.store(0, Ordering::Relaxed);
+    }
+
+    /// The service died: its closes never reach the peers, and each of its sessions
+    /// waits (inbound packets noted and dropped, outbound ones dropped) until the
+    /// restarted service listens.
+    fn on_app_died(&mut self) {
+        self.drop_closes();
+        self.restore_origin = Some(Instant::now());
+        self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
+        let parked: Vec<SessionState> = self
+            .tracker
+            .sessions()
+            .filter(|s| {
+                matches!(
+                    s.phase,
+                    Phase::Established | Phase::PeerClosed | Phase::LocalClosed
+                )
+            })
+            .cloned()
+            .collect();
+        tracing::warn!(
+            sessions = parked.len(),
+            "service died: its sessions wait for the restarted service"
+        );
+        for state in parked {
+            self.translators.remove(&state.key);
+            self.restoring.remove(&state.key);
+            self.forged_acks.remove(&state.key);
+            self.awaiting_app.push(state.key);
+            self.queued.insert(state.key, state);
+        }
+        self.stats.restore_pending.store(
+            (self.restoring.len() + self.queued.len()) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The restarted service listens: restore the parked sessions into it, from
+    /// their latest tracked state.
+    fn restore_local(&mut self) {
+        let keys = std::mem::take(&mut self.awaiting_app);
+        let mut count = 0;
+        for key in keys {
+            if !self.queued.contains_key(&key) {
+                continue; // ended meanwhile (the peer reset it)
+            }
+            if let Some(state) = self.tracker.session(&key) {
+                self.queued.insert(key, state.clone());
+            }
+            self.restore_queue.push_back(key);
+            count += 1;
+        }
+        if count == 0 {
+            return;
+        }
+        tracing::info!(
+            sessions = count,
+            "restoring sessions into the restarted service"
+        );
+        self.restore_began = Some(Instant::now());
+        self.restored_before = self.stats.restored.load(Ordering::Relaxed);
+        self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
+        self.pump_restores();
     }
 
     /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
@@ -588,6 +891,7 @@ impl Worker {
                 key,
                 Restoring {
                     state,
+                    started: Instant::now(),
                     sent_at: Instant::now(),
                     tries: 1,
                 },
@@ -602,17 +906,39 @@ impl Worker {
         }
     }
 
-    /// Reports a finished restore in the event log.
-    fn report_restore(&self, began: Instant) {
+    /// Reports a finished restore in the event log and the counters.
+    fn report_restore(&mut self, began: Instant) {
         let elapsed = began.elapsed();
-        self.stats
-            .restore_last_us
+        let since_promotion = self.restore_origin.take().unwrap_or(began).elapsed();
+        let mut times = std::mem::take(&mut self.restore_times_us);
+        times.sort_unstable();
+        let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
+        let s = &self.stats;
+        s.restore_last_us
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        s.restore_session_p50_us.store(p50, Ordering::Relaxed);
+        s.restore_session_p99_us.store(p99, Ordering::Relaxed);
+        s.restore_since_promotion_ms
+            .store(since_promotion.as_millis() as u64, Ordering::Relaxed);
+        let sessions = s.restored.load(Ordering::Relaxed) - self.restored_before;
+        let failed = s.restore_failed.load(Ordering::Relaxed) - self.failed_before;
+        tracing::info!(
+            sessions,
+            failed,
+            elapsed_ms = elapsed.as_millis() as u64,
+            session_p50_us = p50,
+            session_p99_us = p99,
+            since_promotion_ms = since_promotion.as_millis() as u64,
+            "restore finished"
+        );
         if let Some(events) = &self.events {
             events.emit(nonstop_shared::control::EventKind::Restored {
-                sessions: self.stats.restored.load(Ordering::Relaxed) - self.restored_before,
-                failed: self.stats.restore_failed.load(Ordering::Relaxed) - self.failed_before,
+                sessions,
+                failed,
                 elapsed_ms: elapsed.as_millis() as u64,
+                session_p50_us: p50,
+                session_p99_us: p99,
+                since_promotion_ms: since_promotion.as_millis() as u64,
             });
         }
     }
@@ -621,9 +947,11 @@ impl Worker {
     /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
     /// ACKs) and translate from now on.
     fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
-        let Some(Restoring { state, .. }) = self.restoring.remove(&key) else {
+        let Some(Restoring { state, started, .. }) = self.restoring.remove(&key) else {
             return;
         };
+        self.restore_times_us
+            .push(started.elapsed().as_micros() as u64);
         let synack = match parse_synack(synack_packet, &state) {
             Ok(synack) => synack,
             Err(e) => {
@@ -637,6 +965,9 @@ impl Worker {
         let mut packets = vec![ack];
         packets.extend(retransmit_segments(&state, 1460, None));
         packets.extend(duplicate_acks(&state, 4));
+        if !self.holding {
+            packets.push(probe(&state));
+        }
         for packet in packets {
             if let Err(e) = self.raw.send(&packet) {
                 tracing::warn!(session = %key, error = %e, "restore packet not sent");
@@ -644,6 +975,10 @@ impl Worker {
         }
         self.translators
             .insert(key, Translator::new(&state, &synack));
+        if !self.holding {
+            // Async replication: the replica may be behind what the peer saw.
+            self.probations.insert(key, Probation::new(state.rcv_nxt));
+        }
         self.stats.restored.fetch_add(1, Ordering::Relaxed);
         if let Some(began) = self.restore_began {
             self.stats
@@ -696,6 +1031,9 @@ impl Worker {
                         self.verdict(held.message);
                     }
                     self.stats.held.store(0, Ordering::Relaxed);
+                    self.drop_closes();
+                    self.frozen = false;
+                    self.awaiting_app.clear();
                     self.restoring.clear();
                     self.restore_queue.clear();
                     self.queued.clear();
@@ -709,7 +1047,16 @@ impl Worker {
                 }
                 self.master = master;
             }
-            QueueCommand::Restore(states) => self.start_restore(states),
+            QueueCommand::Restore {
+                states,
+                promoted_at,
+            } => {
+                self.restore_origin = Some(promoted_at);
+                self.start_restore(states);
+            }
+            QueueCommand::AppDied => self.on_app_died(),
+            QueueCommand::RestoreLocal => self.restore_local(),
+            QueueCommand::Freeze(on) => self.freeze(on),
             QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
@@ -742,6 +1089,11 @@ impl Worker {
         self.stats.held.store(0, Ordering::Relaxed);
     }
 
+    fn verdict_with(&mut self, mut message: nfq::Message, verdict: nfq::Verdict) {
+        message.set_verdict(verdict);
+        self.verdict(message);
+    }
+
     fn verdict(&mut self, message: nfq::Message) {
         if let Err(e) = self.queue.verdict(message) {
             tracing::warn!(error = %e, "NFQUEUE verdict failed");
@@ -755,131 +1107,11 @@ impl Worker {
             held.message.set_verdict(nfq::Verdict::Drop);
             self.verdict(held.message);
         }
+        self.drop_closes();
         if let Err(e) = queue_rules::remove() {
             tracing::error!(error = %e, "could not remove the queue rules");
         }
         tracing::info!("interception stopped");
-    }
-}
-
-/// The few header fields the interceptor decides on before the tracker runs.
-#[derive(Debug, Clone, Copy)]
-struct Peek {
-    key: SessionKey,
-    outbound: bool,
-    syn: bool,
-    ack: bool,
-    ack_no: u32,
-    payload_len: usize,
-}
-
-impl Peek {
-    /// Reads an IPv4/TCP packet's tuple and flags; `None` if it is not one.
-    /// Outbound packets come from the VIP (the queue rules match nothing else).
-    fn of(packet: &[u8], vip: Ipv4Addr) -> Option<Peek> {
-        let ihl = usize::from(packet.first()? & 0x0f) * 4;
-        if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
-            return None;
-        }
-        let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-        let tcp = packet.get(ihl..total.min(packet.len()))?;
-        if tcp.len() < 20 {
-            return None;
-        }
-        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-        let data_offset = usize::from(tcp[12] >> 4) * 4;
-        let flags = tcp[13];
-        let outbound = src == vip;
-        let key = if outbound {
-            SessionKey {
-                peer_ip: dst,
-                peer_port: dport,
-                local_ip: src,
-                local_port: sport,
-            }
-        } else {
-            SessionKey {
-                peer_ip: src,
-                peer_port: sport,
-                local_ip: dst,
-                local_port: dport,
-            }
-        };
-        Some(Peek {
-            key,
-            outbound,
-            syn: flags & 0x02 != 0,
-            ack: flags & 0x10 != 0,
-            ack_no: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-            payload_len: tcp.len().saturating_sub(data_offset),
-        })
-    }
-}
-
-/// A raw IPv4 socket (`IPPROTO_RAW`, header included) whose packets carry
-/// [`INJECT_MARK`], for forged handshakes and retransmissions.
-struct RawSender(RawFd);
-
-impl RawSender {
-    fn open() -> std::io::Result<RawSender> {
-        // SAFETY: plain syscall.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_RAW,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let sender = RawSender(fd);
-        set_socket_int(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            INJECT_MARK as libc::c_int,
-        )?;
-        Ok(sender)
-    }
-
-    fn send(&self, packet: &[u8]) -> std::io::Result<()> {
-        if packet.len() < 20 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "short packet",
-            ));
-        }
-        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr = libc::in_addr {
-            s_addr: u32::from_ne_bytes([packet[16], packet[17], packet[18], packet[19]]),
-        };
-        // SAFETY: valid buffer and sockaddr_in of the right size.
-        let rc = unsafe {
-            libc::sendto(
-                self.0,
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RawSender {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
     }
 }
 
