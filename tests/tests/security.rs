@@ -324,8 +324,12 @@ fn replayed_replication_batches_are_rejected_and_counted() {
     );
     lab.stop_agent(Node::Master, libc::SIGKILL)
         .expect("kill master agent");
-    wait_for(Duration::from_secs(5), || {
-        (status_of(&lab, Node::Backup)?.mode == Mode::Master).then_some(())
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(&lab, Node::Backup)?;
+        (s.mode == Mode::Master
+            && s.replication.sessions >= 4
+            && s.replication.restore_pending == 0)
+            .then_some(())
     })
     .unwrap_or_else(|e| panic!("no takeover: {e}\n{}", logs(&lab)));
     lab.start_agent(Node::Master).expect("restart old master");

@@ -489,6 +489,11 @@ impl Driver {
     }
 }
 
+/// The mode a previous run recorded in `data_dir/epoch` (None if unknown).
+pub fn persisted_mode(data_dir: &std::path::Path) -> Option<Mode> {
+    read_epoch(&data_dir.join("epoch")).ok()?.mode
+}
+
 /// What a previous run left in `data_dir/epoch`: the epoch and the last mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Persisted {

@@ -155,10 +155,14 @@ fn store_batch(replica: &Mutex<Replica>, batch: &[Sequenced], stats: &Replicatio
                 .fetch_add(rejected as u64, Ordering::Relaxed);
         }
         Err(e) => {
-            stats
+            let before = stats
                 .store_errors
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            tracing::warn!(error = format!("{e:#}"), "local store");
+            // A full disk fails every batch: log the first few, then rarely.
+            let count = before + batch.len() as u64;
+            if before < 10 || (before + 1..=count).any(u64::is_power_of_two) {
+                tracing::warn!(error = format!("{e:#}"), errors = count, "local store");
+            }
         }
     }
     if let Err(e) = replica.maintain() {
