@@ -191,6 +191,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lab_namespace_finds_its_lab_key() {
+        if std::env::var_os(KEY_FILE_ENV).is_some() || KEY_FILE.get().is_some() {
+            return; // an explicit key wins; covered by the lab tests
+        }
+        let agent: AgentAddr = "nonstop-demo-master@127.0.0.1:7700".parse().expect("addr");
+        let path = key_file_for(&agent).expect("lab key");
+        assert_eq!(path, nonstop_lab::lab_dir("demo").join("key"));
+        let plain: AgentAddr = "127.0.0.1:7700".parse().expect("addr");
+        let err = key_file_for(&plain).expect_err("no key").to_string();
+        assert!(err.contains("--key-file"), "{err}");
+    }
+
+    #[test]
     fn parses_plain_and_namespaced_addresses() {
         let plain: AgentAddr = "127.0.0.1:7700".parse().expect("plain");
         assert_eq!(plain.netns, None);

@@ -439,6 +439,50 @@ mod tests {
         );
     }
 
+    fn key() -> Key {
+        Key::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key")
+    }
+
+    #[test]
+    fn auth_line_must_answer_this_challenge_with_this_key() {
+        let server = [1u8; NONCE_LEN];
+        let client = [2u8; NONCE_LEN];
+        let good = Request::Auth {
+            nonce: hex_encode(&client),
+            mac: auth::control_client_mac(&key(), &server, &client),
+        };
+        let proof = check_auth_line(good.to_line().trim(), &server, &key()).expect("valid");
+        assert!(auth::control_verify(
+            &key(),
+            false,
+            &server,
+            &client,
+            &proof
+        ));
+        // Another challenge (a replayed login), another key, no auth, reflection.
+        assert!(check_auth_line(good.to_line().trim(), &[3; NONCE_LEN], &key()).is_err());
+        let other = Key::from_bytes(b"another key that is long enough!!").expect("key");
+        assert!(check_auth_line(good.to_line().trim(), &server, &other)
+            .unwrap_err()
+            .contains("wrong key"));
+        assert!(check_auth_line("{\"cmd\":\"switchover\"}", &server, &key())
+            .unwrap_err()
+            .contains("authentication required"));
+        assert!(check_auth_line("garbage", &server, &key()).is_err());
+        let reflected = Request::Auth {
+            nonce: hex_encode(&server),
+            mac: auth::control_client_mac(&key(), &server, &server),
+        };
+        assert!(check_auth_line(reflected.to_line().trim(), &server, &key())
+            .unwrap_err()
+            .contains("reflected"));
+        let short = Request::Auth {
+            nonce: "abcd".into(),
+            mac: "00".into(),
+        };
+        assert!(check_auth_line(short.to_line().trim(), &server, &key()).is_err());
+    }
+
     #[tokio::test]
     async fn exactly_max_is_accepted() {
         assert_eq!(
