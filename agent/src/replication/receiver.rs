@@ -311,3 +311,157 @@ async fn receive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::wire::Message;
+    use nonstop_shared::auth::{ClientHandshake, SERVER_HELLO_LEN};
+    use nonstop_shared::session::SessionKey;
+    use std::net::Ipv4Addr;
+
+    fn key() -> Key {
+        Key::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key")
+    }
+
+    struct Backup {
+        addr: SocketAddr,
+        replica: Arc<Mutex<Replica>>,
+        stats: Arc<ReplicationStats>,
+        _mode: watch::Sender<(Mode, u64)>,
+        _trigger: crate::shutdown::ShutdownTrigger,
+        dir: std::path::PathBuf,
+    }
+
+    async fn backup(max_sessions: usize, tag: &str) -> Backup {
+        let dir = std::env::temp_dir().join(format!("nonstop-recv-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let replica = Arc::new(Mutex::new(
+            Replica::open(&dir, &Default::default()).expect("replica"),
+        ));
+        let stats = Arc::new(ReplicationStats::default());
+        let (mode_tx, mode) = watch::channel((Mode::Backup, 1));
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let addr = probe.local_addr().expect("addr");
+        drop(probe);
+        let serve = bind(ReceiverParts {
+            listen: addr,
+            peer_ip: IpAddr::from(Ipv4Addr::LOCALHOST),
+            replica: Arc::clone(&replica),
+            mode,
+            stats: Arc::clone(&stats),
+            shutdown,
+            key: key(),
+            max_sessions,
+        })
+        .await
+        .expect("bind");
+        tokio::spawn(serve);
+        Backup {
+            addr,
+            replica,
+            stats,
+            _mode: mode_tx,
+            _trigger: trigger,
+            dir,
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> (TcpStream, nonstop_shared::auth::Channel) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let (handshake, hello) = ClientHandshake::start(&key(), [7; 32]);
+        stream.write_all(&hello).await.expect("hello");
+        let mut reply = [0u8; SERVER_HELLO_LEN];
+        stream.read_exact(&mut reply).await.expect("server hello");
+        let (finish, channel) = handshake.finish(&reply).expect("proof");
+        stream.write_all(&finish).await.expect("finish");
+        (stream, channel)
+    }
+
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue,
+                }
+            }
+        });
+        read.await.unwrap_or(false)
+    }
+
+    fn delete(port: u16) -> Record {
+        Record::Delete(SessionKey {
+            peer_ip: Ipv4Addr::new(198, 18, 1, 10),
+            peer_port: port,
+            local_ip: Ipv4Addr::new(198, 18, 1, 100),
+            local_port: 7000,
+        })
+    }
+
+    #[tokio::test]
+    async fn oversized_snapshot_is_refused_and_the_table_kept() {
+        let b = backup(2, "snap").await;
+        let (mut stream, mut channel) = connect(b.addr).await;
+        let mut plain = Vec::new();
+        Message::Snapshot { upto: 9, count: 3 }.encode(&mut plain);
+        let mut sealed = Vec::new();
+        channel.seal(&plain, &mut sealed);
+        stream.write_all(&sealed).await.expect("send");
+        assert!(
+            closed(&mut stream).await,
+            "connection kept after a too-big snapshot"
+        );
+        let replica = b.replica.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(replica.len(), 0);
+        let _ = std::fs::remove_dir_all(&b.dir);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_forged_frames_close_the_connection_and_are_counted() {
+        let b = backup(10, "frame").await;
+        // An announced frame body beyond the limit: refused before reading it.
+        let (mut stream, _) = connect(b.addr).await;
+        let mut huge = ((nonstop_shared::auth::MAX_FRAME_BODY + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
+        huge.extend_from_slice(&[0; 8]);
+        stream.write_all(&huge).await.expect("send");
+        assert!(closed(&mut stream).await);
+        // A frame sealed for another connection.
+        let (_, mut other) = connect(b.addr).await;
+        let mut plain = Vec::new();
+        Message::Record(1, delete(1)).encode(&mut plain);
+        let mut sealed = Vec::new();
+        other.seal(&plain, &mut sealed);
+        let (mut stream, _) = connect(b.addr).await;
+        stream.write_all(&sealed).await.expect("send");
+        assert!(closed(&mut stream).await);
+        // A handshake with the wrong key never gets a channel.
+        let mut stream = TcpStream::connect(b.addr).await.expect("connect");
+        let wrong = Key::from_bytes(b"another key that is long enough!!").expect("key");
+        let (handshake, hello) = ClientHandshake::start(&wrong, [8; 32]);
+        stream.write_all(&hello).await.expect("hello");
+        let mut reply = [0u8; SERVER_HELLO_LEN];
+        stream.read_exact(&mut reply).await.expect("server hello");
+        assert!(
+            handshake.finish(&reply).is_err(),
+            "backup proved a key we do not hold"
+        );
+        stream.write_all(&[0u8; 32]).await.expect("finish");
+        assert!(closed(&mut stream).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(b.stats.replication_rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            b.replica
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            0
+        );
+        let _ = std::fs::remove_dir_all(&b.dir);
+    }
+}
