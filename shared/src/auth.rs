@@ -367,7 +367,7 @@ impl HeartbeatAuth {
                 if b == boot
                     && c < counter
                     && counter - c <= PENDING_WINDOW
-                    && self.trusted.is_none_or(|(t, _)| t != boot) =>
+                    && !matches!(self.trusted, Some((t, _)) if t == boot) =>
             {
                 Some(bytes)
             }
