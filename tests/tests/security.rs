@@ -511,3 +511,48 @@ fn agent_refuses_a_readable_or_short_key_file() {
     assert_eq!(code, Some(0), "{err}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn control_connections_are_bounded_and_idle_ones_time_out() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_agents("cap", 100, 3);
+    let addr = lab.control_addr(Node::Backup);
+    let ns = lab.namespace("backup");
+    // 64 connections that never authenticate fill every slot.
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| connect_in_netns(&ns, addr, Duration::from_secs(2)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let extra = connect_in_netns(&ns, addr, Duration::from_secs(2)).expect("connect");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let lines = replies_until_closed(extra);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("too many control connections"),
+        "{lines:?}"
+    );
+    // The agent drops them after the 5 s authentication timeout; the console works
+    // again without anyone closing them.
+    let started = std::time::Instant::now();
+    wait_for(Duration::from_secs(10), || status_of(&lab, Node::Backup))
+        .unwrap_or_else(|e| panic!("the control API never recovered: {e}\n{}", logs(&lab)));
+    eprintln!(
+        "backup's control API answered again after {:?}",
+        started.elapsed()
+    );
+    // Every idle connection and the refused one are counted.
+    wait_for(Duration::from_secs(5), || {
+        (status_of(&lab, Node::Backup)?.counters.control_rejected >= 65).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "refusals not counted: {e}: {:?}",
+            status_of(&lab, Node::Backup).map(|s| s.counters)
+        )
+    });
+    drop(idle);
+}

@@ -79,6 +79,7 @@ pub async fn serve(
                     accepted = listener.accept() => match accepted {
                         Ok((mut stream, from)) => {
                             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                                handle.rejected.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(%from, "too many control connections; refused");
                                 let message = format!("too many control connections (limit {MAX_CONNECTIONS})");
                                 let _ = stream.write_all(Reply::Error { message }.to_line().as_bytes()).await;
