@@ -275,6 +275,7 @@ fn spawn_failover_thread(
     std::thread::Builder::new()
         .name("failover".into())
         .spawn(move || {
+            use_realtime_scheduling();
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -291,6 +292,30 @@ fn spawn_failover_thread(
     Ok(done_rx)
 }
 
+/// Real-time priority (SCHED_RR) of the failover thread: heartbeats must go out and
+/// be read on time even when the host is saturated (a starved heartbeat thread would
+/// look dead to the peer after `heartbeat_ms × misses`, as keepalived's
+/// `vrrp_rt_priority` also guards against). Low in the RT range: it sleeps nearly
+/// always, so it can never starve the host.
+const FAILOVER_RT_PRIORITY: libc::c_int = 10;
+
+/// Puts the calling thread under SCHED_RR at [`FAILOVER_RT_PRIORITY`]; without the
+/// privilege (CAP_SYS_NICE) it stays at normal priority, with a warning.
+fn use_realtime_scheduling() {
+    let param = libc::sched_param {
+        sched_priority: FAILOVER_RT_PRIORITY,
+    };
+    // Processes it starts (the fence command) must not inherit the priority.
+    let policy = libc::SCHED_RR | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: plain syscall; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "failover thread stays at normal priority: heartbeats may be late on a saturated host"
+        );
+    }
+}
+
 /// Keeps the interceptor in step with this node's role: holding (sync mode, master
 /// only), dropping outbound service packets when not master, and restoring the
 /// replicated sessions into the local service when this node becomes master.
@@ -303,8 +328,11 @@ async fn follow_mode(
     ports: Vec<u16>,
 ) {
     let mut was_master = false;
+    // Whether this node has left `Startup` yet.
+    let mut settled = false;
     loop {
-        let master = mode.borrow_and_update().0 == Mode::Master;
+        let current = mode.borrow_and_update().0;
+        let master = current == Mode::Master;
         interceptor.send(QueueCommand::SetRole(master));
         interceptor.send(QueueCommand::SetHolding(
             master && replication == ReplicationMode::Sync,
@@ -328,12 +356,18 @@ async fn follow_mode(
                 });
             }
         }
-        if was_master && !master {
-            // Give the service manager time to stop the app, then make sure none of
-            // its connections on the VIP survive (their RSTs are dropped by the queue).
+        // Leaving a reign — demoted, or (re)starting as backup after a crash: this node
+        // owns no session now. The tracker forgets what it was seeded with from disk
+        // (kept for a *resume* as master only), and after the service manager has
+        // stopped the app, none of its connections on the VIP may survive (their RSTs
+        // are dropped by the queue): a later restore of the same 4-tuples must meet
+        // no stale socket.
+        if !master && current != Mode::Startup && (was_master || !settled) {
+            interceptor.send(QueueCommand::ForgetSessions);
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             destroy_stale_sockets(vip, &ports).await;
         }
+        settled |= current != Mode::Startup;
         was_master = master;
         if mode.changed().await.is_err() {
             return;

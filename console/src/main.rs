@@ -5,12 +5,15 @@
 //!   `heal`) with `--json` output; no subcommand (or `tui`) opens the TUI.
 //! - [`client`]: one control connection to an agent, optionally from inside a lab's
 //!   network namespace.
+//! - [`drill`]: switchover drills from TOML files: parse and check, run on a lab,
+//!   report (Markdown, JSON, JUnit XML).
 //! - [`pair`]: resolving the two agents from `--agent` or `--lab`, and polling both.
 //! - [`tui`]: the operator TUI (ratatui): node panels, session table, lag, events,
 //!   switchover and fault injection behind confirmations.
 
 mod cli;
 mod client;
+mod drill;
 mod pair;
 mod tui;
 

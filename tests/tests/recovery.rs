@@ -80,13 +80,7 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         return;
     }
     let lab = lab_with_managed_echo("swrec");
-    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
-    let ports_before = clients.ports();
-    for _ in 0..5 {
-        clients.round().expect("round before");
-    }
-    quiesce(&lab, &clients);
-    let counters_before = peer_tcp_counters(&lab);
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, SESSIONS);
     for (leg, new_master) in [(1, Node::Backup), (2, Node::Master)] {
         switchover(&lab);
         wait_for(Duration::from_secs(10), || {
@@ -137,6 +131,48 @@ fn sessions_survive_a_switchover_and_the_way_back() {
     );
 }
 
+/// `n` echo sessions that have exchanged five rounds, with both tables in step: the
+/// sessions, their local ports and the peer's (resets, opens, aborts) counters.
+fn clients_in_step(lab: &nonstop_lab::Lab, n: usize) -> (EchoClients, Vec<u16>, (u64, u64, u64)) {
+    let mut clients = EchoClients::connect(lab, n).expect("sessions");
+    for _ in 0..5 {
+        clients.round().expect("round before");
+    }
+    quiesce(lab, &clients);
+    let ports = clients.ports();
+    (clients, ports, peer_tcp_counters(lab))
+}
+
+/// After `what`: five more echo rounds byte-exact on the same sockets, both tables
+/// agree again, and the peer's kernel counted no reset, no new connection, no abort.
+fn sessions_went_on_unbroken(
+    lab: &nonstop_lab::Lab,
+    clients: &mut EchoClients,
+    ports_before: &[u16],
+    counters_before: (u64, u64, u64),
+    what: &str,
+) {
+    for round in 0..5 {
+        clients.round().unwrap_or_else(|e| {
+            panic!(
+                "round {round} after the {what}: session broke: {e:#}\n{}",
+                logs(lab)
+            )
+        });
+    }
+    assert_eq!(
+        clients.ports(),
+        ports_before,
+        "{what}: same sockets, same local ports"
+    );
+    quiesce(lab, clients);
+    assert_eq!(
+        peer_tcp_counters(lab),
+        counters_before,
+        "{what}: (resets, opens, aborts) at the peer"
+    );
+}
+
 /// Waits until both nodes' tables agree on every client session with nothing unacked.
 fn quiesce(lab: &nonstop_lab::Lab, clients: &EchoClients) {
     let ports = clients.ports();
@@ -168,13 +204,7 @@ fn sessions_survive_a_crash_of_the_app_on_a_healthy_master() {
         return;
     }
     let lab = lab_with_managed_echo("apprec");
-    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
-    let ports_before = clients.ports();
-    for _ in 0..5 {
-        clients.round().expect("round before");
-    }
-    quiesce(&lab, &clients);
-    let counters_before = peer_tcp_counters(&lab);
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, SESSIONS);
     let before = status_of(&lab, Node::Master).expect("master status");
     let epoch = before.epoch;
     let app_pid = before
@@ -209,24 +239,12 @@ fn sessions_survive_a_crash_of_the_app_on_a_healthy_master() {
         after.replication.restored - before.replication.restored,
         after.replication.restore_ms
     );
-    for round in 0..5 {
-        clients.round().unwrap_or_else(|e| {
-            panic!(
-                "round {round} after the app crash: session broke: {e:#}\n{}",
-                logs(&lab)
-            )
-        });
-    }
-    assert_eq!(
-        clients.ports(),
-        ports_before,
-        "same sockets, same local ports"
-    );
-    quiesce(&lab, &clients);
-    assert_eq!(
-        peer_tcp_counters(&lab),
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
         counters_before,
-        "(resets, opens, aborts) at the peer"
+        "app crash",
     );
     // The backup still mirrors the restored sessions, so a failover works next.
     assert_eq!(
@@ -241,13 +259,7 @@ fn sessions_survive_a_master_crash() {
         return;
     }
     let lab = lab_with_managed_echo("crrec");
-    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
-    let ports_before = clients.ports();
-    for _ in 0..5 {
-        clients.round().expect("round before");
-    }
-    quiesce(&lab, &clients);
-    let counters_before = peer_tcp_counters(&lab);
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, SESSIONS);
     // The master host loses every process at once (agent and service): SIGKILL.
     lab.kill_all("master")
         .expect("kill everything on the master");
@@ -256,32 +268,56 @@ fn sessions_survive_a_master_crash() {
         (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
     })
     .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
-    // In sync mode the new master holds its output until a backup acknowledges it:
-    // the crashed host's agent comes back (as backup) and replication resumes.
-    lab.start_agent(Node::Master)
-        .expect("restart the old master's agent");
-    for round in 0..5 {
+    // The new master serves alone (lone_master = "serve": after the detection window
+    // it stops waiting for a backup), byte-exact.
+    for round in 0..3 {
         clients.round().unwrap_or_else(|e| {
             panic!(
-                "round {round} after the crash: session broke: {e:#}\n{}",
+                "round {round} with the new master alone: {e:#}\n{}",
                 logs(&lab)
             )
         });
     }
-    assert_eq!(
-        clients.ports(),
-        ports_before,
-        "same sockets, same local ports"
-    );
-    assert_eq!(
-        status_of(&lab, Node::Master).map(|s| s.mode),
-        Some(Mode::Backup)
-    );
-    quiesce(&lab, &clients);
-    assert_eq!(
-        peer_tcp_counters(&lab),
+    // The crashed host's agent comes back as backup and gets a snapshot.
+    lab.start_agent(Node::Master)
+        .expect("restart the old master's agent");
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Backup && status_of(&lab, Node::Backup)?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("old master did not rejoin as backup: {e}\n{}", logs(&lab)));
+    sessions_went_on_unbroken(&lab, &mut clients, &ports_before, counters_before, "crash");
+    // And back: the new master's host crashes in turn; the restarted original master
+    // (whose agent came back with its old, stale table on disk) takes the sessions.
+    lab.kill_all("backup").expect("crash the new master's host");
+    wait_for(Duration::from_secs(5), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Master
+            && s.replication.restore_pending == 0
+            && s.replication.restored >= SESSIONS as u64)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "original master did not take the sessions back: {e}\n{}",
+            logs(&lab)
+        )
+    });
+    lab.start_agent(Node::Backup)
+        .expect("restart the second crashed agent");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
+            && status_of(&lab, Node::Master)?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("second crashed host did not rejoin: {e}\n{}", logs(&lab)));
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
         counters_before,
-        "(resets, opens, aborts) at the peer"
+        "second crash",
     );
 }
 
@@ -291,13 +327,7 @@ fn sessions_survive_link_down_of_the_master_host() {
         return;
     }
     let lab = lab_with_managed_echo("lnrec");
-    let mut clients = EchoClients::connect(&lab, SESSIONS).expect("sessions");
-    let ports_before = clients.ports();
-    for _ in 0..5 {
-        clients.round().expect("round before");
-    }
-    quiesce(&lab, &clients);
-    let counters_before = peer_tcp_counters(&lab);
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, SESSIONS);
     // The master host drops off both networks (its switch ports go down).
     lab.set_host_links(Node::Master, false).expect("links down");
     wait_for(Duration::from_secs(5), || {
@@ -305,30 +335,27 @@ fn sessions_survive_link_down_of_the_master_host() {
         (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
     })
     .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
-    // The host comes back and rejoins as backup; replication resumes (sync mode).
-    lab.set_host_links(Node::Master, true).expect("links up");
-    for round in 0..5 {
+    // Sessions go on with the new master alone, then the host comes back and
+    // rejoins as backup (a snapshot catches it up).
+    for round in 0..3 {
         clients.round().unwrap_or_else(|e| {
             panic!(
-                "round {round} after link-down: session broke: {e:#}\n{}",
+                "round {round} while the old master is cut off: {e:#}\n{}",
                 logs(&lab)
             )
         });
     }
-    assert_eq!(
-        clients.ports(),
-        ports_before,
-        "same sockets, same local ports"
-    );
+    lab.set_host_links(Node::Master, true).expect("links up");
     wait_for(Duration::from_secs(5), || {
         (status_of(&lab, Node::Master)?.mode == Mode::Backup).then_some(())
     })
     .unwrap_or_else(|e| panic!("old master did not rejoin as backup: {e}\n{}", logs(&lab)));
-    quiesce(&lab, &clients);
-    assert_eq!(
-        peer_tcp_counters(&lab),
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
         counters_before,
-        "(resets, opens, aborts) at the peer"
+        "link-down",
     );
 }
 
@@ -356,24 +383,12 @@ fn an_off_the_shelf_server_keeps_its_sessions_through_a_switchover() {
         (s.mode == Mode::Master && s.replication.sessions >= 32).then_some(())
     })
     .unwrap_or_else(|e| panic!("new master not ready: {e}\n{}", logs(&lab)));
-    for round in 0..5 {
-        clients.round().unwrap_or_else(|e| {
-            panic!(
-                "round {round} after the switchover: session broke: {e:#}\n{}",
-                logs(&lab)
-            )
-        });
-    }
-    assert_eq!(
-        clients.ports(),
-        ports_before,
-        "same sockets, same local ports"
-    );
-    quiesce(&lab, &clients);
-    assert_eq!(
-        peer_tcp_counters(&lab),
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
         counters_before,
-        "(resets, opens, aborts) at the peer"
+        "switchover",
     );
 }
 
@@ -674,5 +689,87 @@ fn a_planned_switchover_drains_a_slow_reader_without_losing_a_byte() {
     assert_eq!(
         status_of(&lab, Node::Backup).map(|s| s.mode),
         Some(Mode::Master)
+    );
+}
+
+/// The acceptance scenario with traffic never pausing: every client keeps exchanging
+/// numbered messages while the pair switches over, then the new master's host crashes
+/// (SIGKILL of agent and service) and its agent comes back as backup. No round may
+/// fail, lose, duplicate or reorder a byte.
+#[test]
+fn sessions_survive_a_switchover_and_a_crash_under_live_traffic() {
+    if !require_root() {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let lab = lab_with_managed_echo("livrec");
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, 64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
+        std::thread::spawn(move || -> Result<EchoClients, String> {
+            while !stop.load(Ordering::Relaxed) {
+                clients
+                    .round()
+                    .map_err(|e| format!("round {}: {e:#}", rounds.load(Ordering::Relaxed)))?;
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(clients)
+        })
+    };
+    let wait_rounds = |more: u64| {
+        let target = rounds.load(Ordering::Relaxed) + more;
+        wait_for(Duration::from_secs(20), || {
+            (rounds.load(Ordering::Relaxed) >= target).then_some(())
+        })
+    };
+    let progress = wait_rounds(20);
+    assert!(progress.is_ok(), "traffic never flowed\n{}", logs(&lab));
+    switchover(&lab);
+    if let Err(e) = wait_rounds(50) {
+        stop.store(true, Ordering::Relaxed);
+        panic!(
+            "traffic stalled after the switchover: {e}: {:?}\n{}",
+            traffic.join().map(|r| r.err()),
+            logs(&lab)
+        );
+    }
+    // The new master (the backup host) crashes; the original master takes over.
+    lab.kill_all("backup").expect("crash the new master's host");
+    if let Err(e) = wait_rounds(50) {
+        stop.store(true, Ordering::Relaxed);
+        panic!(
+            "traffic stalled after the crash: {e}: {:?}\n{}",
+            traffic.join().map(|r| r.err()),
+            logs(&lab)
+        );
+    }
+    lab.start_agent(Node::Backup)
+        .expect("restart the crashed host's agent");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
+            && status_of(&lab, Node::Master)?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("crashed host did not rejoin as backup: {e}\n{}", logs(&lab)));
+    let more = wait_rounds(50);
+    stop.store(true, Ordering::Relaxed);
+    let mut clients = traffic
+        .join()
+        .expect("traffic thread")
+        .unwrap_or_else(|e| panic!("a session broke under live traffic: {e}\n{}", logs(&lab)));
+    assert!(more.is_ok(), "traffic stalled after the rejoin");
+    eprintln!(
+        "{} rounds under live traffic",
+        rounds.load(Ordering::Relaxed)
+    );
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
+        counters_before,
+        "live failovers",
     );
 }

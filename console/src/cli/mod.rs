@@ -1,6 +1,7 @@
 //! Subcommands of `nonstop-console`. Every one prints for people by default and one
 //! JSON document with `--json`; the exit status says whether it succeeded.
 
+mod chat;
 mod events;
 mod inject;
 mod render;
@@ -78,10 +79,25 @@ pub enum Command {
     Inject(inject::InjectArgs),
     /// Remove injected faults from one node (`--node`) or both (`--all`).
     Heal(inject::HealArgs),
+    /// Run a switchover drill written in TOML (scripts/drills/); builds its own lab
+    /// unless --lab is given.
+    Drill(crate::drill::DrillArgs),
+    /// Join the lab's chat (VIP:7000) from the peer namespace with an ordinary TCP
+    /// connection; shows its local port, since when it is up and its reconnects.
+    Chat(chat::ChatArgs),
 }
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Drill(args)) = &cli.command {
+        if !cli.agents.is_empty() {
+            anyhow::bail!("drill works on a lab: give --lab NAME or nothing (it builds one)");
+        }
+        return crate::drill::run(args, cli.lab.as_deref());
+    }
+    if let Some(Command::Chat(args)) = &cli.command {
+        return chat::run(cli.lab.as_deref(), args);
+    }
     let agents = crate::pair::resolve(&cli.agents, cli.lab.as_deref())?;
     if let Some(path) = cli.key_file.clone() {
         crate::client::set_key_file(path);
@@ -109,5 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Sessions { json }) => sessions::run(&agents, timeout, json),
         Some(Command::Events { json, follow }) => events::run(&agents, timeout, json, follow),
+        Some(Command::Drill(args)) => crate::drill::run(&args, cli.lab.as_deref()),
+        Some(Command::Chat(args)) => chat::run(cli.lab.as_deref(), &args),
     }
 }

@@ -10,6 +10,10 @@ use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// How long a switchover's reply may take: the master drains before it hands over
+/// (bounded by its `session.drain_ms`, at most 60 s).
+const DRAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(65);
+
 /// Runs a planned switchover and reports how long it took.
 pub fn run(
     agents: &[AgentAddr],
@@ -27,6 +31,8 @@ pub fn run(
     let old_status = reports[old].status.clone().expect("master is reachable");
     let started = Instant::now();
     let mut conn = AgentConnection::connect(&agents[old], timeout)?;
+    // The master drains first (at most `session.drain_ms`, 60 s by validation).
+    conn.set_read_timeout(Some(timeout.max(DRAIN_REPLY_TIMEOUT)))?;
     let message = match conn.request(&Request::Switchover)? {
         Reply::Ack { message } => message,
         Reply::Error { message } => {

@@ -17,6 +17,7 @@
 mod close_quarantine;
 mod peek;
 mod raw;
+mod recovery;
 
 use self::close_quarantine::CloseQuarantine;
 use self::peek::Peek;
@@ -101,6 +102,9 @@ pub enum QueueCommand {
     RestoreLocal,
     /// Freeze peers with a zero window (a planned switchover's drain) or thaw them.
     Freeze(bool),
+    /// This node is not master and owns no session: forget the tracked ones (a
+    /// restarted agent seeds its tracker from disk, for a resume as master only).
+    ForgetSessions,
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -595,175 +599,6 @@ impl Worker {
         }
     }
 
-    /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
-    /// a zero window (or the window reopened).
-    fn freeze(&mut self, on: bool) {
-        let on = on && self.master;
-        if self.frozen == on {
-            return;
-        }
-        self.frozen = on;
-        let acks: Vec<Vec<u8>> = self
-            .tracker
-            .sessions()
-            .filter(|s| matches!(s.phase, Phase::Established | Phase::PeerClosed))
-            .map(|s| if on { freeze_ack(s) } else { window_update(s) })
-            .collect();
-        tracing::info!(
-            frozen = on,
-            sessions = acks.len(),
-            "peers' windows frozen or reopened"
-        );
-        for ack in acks {
-            if let Err(e) = self.raw.send(&ack) {
-                tracing::warn!(error = %e, "freeze ACK not sent");
-            }
-        }
-    }
-
-    /// Resets sessions whose peer never filled the hole before its data.
-    fn check_probations(&mut self) {
-        if self.probations.is_empty() && self.reset_recently.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        self.reset_recently
-            .retain(|_, at| now.saturating_duration_since(*at) < RESET_QUIET);
-        let diverged: Vec<(SessionKey, Option<u32>, Divergence)> = self
-            .probations
-            .iter()
-            .filter_map(|(key, p)| Some((*key, p.peer_ack(), p.check(now)?)))
-            .collect();
-        for (key, peer_ack, why) in diverged {
-            self.reset_diverged(key, peer_ack, why);
-        }
-    }
-
-    /// Ends a restored session whose peer saw state the replica lacked (design §3):
-    /// an RST to the peer (matching its `rcv_nxt`) and one to the restored socket,
-    /// the session deleted here and on the backup, counted and reported.
-    fn reset_diverged(&mut self, key: SessionKey, peer_ack: Option<u32>, why: Divergence) {
-        self.translators.remove(&key);
-        self.probations.remove(&key);
-        let app_rcv_nxt = self.tracker.session(&key).map(|s| s.rcv_nxt);
-        let mut packets = Vec::new();
-        if let Some(seq) = peer_ack {
-            packets.push(reset_to_peer(&key, seq));
-        }
-        if let Some(seq) = app_rcv_nxt {
-            packets.push(reset_to_app(&key, seq));
-        }
-        if let Some(record) = self.tracker.remove(&key) {
-            self.issue(record);
-        }
-        self.reset_recently.insert(key, Instant::now());
-        for packet in packets {
-            if let Err(e) = self.raw.send(&packet) {
-                tracing::warn!(session = %key, error = %e, "reset not sent");
-            }
-        }
-        self.stats.sessions_reset.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(session = %key, reason = why.describe(), "restored session reset");
-        if let Some(events) = &self.events {
-            events.emit(nonstop_shared::control::EventKind::SessionReset {
-                peer: format!("{}:{}", key.peer_ip, key.peer_port),
-                reason: why.describe().to_owned(),
-            });
-        }
-    }
-
-    /// Lets the closes whose grace has passed go on their way.
-    fn release_closes(&mut self) {
-        if self.closing.is_empty() {
-            return;
-        }
-        for message in self.closing.due(Instant::now()) {
-            match Peek::of(message.get_payload(), self.vip) {
-                Some(peek) => self.forward(message, peek),
-                None => self.verdict_with(message, nfq::Verdict::Accept),
-            }
-        }
-        self.stats
-            .closes_waiting
-            .store(self.closing.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Drops every close waiting: they come from a service that is gone (or from a
-    /// node that is no longer master).
-    fn drop_closes(&mut self) {
-        let dropped = self.closing.take_all();
-        self.stats
-            .closes_dropped
-            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
-        for message in dropped {
-            self.verdict_with(message, nfq::Verdict::Drop);
-        }
-        self.stats.closes_waiting.store(0, Ordering::Relaxed);
-    }
-
-    /// The service died: its closes never reach the peers, and each of its sessions
-    /// waits (inbound packets noted and dropped, outbound ones dropped) until the
-    /// restarted service listens.
-    fn on_app_died(&mut self) {
-        self.drop_closes();
-        self.restore_origin = Some(Instant::now());
-        self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
-        let parked: Vec<SessionState> = self
-            .tracker
-            .sessions()
-            .filter(|s| {
-                matches!(
-                    s.phase,
-                    Phase::Established | Phase::PeerClosed | Phase::LocalClosed
-                )
-            })
-            .cloned()
-            .collect();
-        tracing::warn!(
-            sessions = parked.len(),
-            "service died: its sessions wait for the restarted service"
-        );
-        for state in parked {
-            self.translators.remove(&state.key);
-            self.restoring.remove(&state.key);
-            self.forged_acks.remove(&state.key);
-            self.awaiting_app.push(state.key);
-            self.queued.insert(state.key, state);
-        }
-        self.stats.restore_pending.store(
-            (self.restoring.len() + self.queued.len()) as u64,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The restarted service listens: restore the parked sessions into it, from
-    /// their latest tracked state.
-    fn restore_local(&mut self) {
-        let keys = std::mem::take(&mut self.awaiting_app);
-        let mut count = 0;
-        for key in keys {
-            if !self.queued.contains_key(&key) {
-                continue; // ended meanwhile (the peer reset it)
-            }
-            if let Some(state) = self.tracker.session(&key) {
-                self.queued.insert(key, state.clone());
-            }
-            self.restore_queue.push_back(key);
-            count += 1;
-        }
-        if count == 0 {
-            return;
-        }
-        tracing::info!(
-            sessions = count,
-            "restoring sessions into the restarted service"
-        );
-        self.restore_began = Some(Instant::now());
-        self.restored_before = self.stats.restored.load(Ordering::Relaxed);
-        self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
-        self.pump_restores();
-    }
-
     /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
     /// records.
     fn track(&mut self, packet: &[u8]) {
@@ -801,194 +636,6 @@ impl Worker {
         self.verdict(message);
     }
 
-    fn is_forged_inbound(&mut self, peek: &Peek) -> bool {
-        if peek.syn && !peek.ack {
-            return self.restoring.contains_key(&peek.key);
-        }
-        match self.forged_acks.get(&peek.key) {
-            Some(&ack) if peek.ack && !peek.syn && peek.payload_len == 0 && peek.ack_no == ack => {
-                self.forged_acks.remove(&peek.key);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Starts restoring `states` (those not tracked yet): forged SYN into the stack.
-    fn start_restore(&mut self, states: Vec<SessionState>) {
-        let fresh: Vec<SessionState> = states
-            .into_iter()
-            .filter(|s| self.tracker.session(&s.key).is_none())
-            .filter(|s| {
-                matches!(
-                    s.phase,
-                    Phase::Established | Phase::PeerClosed | Phase::LocalClosed
-                )
-            })
-            .collect();
-        if fresh.is_empty() {
-            return;
-        }
-        tracing::info!(sessions = fresh.len(), "restoring sessions");
-        self.restore_began = Some(Instant::now());
-        self.restored_before = self.stats.restored.load(Ordering::Relaxed);
-        self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
-        self.tracker.restore(fresh.clone());
-        // The new backup may have been sent a snapshot before these sessions were
-        // tracked here: announce each in full.
-        for state in &fresh {
-            self.issue(Record::Full(state.clone()));
-        }
-        for state in fresh {
-            self.restore_queue.push_back(state.key);
-            self.queued.insert(state.key, state);
-        }
-        self.pump_restores();
-        self.stats
-            .sessions
-            .store(self.tracker.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
-    /// re-sends forged SYNs that went unanswered.
-    fn pump_restores(&mut self) {
-        let mut retry = Vec::new();
-        for (key, r) in &self.restoring {
-            if r.sent_at.elapsed() >= HANDSHAKE_RETRY {
-                retry.push(*key);
-            }
-        }
-        for key in retry {
-            let Some(r) = self.restoring.get_mut(&key) else {
-                continue;
-            };
-            if r.tries >= HANDSHAKE_TRIES {
-                self.restoring.remove(&key);
-                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
-                continue;
-            }
-            r.tries += 1;
-            r.sent_at = Instant::now();
-            let syn = forged_syn(&r.state);
-            if let Err(e) = self.raw.send(&syn) {
-                tracing::warn!(session = %key, error = %e, "cannot inject the forged SYN");
-            }
-        }
-        while self.restoring.len() < MAX_HANDSHAKES {
-            let Some(key) = self.restore_queue.pop_front() else {
-                break;
-            };
-            let Some(state) = self.queued.remove(&key) else {
-                continue;
-            };
-            let syn = forged_syn(&state);
-            self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.raw.send(&syn) {
-                tracing::warn!(session = %key, error = %e, "cannot inject the forged SYN");
-            }
-            self.restoring.insert(
-                key,
-                Restoring {
-                    state,
-                    started: Instant::now(),
-                    sent_at: Instant::now(),
-                    tries: 1,
-                },
-            );
-        }
-        let pending = (self.restoring.len() + self.queued.len()) as u64;
-        self.stats.restore_pending.store(pending, Ordering::Relaxed);
-        if pending == 0 {
-            if let Some(began) = self.restore_began.take() {
-                self.report_restore(began);
-            }
-        }
-    }
-
-    /// Reports a finished restore in the event log and the counters.
-    fn report_restore(&mut self, began: Instant) {
-        let elapsed = began.elapsed();
-        let since_promotion = self.restore_origin.take().unwrap_or(began).elapsed();
-        let mut times = std::mem::take(&mut self.restore_times_us);
-        times.sort_unstable();
-        let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
-        let s = &self.stats;
-        s.restore_last_us
-            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
-        s.restore_session_p50_us.store(p50, Ordering::Relaxed);
-        s.restore_session_p99_us.store(p99, Ordering::Relaxed);
-        s.restore_since_promotion_ms
-            .store(since_promotion.as_millis() as u64, Ordering::Relaxed);
-        let sessions = s.restored.load(Ordering::Relaxed) - self.restored_before;
-        let failed = s.restore_failed.load(Ordering::Relaxed) - self.failed_before;
-        tracing::info!(
-            sessions,
-            failed,
-            elapsed_ms = elapsed.as_millis() as u64,
-            session_p50_us = p50,
-            session_p99_us = p99,
-            since_promotion_ms = since_promotion.as_millis() as u64,
-            "restore finished"
-        );
-        if let Some(events) = &self.events {
-            events.emit(nonstop_shared::control::EventKind::Restored {
-                sessions,
-                failed,
-                elapsed_ms: elapsed.as_millis() as u64,
-                session_p50_us: p50,
-                session_p99_us: p99,
-                since_promotion_ms: since_promotion.as_millis() as u64,
-            });
-        }
-    }
-
-    /// The app kernel answered a forged SYN: drop its SYN-ACK, complete the handshake
-    /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
-    /// ACKs) and translate from now on.
-    fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
-        let Some(Restoring { state, started, .. }) = self.restoring.remove(&key) else {
-            return;
-        };
-        self.restore_times_us
-            .push(started.elapsed().as_micros() as u64);
-        let synack = match parse_synack(synack_packet, &state) {
-            Ok(synack) => synack,
-            Err(e) => {
-                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %key, error = %e, "unexpected SYN-ACK while restoring");
-                return;
-            }
-        };
-        let ack = forged_ack(&state, &synack);
-        self.forged_acks.insert(key, synack.new_isn.wrapping_add(1));
-        let mut packets = vec![ack];
-        packets.extend(retransmit_segments(&state, 1460, None));
-        packets.extend(duplicate_acks(&state, 4));
-        if !self.holding {
-            packets.push(probe(&state));
-        }
-        for packet in packets {
-            if let Err(e) = self.raw.send(&packet) {
-                tracing::warn!(session = %key, error = %e, "restore packet not sent");
-            }
-        }
-        self.translators
-            .insert(key, Translator::new(&state, &synack));
-        if !self.holding {
-            // Async replication: the replica may be behind what the peer saw.
-            self.probations.insert(key, Probation::new(state.rcv_nxt));
-        }
-        self.stats.restored.fetch_add(1, Ordering::Relaxed);
-        if let Some(began) = self.restore_began {
-            self.stats
-                .restore_last_us
-                .store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        tracing::debug!(session = %key, "session restored");
-        self.pump_restores();
-    }
-
     /// Numbers a record and hands it to replication.
     fn issue(&mut self, record: Record) {
         if let Record::Delete(key) = &record {
@@ -1022,28 +669,14 @@ impl Worker {
                     self.release_all();
                 }
             }
+            QueueCommand::ForgetSessions => {
+                if !self.master {
+                    self.forget_reign();
+                }
+            }
             QueueCommand::SetRole(master) => {
                 if self.master && !master {
-                    // Whatever is held was never acknowledged by the backup; the new
-                    // master retransmits from its replica.
-                    while let Some(mut held) = self.held.pop_front() {
-                        held.message.set_verdict(nfq::Verdict::Drop);
-                        self.verdict(held.message);
-                    }
-                    self.stats.held.store(0, Ordering::Relaxed);
-                    self.drop_closes();
-                    self.frozen = false;
-                    self.awaiting_app.clear();
-                    self.restoring.clear();
-                    self.restore_queue.clear();
-                    self.queued.clear();
-                    self.forged_acks.clear();
-                    self.translators.clear();
-                    // The sessions now live on the other node; if this node becomes
-                    // master again it restores them afresh from its replica.
-                    let limits = self.tracker.limits();
-                    self.tracker = Tracker::new(self.vip, &self.ports, limits);
-                    self.stats.sessions.store(0, Ordering::Relaxed);
+                    self.forget_reign();
                 }
                 self.master = master;
             }
@@ -1066,6 +699,34 @@ impl Worker {
             }
             QueueCommand::Stop => {}
         }
+    }
+
+    /// The end of this node's reign: held packets and waiting closes dropped (never
+    /// acknowledged by the backup; the new master retransmits from its replica), every
+    /// restore and translation abandoned, the tracker emptied.
+    fn forget_reign(&mut self) {
+        // Whatever is held was never acknowledged by the backup; the new
+        // master retransmits from its replica.
+        while let Some(mut held) = self.held.pop_front() {
+            held.message.set_verdict(nfq::Verdict::Drop);
+            self.verdict(held.message);
+        }
+        self.stats.held.store(0, Ordering::Relaxed);
+        self.drop_closes();
+        self.frozen = false;
+        self.awaiting_app.clear();
+        self.restoring.clear();
+        self.restore_queue.clear();
+        self.queued.clear();
+        self.forged_acks.clear();
+        self.translators.clear();
+        self.probations.clear();
+        self.stats.restore_pending.store(0, Ordering::Relaxed);
+        // The sessions now live on the other node; if this node becomes
+        // master again it restores them afresh from its replica.
+        let limits = self.tracker.limits();
+        self.tracker = Tracker::new(self.vip, &self.ports, limits);
+        self.stats.sessions.store(0, Ordering::Relaxed);
     }
 
     /// Releases, in order, every held packet the backup's acknowledgement covers.

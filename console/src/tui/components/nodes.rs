@@ -205,6 +205,17 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
             r.acked,
             si(node.record_rate)
         )));
+        if r.restored + r.restore_pending + r.restore_failed + r.sessions_reset > 0 {
+            lines.push(Line::from(format!(
+                "restored {} pend {} fail {} reset {}  last {}ms p50 {}µs",
+                r.restored,
+                r.restore_pending,
+                r.restore_failed,
+                r.sessions_reset,
+                r.restore_ms,
+                r.restore_session_p50_us
+            )));
+        }
         let c = &s.counters;
         lines.push(
             Line::from(format!(
