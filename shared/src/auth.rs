@@ -799,6 +799,8 @@ mod tests {
         let err = Key::load(&path).expect_err("short").to_string();
         assert!(err.contains("at least 32"), "{err}");
         assert!(matches!(Key::load(&dir), Err(KeyError::NotAFile(_))));
+        std::fs::write(&path, "k".repeat(MAX_KEY_FILE_LEN + 1)).expect("write");
+        assert!(matches!(Key::load(&path), Err(KeyError::TooLong { .. })));
         assert!(matches!(
             Key::load(&dir.join("missing")),
             Err(KeyError::Read { .. })
