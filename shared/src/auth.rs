@@ -6,10 +6,12 @@
 //!
 //! - **Heartbeats** ([`HeartbeatAuth`]): every datagram is wrapped in an envelope with
 //!   the sender's random *boot nonce*, a counter that strictly increases per boot, the
-//!   receiver's boot nonce as last heard (the *echo*), and an HMAC-SHA256 tag. A
-//!   datagram is accepted if it continues the boot the receiver already trusts with a
-//!   higher counter, or if it echoes the receiver's *current* boot nonce (so it was
-//!   made after the receiver started: a recording from before cannot carry it).
+//!   sender's current *challenge*, the receiver's challenge as last heard (the
+//!   *echo*), and an HMAC-SHA256 tag. A datagram is accepted if it continues the boot
+//!   the receiver already trusts with a higher counter, or if it echoes the
+//!   receiver's *current* challenge (so it was made after the receiver last switched
+//!   trust: no recording can carry it). The receiver retires its challenge each time
+//!   it trusts a new boot.
 //! - **Replication** ([`ClientHandshake`], [`ServerHandshake`], [`Channel`]): each TCP
 //!   connection starts with fresh 32-byte nonces from both sides and proofs of the key;
 //!   a per-connection session key (one per direction) then authenticates every frame
@@ -211,8 +213,8 @@ fn be_u64(bytes: &[u8]) -> u64 {
 pub const HB_MAGIC: [u8; 4] = *b"NSHA";
 /// Envelope version.
 pub const HB_VERSION: u8 = 1;
-/// Bytes before the inner heartbeat: magic, version, boot, counter, echo.
-pub const HB_HEADER_LEN: usize = 29;
+/// Bytes before the inner heartbeat: magic, version, boot, counter, challenge, echo.
+pub const HB_HEADER_LEN: usize = 37;
 /// Largest envelope accepted (header, the largest heartbeat, tag).
 pub const HB_MAX_LEN: usize =
     HB_HEADER_LEN + crate::heartbeat::FIXED_LEN + crate::heartbeat::MAX_NODE_ID_LEN + TAG_LEN;
@@ -234,10 +236,10 @@ pub enum HeartbeatAuthError {
         /// The last accepted counter of that boot.
         last: u64,
     },
-    /// Authentic, from a boot we do not trust yet and not echoing our current boot:
-    /// possibly a recording from before we started. Its boot is echoed back so that a
-    /// live peer proves freshness with its next heartbeat.
-    #[error("heartbeat from an unconfirmed boot (not yet echoing ours)")]
+    /// Authentic, from a boot we do not trust yet and not echoing our current
+    /// challenge: possibly a recording. Its challenge is echoed back so that a live
+    /// peer proves freshness with its next heartbeat.
+    #[error("heartbeat from an unconfirmed boot (not yet echoing our challenge)")]
     Unconfirmed,
 }
 
@@ -255,24 +257,35 @@ impl HeartbeatAuthError {
 ///
 /// Envelope layout (big-endian):
 ///
-/// | offset | size | field                                             |
-/// |-------:|-----:|---------------------------------------------------|
-/// | 0      | 4    | magic `NSHA`                                      |
-/// | 4      | 1    | envelope version (1)                              |
-/// | 5      | 8    | sender's boot nonce (random per agent start)      |
-/// | 13     | 8    | counter, strictly increasing per boot             |
-/// | 21     | 8    | echo: the receiver's boot nonce as last heard, or 0 |
-/// | 29     | n    | the heartbeat ([`crate::heartbeat`] layout)       |
-/// | 29+n   | 32   | HMAC-SHA256(heartbeat subkey, bytes 0..29+n)      |
+/// | offset | size | field                                                      |
+/// |-------:|-----:|------------------------------------------------------------|
+/// | 0      | 4    | magic `NSHA`                                               |
+/// | 4      | 1    | envelope version (1)                                       |
+/// | 5      | 8    | sender's boot nonce (random per agent start)               |
+/// | 13     | 8    | counter, strictly increasing per boot                      |
+/// | 21     | 8    | sender's current challenge                                 |
+/// | 29     | 8    | echo: the receiver's challenge as last heard, or 0         |
+/// | 37     | n    | the heartbeat ([`crate::heartbeat`] layout)                |
+/// | 37+n   | 32   | HMAC-SHA256(heartbeat subkey, bytes 0..37+n)               |
+///
+/// A challenge is `HMAC(subkey, "heartbeat challenge" | boot | generation)`, cut to
+/// 8 bytes: unpredictable without the key. The receiver moves to the next generation
+/// every time it starts trusting another peer boot, so recordings that echo an
+/// earlier challenge — everything a dead boot ever sent — can never be accepted
+/// again.
 #[derive(Debug)]
 pub struct HeartbeatAuth {
     key: [u8; TAG_LEN],
     boot: u64,
     counter: u64,
+    /// Generation of our challenge (+1 per newly trusted peer boot).
+    generation: u64,
+    /// Our current challenge.
+    challenge: u64,
     /// The peer boot we trust and its last counter.
     trusted: Option<(u64, u64)>,
-    /// Boot nonce of the last authentic envelope (echoed in ours).
-    last_seen_boot: u64,
+    /// Challenge of the last authentic envelope (echoed in ours).
+    last_seen_challenge: u64,
     /// The last unconfirmed heartbeat: (boot, counter, inner bytes). Delivered once
     /// its boot is confirmed within [`PENDING_WINDOW`] counters, so that what a
     /// restarted peer said first (e.g. "I am master") is not lost to the handshake.
@@ -292,15 +305,31 @@ pub struct Accepted<'a> {
     pub heartbeat: &'a [u8],
 }
 
+fn challenge(key: &[u8; TAG_LEN], boot: u64, generation: u64) -> u64 {
+    let tag = mac(
+        key,
+        &[
+            b"nonstop heartbeat challenge\0",
+            &boot.to_be_bytes(),
+            &generation.to_be_bytes(),
+        ],
+    );
+    be_u64(&tag).max(1)
+}
+
 impl HeartbeatAuth {
     /// Starts with the given key and a boot nonce (use [`random_bytes`]; never 0).
     pub fn new(key: &Key, boot: u64) -> HeartbeatAuth {
+        let key = key.heartbeat_key();
+        let boot = boot.max(1);
         HeartbeatAuth {
-            key: key.heartbeat_key(),
-            boot: boot.max(1),
+            challenge: challenge(&key, boot, 0),
+            key,
+            boot,
             counter: 0,
+            generation: 0,
             trusted: None,
-            last_seen_boot: 0,
+            last_seen_challenge: 0,
             pending: None,
         }
     }
@@ -318,7 +347,8 @@ impl HeartbeatAuth {
         out.push(HB_VERSION);
         out.extend_from_slice(&self.boot.to_be_bytes());
         out.extend_from_slice(&self.counter.to_be_bytes());
-        out.extend_from_slice(&self.last_seen_boot.to_be_bytes());
+        out.extend_from_slice(&self.challenge.to_be_bytes());
+        out.extend_from_slice(&self.last_seen_challenge.to_be_bytes());
         out.extend_from_slice(heartbeat);
         let tag = mac(&self.key, &[&out]);
         out.extend_from_slice(&tag);
@@ -347,31 +377,34 @@ impl HeartbeatAuth {
         }
         let boot = be_u64(&signed[5..13]);
         let counter = be_u64(&signed[13..21]);
-        let echo = be_u64(&signed[21..29]);
-        self.last_seen_boot = boot;
-        match self.trusted {
+        let their_challenge = be_u64(&signed[21..29]);
+        let echo = be_u64(&signed[29..37]);
+        self.last_seen_challenge = their_challenge;
+        let earlier = match self.trusted {
             Some((trusted, last)) if trusted == boot => {
                 if counter <= last {
                     return Err(HeartbeatAuthError::Replayed { counter, last });
                 }
+                None
             }
             _ => {
-                if echo != self.boot {
+                if echo != self.challenge {
                     self.pending = Some((boot, counter, signed[HB_HEADER_LEN..].to_vec()));
                     return Err(HeartbeatAuthError::Unconfirmed);
                 }
+                // A new peer boot, made after our current challenge: trust it, and
+                // retire the challenge so no earlier recording can ever echo it.
+                self.generation += 1;
+                self.challenge = challenge(&self.key, self.boot, self.generation);
+                match self.pending.take() {
+                    Some((b, c, bytes))
+                        if b == boot && c < counter && counter - c <= PENDING_WINDOW =>
+                    {
+                        Some(bytes)
+                    }
+                    _ => None,
+                }
             }
-        }
-        let earlier = match self.pending.take() {
-            Some((b, c, bytes))
-                if b == boot
-                    && c < counter
-                    && counter - c <= PENDING_WINDOW
-                    && !matches!(self.trusted, Some((t, _)) if t == boot) =>
-            {
-                Some(bytes)
-            }
-            _ => None,
         };
         self.trusted = Some((boot, counter));
         Ok(Accepted {
@@ -874,12 +907,32 @@ mod tests {
         let _ = b.open(&a.seal(b"x"));
         a.open(&b.seal(b"y")).expect("a trusts b");
         b.open(&a.seal(b"z")).expect("b trusts a");
+        // a's last heartbeats echo b's current challenge (recorded by an attacker).
+        let recorded = [a.seal(b"old 1"), a.seal(b"old 2")];
         // a restarts with a new boot.
         let mut a2 = HeartbeatAuth::new(&key(), 3);
         assert_eq!(b.open(&a2.seal(b"1")), Err(HeartbeatAuthError::Unconfirmed));
         a2.open(&b.seal(b"2"))
-            .expect("b's heartbeat echoes a2's boot");
-        b.open(&a2.seal(b"3")).expect("a2 echoes b's boot");
+            .expect("b's heartbeat echoes a2's challenge");
+        let third = a2.seal(b"3");
+        let accepted = b.open(&third).expect("a2 echoes b's challenge");
+        assert_eq!(accepted.earlier.as_deref(), Some(&b"1"[..]));
+        // The dead boot's recordings, never delivered before, are refused now: b
+        // retired the challenge they echo when it trusted a2.
+        for old in &recorded {
+            assert_eq!(b.open(old), Err(HeartbeatAuthError::Unconfirmed));
+        }
+        b.open(&a2.seal(b"still live")).expect("a2 still trusted");
+        // An unconfirmed heartbeat from long ago is not delivered late.
+        let mut a3 = HeartbeatAuth::new(&key(), 4);
+        assert!(b.open(&a3.seal(b"old")).is_err());
+        for _ in 0..PENDING_WINDOW {
+            let _ = a3.seal(b"lost");
+        }
+        a3.open(&b.seal(b"4")).expect("echo");
+        let fifth = a3.seal(b"5");
+        let accepted = b.open(&fifth).expect("confirmed");
+        assert_eq!(accepted.earlier, None);
     }
 
     #[test]
@@ -1005,6 +1058,52 @@ mod tests {
     }
 
     proptest! {
+        /// Over a lossy, duplicating, reordering link with restarts of the sender,
+        /// every payload is delivered at most once, and once a newer boot was accepted
+        /// nothing of an older boot is. (A never-delivered heartbeat of the current,
+        /// or the not-yet-superseded, boot may still arrive late: that is delay, not
+        /// replay.)
+        #[test]
+        fn a_payload_is_accepted_at_most_once(
+            ops in proptest::collection::vec((0u8..6, any::<u16>()), 1..200)
+        ) {
+            let mut rx = HeartbeatAuth::new(&key(), 1);
+            let mut boot = 100u64;
+            let mut tx = HeartbeatAuth::new(&key(), boot);
+            let mut wire: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut newest_accepted = 0u64;
+            let mut n = 0u32;
+            for (op, pick) in ops {
+                match op {
+                    0 | 1 => {
+                        n += 1;
+                        wire.push((boot, tx.seal(&n.to_be_bytes())));
+                    }
+                    2 if !wire.is_empty() => {
+                        // The receiver answers: the sender learns its boot.
+                        let _ = tx.open(&rx.seal(b"ack"));
+                    }
+                    3 => {
+                        boot += 1;
+                        tx = HeartbeatAuth::new(&key(), boot);
+                    }
+                    _ if !wire.is_empty() => {
+                        // Deliver any envelope, old or new, possibly again.
+                        let (from_boot, bytes) = wire[usize::from(pick) % wire.len()].clone();
+                        if let Ok(accepted) = rx.open(&bytes) {
+                            prop_assert!(from_boot >= newest_accepted, "an older boot came back");
+                            newest_accepted = from_boot;
+                            for payload in accepted.earlier.iter().map(Vec::as_slice).chain([accepted.heartbeat]) {
+                                prop_assert!(seen.insert(payload.to_vec()), "accepted twice");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+
         #[test]
         fn arbitrary_envelopes_never_panic_nor_pass(bytes in proptest::collection::vec(any::<u8>(), 0..260)) {
             let mut b = HeartbeatAuth::new(&key(), 2);
