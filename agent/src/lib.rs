@@ -12,11 +12,13 @@
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
+//! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
 pub mod app;
 pub mod control;
 pub mod events;
 pub mod failover;
+pub mod fuzzing;
 pub mod inject;
 pub mod nfqueue;
 pub mod recovery;

@@ -19,6 +19,7 @@ use nonstop_agent::session::replica::Replica;
 use nonstop_agent::session::tracker::TrackerLimits;
 use nonstop_agent::session::view::SessionView;
 use nonstop_agent::shutdown;
+use nonstop_shared::auth::Key;
 use nonstop_shared::config::{AgentConfig, ReplicationMode};
 use nonstop_shared::Mode;
 use std::path::PathBuf;
@@ -57,6 +58,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // No key, no agent: every channel is authenticated with it.
+    let key = match Key::load(&config.security.key_file) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("nonstop-agent: security.key_file: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if args.check {
         println!("{}: configuration is valid", args.config.display());
         return std::process::ExitCode::SUCCESS;
@@ -72,7 +81,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, key)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -82,11 +91,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: AgentConfig) -> anyhow::Result<()> {
+async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
     let (trigger, shutdown) = shutdown::channel();
     let events = EventLog::new(&config.node_id);
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(64);
     let malformed = Arc::new(AtomicU64::new(0));
+    let control_rejected = Arc::new(AtomicU64::new(0));
     let (mode_tx, mode_rx) = watch::channel((Mode::Startup, 0u64));
     let mode_rx_for_app = mode_rx.clone();
 
@@ -97,7 +107,17 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     ));
     let (restored, first_seq) = {
         let replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
-        (replica.states(), replica.last_seq() + 1)
+        // Only a node that was master has live sockets behind its stored sessions. A
+        // restarted backup must not seed them, or its promotion would skip restoring
+        // them as "already tracked" (found by tests/tests/faults.rs).
+        let was_master =
+            nonstop_agent::failover::driver::persisted_mode(&config.data_dir) == Some(Mode::Master);
+        let seed = if was_master {
+            replica.states()
+        } else {
+            Vec::new()
+        };
+        (seed, replica.last_seq() + 1)
     };
     let (records_tx, records_rx) = tokio::sync::mpsc::unbounded_channel();
     let interceptor_config = InterceptorConfig {
@@ -121,6 +141,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode: mode_rx.clone(),
         stats: Arc::clone(&stats),
         shutdown: shutdown.clone(),
+        key: key.clone(),
+        max_sessions: config.session.max_sessions,
     })
     .await?;
     tokio::spawn(receiver);
@@ -134,6 +156,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode: mode_rx.clone(),
         stats: Arc::clone(&stats),
         shutdown: shutdown.clone(),
+        key: key.clone(),
     }));
     if config.session.replication == ReplicationMode::Sync
         && config.session.lone_master == nonstop_shared::config::LoneMaster::Serve
@@ -203,11 +226,15 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sessions: Some(view.clone()),
         resources,
         app: app_handle,
+        key: key.clone(),
+        control_rejected: Arc::clone(&control_rejected),
     })?;
     let handle = ControlHandle {
         commands: commands_tx,
         events,
         malformed_lines: malformed,
+        rejected: control_rejected,
+        key,
         sessions: Some(view),
         injector: nonstop_agent::inject::Injector::new(&config),
     };

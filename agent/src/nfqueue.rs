@@ -13,6 +13,13 @@ pub fn open_queue() -> std::io::Result<(nfq::Queue, Option<RawFd>)> {
     let queue = nfq::Queue::open()?;
     let after = netfilter_sockets();
     let new: Vec<RawFd> = after.difference(&before).copied().collect();
+    // nfq opens its socket without CLOEXEC: a service started by the agent would
+    // inherit it and keep the queue bound after an agent crash, so the restarted
+    // agent could not bind it again (EPERM). Close it on exec.
+    for &fd in &new {
+        // SAFETY: plain fcntl on a descriptor this process owns.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     Ok((queue, (new.len() == 1).then(|| new[0])))
 }
 

@@ -37,14 +37,31 @@ fn ask(lab: &LabGuard, node: Node, request: &Request) -> Reply {
         .unwrap_or_else(|e| panic!("cannot reach the {node} agent's control API: {e:#}"));
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     let mut writer = stream.try_clone().expect("clone stream");
+    let mut reader = BufReader::new(stream);
+    let mut read_reply = || -> Reply {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read reply");
+        serde_json::from_str(line.trim_end()).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+    };
+    // The control handshake (nonstop_shared::auth) with the lab's key.
+    let key = nonstop_shared::auth::Key::load(&lab.key_path()).expect("lab key");
+    let Reply::Challenge { nonce, .. } = read_reply() else {
+        panic!("the agent did not open with a challenge")
+    };
+    let server = nonstop_shared::auth::parse_nonce(&nonce).expect("challenge nonce");
+    let client = [7u8; nonstop_shared::auth::NONCE_LEN];
+    let auth = Request::Auth {
+        nonce: client.iter().map(|b| format!("{b:02x}")).collect(),
+        mac: nonstop_shared::auth::control_client_mac(&key, &server, &client),
+    };
+    writer
+        .write_all(auth.to_line().as_bytes())
+        .expect("send auth");
+    assert!(matches!(read_reply(), Reply::Authenticated { .. }));
     writer
         .write_all(request.to_line().as_bytes())
         .expect("send request");
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .expect("read reply");
-    serde_json::from_str(line.trim_end()).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+    read_reply()
 }
 
 /// Injects `fault` into the master's agent; panics unless it is acknowledged.

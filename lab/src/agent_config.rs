@@ -1,14 +1,54 @@
-//! The agent configuration files the lab writes (`master.toml`, `backup.toml`): pure.
+//! The agent configuration files the lab writes (`master.toml`, `backup.toml`), and the
+//! lab's pre-shared key (`<dir>/key`, random, mode 0600) that both reference.
 
 use crate::naming::{
     AddressPlan, Node, CONTROL_PORT, PREFIX_LEN, SERVICE_IF, SERVICE_PORT, SYNC_PORT,
 };
 use anyhow::{Context, Result};
 use nonstop_shared::config::{
-    AgentConfig, ControlConfig, GarpConfig, ServiceConfig, SyncConfig, Vip,
+    AgentConfig, ControlConfig, GarpConfig, SecurityConfig, ServiceConfig, SyncConfig, Vip,
 };
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// File name of a lab's pre-shared key inside its directory.
+pub const KEY_FILE: &str = "key";
+
+/// Where the key of the lab whose directory is `dir` lives.
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join(KEY_FILE)
+}
+
+impl crate::Lab {
+    /// This lab's pre-shared key file (the console finds it from `--lab`).
+    pub fn key_path(&self) -> PathBuf {
+        key_path(self.dir())
+    }
+}
+
+/// Makes sure `path` holds a key: keeps an existing one (tightening its mode to 0600),
+/// otherwise writes 32 random bytes as 64 hex characters, created with mode 0600.
+pub fn ensure_key(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod 600 {}", path.display()))?;
+        nonstop_shared::auth::Key::load(path)?;
+        return Ok(());
+    }
+    let bytes: [u8; 32] = nonstop_shared::auth::random_bytes()
+        .map_err(|e| anyhow::anyhow!("no randomness for the lab key: {e}"))?;
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{text}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
 
 /// The knobs of the agent configs that come from `up`'s flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +99,9 @@ pub fn agent_config(
         },
         garp: GarpConfig::default(),
         session: Default::default(),
+        security: SecurityConfig {
+            key_file: key_path(dir),
+        },
     };
     config.validate().with_context(|| {
         format!(
@@ -106,10 +149,34 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(listen, ["127.0.0.1:7700", "198.19.42.2:7700"]);
+        assert_eq!(master.security.key_file, dir.join("key"));
+        assert_eq!(backup.security, master.security);
         for config in [master, backup] {
             let again = AgentConfig::from_toml(&config.to_toml()).expect("parses back");
             assert_eq!(again, config);
         }
+    }
+
+    #[test]
+    fn lab_key_is_private_random_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("nonstop-labkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = key_path(&dir);
+        ensure_key(&path).expect("new key");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let first = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(first.trim().len(), 64);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        ensure_key(&path).expect("kept");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), first);
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let other = dir.join("other");
+        ensure_key(&other).expect("second key");
+        assert_ne!(std::fs::read_to_string(&other).expect("read"), first);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

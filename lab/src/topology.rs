@@ -89,6 +89,7 @@ impl Lab {
             .with_context(|| format!("cannot bring lab `{}` up", lab.name))?;
         std::fs::create_dir_all(&lab.dir)
             .with_context(|| format!("cannot create {}", lab.dir.display()))?;
+        crate::agent_config::ensure_key(&crate::agent_config::key_path(&lab.dir))?;
         for (node, config) in configs {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("cannot create {}", config.data_dir.display()))?;

@@ -24,6 +24,9 @@
 //! [garp]
 //! count = 5
 //! interval_ms = 500
+//!
+//! [security]
+//! key_file = "/etc/nonstop/key"  # pre-shared key, mode 0600, ≥ 32 bytes (required)
 //! ```
 //!
 //! Unknown keys are rejected (the parser names them); values are range-checked by
@@ -65,7 +68,21 @@ pub struct AgentConfig {
     /// The session manager.
     #[serde(default)]
     pub session: SessionConfig,
+    /// Authentication of heartbeats, replication and the control API.
+    pub security: SecurityConfig,
 }
+
+/// The pre-shared key that authenticates every channel (see `nonstop_shared::auth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// File holding the key: a regular file with no access for group and others,
+    /// at least 32 bytes. Both agents and the console use the same key.
+    pub key_file: PathBuf,
+}
+
+/// Largest configuration file accepted, in bytes.
+pub const MAX_CONFIG_LEN: u64 = 1024 * 1024;
 
 /// Replication mode (design §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -332,6 +349,14 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_CONFIG_LEN`].
+    #[error("config {path} is {len} bytes; the limit is {MAX_CONFIG_LEN}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+    },
     /// TOML syntax, an unknown key, or a value of the wrong type.
     #[error("invalid config: {0}")]
     Parse(String),
@@ -355,6 +380,18 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let len = std::fs::metadata(path)
+            .map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        if len > MAX_CONFIG_LEN {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                len,
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -477,6 +514,18 @@ impl AgentConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
+        if self.security.key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "security.key_file",
+                "must name the pre-shared key file",
+            ));
+        }
+        if self.control.listen.iter().any(|a| a.ip().is_unspecified()) {
+            return Err(invalid(
+                "control.listen",
+                "must not be a wildcard address (0.0.0.0): list localhost and the sync-link address",
+            ));
+        }
         Ok(())
     }
 }
@@ -495,6 +544,8 @@ ports = [7000]
 [sync]
 address = "198.19.1.1:7701"
 peer = "198.19.1.2:7701"
+[security]
+key_file = "/etc/nonstop/key"
 "#;
 
     #[test]
@@ -565,6 +616,40 @@ peer = "198.19.1.2:7701"
             let err = AgentConfig::from_toml(&text).expect_err(vip).to_string();
             assert!(err.contains("vip"), "{vip}: {err}");
         }
+    }
+
+    #[test]
+    fn security_section_is_required_and_control_not_wildcard() {
+        let text = GOOD.replace("[security]\nkey_file = \"/etc/nonstop/key\"\n", "");
+        let err = AgentConfig::from_toml(&text)
+            .expect_err("no key")
+            .to_string();
+        assert!(err.contains("security"), "{err}");
+        let text = GOOD.replace("key_file = \"/etc/nonstop/key\"", "key_file = \"\"");
+        let err = AgentConfig::from_toml(&text)
+            .expect_err("empty")
+            .to_string();
+        assert!(err.contains("security.key_file"), "{err}");
+        let text = format!("{GOOD}[control]\nlisten = [\"0.0.0.0:7700\"]\n");
+        let err = AgentConfig::from_toml(&text)
+            .expect_err("wildcard")
+            .to_string();
+        assert!(err.contains("control.listen"), "{err}");
+        let config = AgentConfig::from_toml(GOOD).expect("valid");
+        assert!(config.control.listen.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn oversized_config_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("nonstop-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("big.toml");
+        let mut text = GOOD.to_owned();
+        text.push_str(&"# padding\n".repeat(MAX_CONFIG_LEN as usize / 10 + 1));
+        std::fs::write(&path, text).expect("write");
+        let err = AgentConfig::load(&path).expect_err("too big").to_string();
+        assert!(err.contains("limit"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

@@ -4,7 +4,13 @@
 //! [`Reply`] line. After `{"cmd":"events"}` the connection becomes a stream of
 //! [`Reply::Event`] lines (the recent history first, then live events).
 //!
+//! Every connection starts with an authentication handshake (see
+//! `nonstop_shared::auth`); nothing else is served before it succeeds:
+//!
 //! ```text
+//! ← {"type":"challenge","version":1,"nonce":"<64 hex>"}
+//! → {"cmd":"auth","nonce":"<64 hex>","mac":"<64 hex>"}
+//! ← {"type":"authenticated","mac":"<64 hex>"}
 //! → {"cmd":"status"}
 //! ← {"type":"status","node_id":"master","mode":"master","epoch":1,...}
 //! → {"cmd":"switchover"}
@@ -36,6 +42,13 @@ pub enum Request {
     Inject {
         /// What to break.
         fault: Fault,
+    },
+    /// Answer to the agent's [`Reply::Challenge`]: the first line of every connection.
+    Auth {
+        /// The console's fresh nonce, 32 bytes in hex.
+        nonce: String,
+        /// `HMAC(control key, "nonstop control client\0" | agent nonce | console nonce)`, hex.
+        mac: String,
     },
 }
 
@@ -126,6 +139,18 @@ pub enum Reply {
     Event(AgentEvent),
     /// Answer to `sessions`.
     Sessions(SessionList),
+    /// First line the agent sends on every connection: authenticate before anything.
+    Challenge {
+        /// Handshake version (1).
+        version: u8,
+        /// The agent's fresh nonce, 32 bytes in hex.
+        nonce: String,
+    },
+    /// The console's [`Request::Auth`] was valid; the agent proves the key in turn.
+    Authenticated {
+        /// `HMAC(control key, "nonstop control server\0" | agent nonce | console nonce)`, hex.
+        mac: String,
+    },
 }
 
 /// Answer to `sessions`: the node's view of every session.
@@ -377,6 +402,25 @@ pub struct Counters {
     pub promotions: u64,
     /// Gratuitous ARP frames sent.
     pub garps_sent: u64,
+    /// Heartbeat datagrams dropped as unauthenticated, forged or damaged.
+    #[serde(default)]
+    pub heartbeats_rejected: u64,
+    /// Authentic heartbeats dropped as replays (counter not above the last one).
+    #[serde(default)]
+    pub heartbeats_replayed: u64,
+    /// Authentic heartbeats from a peer boot not yet confirmed (one per peer restart
+    /// is normal; many mean recordings are being replayed).
+    #[serde(default)]
+    pub heartbeats_unconfirmed: u64,
+    /// Replication connections refused: failed handshake or a forged frame.
+    #[serde(default)]
+    pub replication_rejected: u64,
+    /// Replication frames rejected as replays within a connection.
+    #[serde(default)]
+    pub replication_replayed: u64,
+    /// Control connections or requests refused for lack of authentication.
+    #[serde(default)]
+    pub control_rejected: u64,
 }
 
 /// Answer to `status`.

@@ -19,6 +19,10 @@
 //! | 53     | n    | node id, UTF-8                                               |
 //!
 //! The echo fields let each side measure the round-trip time with its own clock only.
+//!
+//! On the wire every heartbeat travels inside the authenticated envelope of
+//! [`crate::auth::HeartbeatAuth`] (boot nonce, counter, echo, HMAC-SHA256 tag); this
+//! layout is what the envelope carries and what the failover machine reads.
 
 use crate::Mode;
 use thiserror::Error;

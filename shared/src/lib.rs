@@ -2,14 +2,17 @@
 //!
 //! # Layout
 //! - [`mode`]: the failover mode of a node (`startup`, `backup`, `master`, `fault`).
+//! - [`auth`]: the pre-shared key and the authentication of heartbeats, replication
+//!   and control connections (HMAC-SHA256, replay protection).
 //! - [`config`]: the agent's TOML configuration, validated with errors that name the key.
 //! - [`heartbeat`]: the binary heartbeat datagram exchanged on the sync link.
 //! - [`control`]: the JSON-lines control protocol between console and agent.
 //! - [`session`]: per-session recovery data and the records that carry it.
 //! - [`record`]: the versioned binary layout of records, for replication and disk.
 //!
-//! Nothing here does I/O; every decoder rejects bad input with a typed error.
+//! Nothing here does I/O (except reading the key file and the CSPRNG in [`auth`]); every decoder rejects bad input with a typed error.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod heartbeat;

@@ -425,3 +425,179 @@ impl EchoClients {
             .collect()
     }
 }
+
+/// Opens a control connection to `node`'s agent from inside its namespace and runs the
+/// authentication handshake with `key` (the lab's key unless given). Returns the
+/// buffered reader and the writer; the first reply line is already consumed.
+pub fn control_session(
+    lab: &Lab,
+    node: Node,
+    key: Option<&nonstop_shared::auth::Key>,
+) -> anyhow::Result<(std::io::BufReader<std::net::TcpStream>, std::net::TcpStream)> {
+    use nonstop_shared::auth;
+    use nonstop_shared::control::{Reply, Request};
+    use std::io::{BufRead, Write};
+    let lab_key;
+    let key = match key {
+        Some(key) => key,
+        None => {
+            lab_key = auth::Key::load(&lab.key_path()).context("lab key")?;
+            &lab_key
+        }
+    };
+    let stream = nonstop_lab::connect_in_netns(
+        &lab.namespace(node.as_str()),
+        lab.control_addr(node),
+        Duration::from_secs(2),
+    )
+    .context("control connect")?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = std::io::BufReader::new(stream);
+    let read_reply = |reader: &mut std::io::BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        reader.read_line(&mut line).context("read reply")?;
+        Reply::parse_line(&line).map_err(anyhow::Error::msg)
+    };
+    let Reply::Challenge { nonce, .. } = read_reply(&mut reader)? else {
+        bail!("the agent did not open with a challenge");
+    };
+    let server = auth::parse_nonce(&nonce).context("challenge nonce")?;
+    let client: [u8; auth::NONCE_LEN] =
+        auth::random_bytes().map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let request = Request::Auth {
+        nonce: client.iter().map(|b| format!("{b:02x}")).collect(),
+        mac: auth::control_client_mac(key, &server, &client),
+    };
+    writer.write_all(request.to_line().as_bytes())?;
+    match read_reply(&mut reader)? {
+        Reply::Authenticated { mac }
+            if auth::control_verify(key, false, &server, &client, &mac) =>
+        {
+            Ok((reader, writer))
+        }
+        other => bail!("authentication failed: {other:?}"),
+    }
+}
+
+/// Sends one request on an authenticated control connection to `node`'s agent and
+/// returns the reply.
+pub fn control_request(
+    lab: &Lab,
+    node: Node,
+    request: &nonstop_shared::control::Request,
+) -> anyhow::Result<nonstop_shared::control::Reply> {
+    use std::io::{BufRead, Write};
+    let (mut reader, mut writer) = control_session(lab, node, None)?;
+    writer.write_all(request.to_line().as_bytes())?;
+    let mut line = String::new();
+    reader.read_line(&mut line).context("read reply")?;
+    nonstop_shared::control::Reply::parse_line(&line).map_err(anyhow::Error::msg)
+}
+
+/// Injects `fault` through `node`'s agent (its own nftables/delayer mechanisms).
+pub fn inject_fault(
+    lab: &Lab,
+    node: Node,
+    fault: nonstop_shared::control::Fault,
+) -> anyhow::Result<String> {
+    use nonstop_shared::control::{Reply, Request};
+    match control_request(lab, node, &Request::Inject { fault })? {
+        Reply::Ack { message } => Ok(message),
+        other => bail!("inject refused: {other:?}"),
+    }
+}
+
+/// A lab whose agents manage the echo service, settled with one master (service
+/// running, replication connected) and one backup.
+pub fn managed_echo_lab(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
+    let echo = bin("nonstop-echo");
+    let spec = LabSpec {
+        name: unique_name(tag),
+        peers: 1,
+        heartbeat_ms,
+        misses,
+        service: Some(format!("{} --listen 0.0.0.0:7000", echo.display())),
+    };
+    let lab = LabGuard::up(&spec).expect("lab up");
+    lab.start_agent(Node::Master).expect("master agent");
+    std::thread::sleep(Duration::from_millis(
+        heartbeat_ms * u64::from(misses) + 200,
+    ));
+    lab.start_agent(Node::Backup).expect("backup agent");
+    wait_for(Duration::from_secs(10), || {
+        let (m, b) = statuses(&lab);
+        let (m, b) = (m?, b?);
+        (m.mode == Mode::Master
+            && b.mode == Mode::Backup
+            && m.app?.pid.is_some()
+            && m.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("pair never settled: {e}\n{}", logs(&lab)));
+    lab
+}
+
+/// Waits until both nodes' tables agree on every client session with nothing unacked
+/// (the backup holds exactly what the master does).
+pub fn wait_replicated(lab: &Lab, clients: &EchoClients) -> anyhow::Result<()> {
+    let ports = clients.ports();
+    wait_for(Duration::from_secs(15), || {
+        let (m, b) = session_lists(lab);
+        let (m, b) = (m?, b?);
+        let master = if m.mode == Mode::Master { &m } else { &b };
+        let backup = if m.mode == Mode::Master { &b } else { &m };
+        let find = |list: &nonstop_shared::control::SessionList, port: u16| {
+            list.sessions
+                .iter()
+                .find(|s| s.peer.ends_with(&format!(":{port}")))
+                .cloned()
+        };
+        ports
+            .iter()
+            .all(|&p| match (find(master, p), find(backup, p)) {
+                (Some(x), Some(y)) => {
+                    x.snd_una == x.snd_nxt && (x.rcv_nxt, x.snd_nxt) == (y.rcv_nxt, y.snd_nxt)
+                }
+                _ => false,
+            })
+            .then_some(())
+    })
+}
+
+/// The peer's kernel counters that would show a broken session: (established
+/// connections reset, active opens, aborts on data).
+pub fn peer_tcp_counters(lab: &Lab) -> (u64, u64, u64) {
+    let Ok(out) = lab.exec(
+        "peer",
+        &[
+            "nstat",
+            "-az",
+            "TcpEstabResets",
+            "TcpActiveOpens",
+            "TcpExtTCPAbortOnData",
+        ],
+    ) else {
+        return (u64::MAX, u64::MAX, u64::MAX);
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        get("TcpEstabResets"),
+        get("TcpActiveOpens"),
+        get("TcpExtTCPAbortOnData"),
+    )
+}
+
+/// Which nodes hold the VIP on their service interface right now.
+pub fn vip_holders(lab: &Lab) -> Vec<Node> {
+    [Node::Master, Node::Backup]
+        .into_iter()
+        .filter(|&n| holds_vip(lab, n))
+        .collect()
+}

@@ -283,18 +283,14 @@ fn malformed_heartbeats_and_control_lines_are_rejected_and_counted() {
         Ok(())
     })
     .expect("send junk from the master namespace");
-    // Garbage on the control connection.
-    let control = lab.control_addr(Node::Backup);
-    let mut conn = connect_in_netns(&lab.namespace("backup"), control, Duration::from_secs(1))
-        .expect("control");
-    conn.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
+    // Garbage on an (authenticated) control connection.
+    let (mut reader, mut conn) =
+        nonstop_e2e::control_session(&lab, Node::Backup, None).expect("control");
     let mut lines = String::new();
     lines.push_str("nonsense\n{\"cmd\":\"reboot\"}\n");
     lines.push_str(&"x".repeat(70_000));
     lines.push_str("\n{\"cmd\":\"status\"}\n");
     conn.write_all(lines.as_bytes()).expect("write");
-    let mut reader = std::io::BufReader::new(conn);
     let mut replies = Vec::new();
     for _ in 0..4 {
         let mut line = String::new();

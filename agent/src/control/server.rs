@@ -1,8 +1,15 @@
 //! Listener and per-connection loop of the control API.
+//!
+//! Every connection starts with the challenge–response handshake of
+//! `nonstop_shared::auth`: the agent sends a fresh nonce, the console answers with an
+//! HMAC over both nonces under the control subkey, the agent proves the key in turn.
+//! Until then no request is served; a connection that fails is counted
+//! (`control_rejected`) and closed. At most [`MAX_CONNECTIONS`] are served at once.
 
 use crate::events::EventLog;
 use crate::shutdown::Shutdown;
 use anyhow::Context;
+use nonstop_shared::auth::{self, Key, NONCE_LEN};
 use nonstop_shared::control::{NodeStatus, Reply, Request, MAX_LINE_LEN};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +17,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+
+/// Most control connections served at once; more are refused with an error line.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a new connection has to authenticate.
+pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A request the control API forwards to the failover driver.
 #[derive(Debug)]
@@ -30,6 +42,10 @@ pub struct ControlHandle {
     pub events: Arc<EventLog>,
     /// Lines that could not be parsed, across all connections.
     pub malformed_lines: Arc<AtomicU64>,
+    /// Connections that failed (or skipped) authentication.
+    pub rejected: Arc<AtomicU64>,
+    /// The pre-shared key.
+    pub key: Key,
     /// The session manager's view.
     pub sessions: Option<crate::session::view::SessionView>,
     /// Fault injection on this host.
@@ -51,21 +67,31 @@ pub async fn serve(
         listeners.push(listener);
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     for listener in listeners {
         let handle = handle.clone();
         let mut shutdown = shutdown.clone();
+        let slots = Arc::clone(&slots);
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait() => return,
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, from)) => {
+                        Ok((mut stream, from)) => {
+                            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                                handle.rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%from, "too many control connections; refused");
+                                let message = format!("too many control connections (limit {MAX_CONNECTIONS})");
+                                let _ = stream.write_all(Reply::Error { message }.to_line().as_bytes()).await;
+                                continue;
+                            };
                             let handle = handle.clone();
                             let shutdown = shutdown.clone();
                             tokio::spawn(async move {
                                 if let Err(e) = serve_connection(stream, handle, shutdown).await {
                                     tracing::debug!(%from, error = %e, "control connection ended");
                                 }
+                                drop(slot);
                             });
                         }
                         Err(e) => {
@@ -154,8 +180,22 @@ async fn serve_connection(
     handle: ControlHandle,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let from = stream.peer_addr().ok();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
+    let authenticated = tokio::select! {
+        _ = shutdown.wait() => return Ok(()),
+        done = tokio::time::timeout(AUTH_TIMEOUT, authenticate(&mut reader, &mut write, &handle.key)) => match done {
+            Ok(result) => result?,
+            Err(_) => Err("authentication timed out".to_owned()),
+        },
+    };
+    if let Err(message) = authenticated {
+        handle.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(?from, %message, "control connection refused");
+        send(&mut write, &Reply::Error { message }).await?;
+        return Ok(());
+    }
     loop {
         let read = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -250,8 +290,70 @@ async fn serve_connection(
                 send(&mut write, &reply).await?;
             }
             Request::Events => return stream_events(reader, write, &handle, shutdown).await,
+            Request::Auth { .. } => {
+                let message = "already authenticated".to_owned();
+                send(&mut write, &Reply::Error { message }).await?;
+            }
         }
     }
+}
+
+/// The agent's side of the handshake. `Ok(Err(why))` means the client failed it.
+async fn authenticate<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    write: &mut OwnedWriteHalf,
+    key: &Key,
+) -> std::io::Result<Result<(), String>> {
+    let server_nonce: [u8; NONCE_LEN] = match auth::random_bytes() {
+        Ok(nonce) => nonce,
+        Err(e) => return Ok(Err(format!("agent has no random nonce: {e}"))),
+    };
+    let challenge = Reply::Challenge {
+        version: auth::CONTROL_AUTH_VERSION,
+        nonce: hex_encode(&server_nonce),
+    };
+    write.write_all(challenge.to_line().as_bytes()).await?;
+    let line = match read_bounded_line(reader, MAX_LINE_LEN).await? {
+        LineRead::Line(line) => line,
+        LineRead::Eof => return Ok(Err("closed before authenticating".into())),
+        LineRead::TooLong | LineRead::NotUtf8 => {
+            return Ok(Err("authentication failed: malformed line".into()))
+        }
+    };
+    match check_auth_line(&line, &server_nonce, key) {
+        Ok(mac) => {
+            write
+                .write_all(Reply::Authenticated { mac }.to_line().as_bytes())
+                .await?;
+            Ok(Ok(()))
+        }
+        Err(why) => Ok(Err(why)),
+    }
+}
+
+/// Checks the console's `auth` line against our nonce; returns our proof (hex).
+fn check_auth_line(
+    line: &str,
+    server_nonce: &[u8; NONCE_LEN],
+    key: &Key,
+) -> Result<String, String> {
+    let (nonce, mac) = match Request::parse_line(line) {
+        Ok(Request::Auth { nonce, mac }) => (nonce, mac),
+        Ok(_) => return Err("authentication required: answer the challenge first".into()),
+        Err(_) => return Err("authentication failed: malformed auth line".into()),
+    };
+    let client_nonce = auth::parse_nonce(&nonce).ok_or("authentication failed: bad nonce")?;
+    if client_nonce == *server_nonce {
+        return Err("authentication failed: reflected nonce".into());
+    }
+    if !auth::control_verify(key, true, server_nonce, &client_nonce, &mac) {
+        return Err("authentication failed: wrong key".into());
+    }
+    Ok(auth::control_server_mac(key, server_nonce, &client_nonce))
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
@@ -336,6 +438,50 @@ mod tests {
                 LineRead::Eof,
             ]
         );
+    }
+
+    fn key() -> Key {
+        Key::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key")
+    }
+
+    #[test]
+    fn auth_line_must_answer_this_challenge_with_this_key() {
+        let server = [1u8; NONCE_LEN];
+        let client = [2u8; NONCE_LEN];
+        let good = Request::Auth {
+            nonce: hex_encode(&client),
+            mac: auth::control_client_mac(&key(), &server, &client),
+        };
+        let proof = check_auth_line(good.to_line().trim(), &server, &key()).expect("valid");
+        assert!(auth::control_verify(
+            &key(),
+            false,
+            &server,
+            &client,
+            &proof
+        ));
+        // Another challenge (a replayed login), another key, no auth, reflection.
+        assert!(check_auth_line(good.to_line().trim(), &[3; NONCE_LEN], &key()).is_err());
+        let other = Key::from_bytes(b"another key that is long enough!!").expect("key");
+        assert!(check_auth_line(good.to_line().trim(), &server, &other)
+            .unwrap_err()
+            .contains("wrong key"));
+        assert!(check_auth_line("{\"cmd\":\"switchover\"}", &server, &key())
+            .unwrap_err()
+            .contains("authentication required"));
+        assert!(check_auth_line("garbage", &server, &key()).is_err());
+        let reflected = Request::Auth {
+            nonce: hex_encode(&server),
+            mac: auth::control_client_mac(&key(), &server, &server),
+        };
+        assert!(check_auth_line(reflected.to_line().trim(), &server, &key())
+            .unwrap_err()
+            .contains("reflected"));
+        let short = Request::Auth {
+            nonce: "abcd".into(),
+            mac: "00".into(),
+        };
+        assert!(check_auth_line(short.to_line().trim(), &server, &key()).is_err());
     }
 
     #[tokio::test]

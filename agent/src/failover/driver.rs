@@ -4,6 +4,11 @@
 //! handle for the VIP, the gratuitous-ARP burst and the fence command, and answers the
 //! control API's [`ControlCommand`]s. Every decision is the machine's; this file only
 //! carries inputs in and actions out.
+//!
+//! Every heartbeat goes out inside an authenticated envelope
+//! ([`HeartbeatAuth`]); a datagram whose tag does not verify, or that is a replay, is
+//! counted and dropped before it can reach the machine, so it can never change a mode
+//! or move the VIP.
 
 use crate::control::ControlCommand;
 use crate::events::{unix_ms, EventLog};
@@ -11,6 +16,7 @@ use crate::failover::machine::{Action, Machine, Settings};
 use crate::shutdown::Shutdown;
 use crate::vip::{garp_frame, GarpSender, LinkInfo, Netlink};
 use anyhow::Context;
+use nonstop_shared::auth::{HeartbeatAuth, HeartbeatAuthError, Key};
 use nonstop_shared::config::AgentConfig;
 use nonstop_shared::control::{EventKind, NodeStatus, Transition};
 use nonstop_shared::heartbeat::Heartbeat;
@@ -43,6 +49,10 @@ pub struct DriverParts {
     pub resources: crate::resources::ResourceMonitor,
     /// The managed service, if any.
     pub app: Option<crate::app::AppHandle>,
+    /// The pre-shared key (heartbeat authentication).
+    pub key: Key,
+    /// Control connections refused for lack of authentication, counted by the control API.
+    pub control_rejected: Arc<AtomicU64>,
 }
 
 /// The running failover driver.
@@ -68,6 +78,8 @@ pub struct Driver {
     sessions: Option<crate::session::view::SessionView>,
     resources: crate::resources::ResourceMonitor,
     app: Option<crate::app::AppHandle>,
+    auth: HeartbeatAuth,
+    control_rejected: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -84,7 +96,14 @@ impl Driver {
             sessions,
             resources,
             app,
+            key,
+            control_rejected,
         } = parts;
+        let boot = u64::from_be_bytes(
+            nonstop_shared::auth::random_bytes::<8>()
+                .map_err(|e| anyhow::anyhow!("no random boot nonce: {e}"))?,
+        );
+        let auth = HeartbeatAuth::new(&key, boot);
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         let epoch_file = config.data_dir.join("epoch");
@@ -148,6 +167,8 @@ impl Driver {
             sessions,
             resources,
             app,
+            auth,
+            control_rejected,
         })
     }
 
@@ -197,7 +218,43 @@ impl Driver {
             tracing::warn!(%from, "heartbeat port datagram from an unexpected address dropped");
             return;
         }
-        match Heartbeat::decode(bytes) {
+        let accepted = match self.auth.open(bytes) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                let counters = self.machine.counters_mut();
+                let count = match e {
+                    HeartbeatAuthError::Replayed { .. } => {
+                        counters.heartbeats_replayed += 1;
+                        counters.heartbeats_replayed
+                    }
+                    HeartbeatAuthError::Unconfirmed => {
+                        counters.heartbeats_unconfirmed += 1;
+                        counters.heartbeats_unconfirmed
+                    }
+                    // Not even an envelope: malformed, as before authentication.
+                    HeartbeatAuthError::Malformed(_) => {
+                        counters.malformed_heartbeats += 1;
+                        counters.malformed_heartbeats
+                    }
+                    HeartbeatAuthError::BadTag => {
+                        counters.heartbeats_rejected += 1;
+                        counters.heartbeats_rejected
+                    }
+                };
+                if count <= 10 || count.is_power_of_two() {
+                    tracing::warn!(%from, error = %e, count, "heartbeat dropped");
+                }
+                return;
+            }
+        };
+        let earlier = accepted.earlier.as_deref();
+        for inner in earlier.into_iter().chain([accepted.heartbeat]) {
+            self.on_heartbeat_bytes(inner, from);
+        }
+    }
+
+    fn on_heartbeat_bytes(&mut self, inner: &[u8], from: std::net::SocketAddr) {
+        match Heartbeat::decode(inner) {
             Ok(hb) => self.machine.handle_heartbeat(hb, Instant::now()),
             Err(e) => {
                 let counters = self.machine.counters_mut();
@@ -245,11 +302,8 @@ impl Driver {
         while let Some(action) = self.machine.poll_action() {
             match action {
                 Action::SendHeartbeat(hb) => {
-                    if let Err(e) = self
-                        .socket
-                        .send_to(&hb.encode(), self.config.sync.peer)
-                        .await
-                    {
+                    let sealed = self.auth.seal(&hb.encode());
+                    if let Err(e) = self.socket.send_to(&sealed, self.config.sync.peer).await {
                         tracing::debug!(error = %e, "heartbeat send failed");
                     }
                 }
@@ -399,6 +453,11 @@ impl Driver {
         let mut counters = self.machine.counters().clone();
         counters.malformed_control_lines = self.malformed_control_lines.load(Ordering::Relaxed);
         counters.garps_sent = self.garps_sent.load(Ordering::Relaxed);
+        counters.control_rejected = self.control_rejected.load(Ordering::Relaxed);
+        if let Some(view) = &self.sessions {
+            counters.replication_rejected = view.stats.replication_rejected.load(Ordering::Relaxed);
+            counters.replication_replayed = view.stats.replication_replayed.load(Ordering::Relaxed);
+        }
         let missed = if self.machine.mode() == Mode::Startup && !self.machine.peer_alive(now) {
             0
         } else {
@@ -428,6 +487,11 @@ impl Driver {
             app: self.app.as_ref().map(|a| a.view()),
         }
     }
+}
+
+/// The mode a previous run recorded in `data_dir/epoch` (None if unknown).
+pub fn persisted_mode(data_dir: &std::path::Path) -> Option<Mode> {
+    read_epoch(&data_dir.join("epoch")).ok()?.mode
 }
 
 /// What a previous run left in `data_dir/epoch`: the epoch and the last mode.

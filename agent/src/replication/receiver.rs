@@ -2,14 +2,24 @@
 //! applies every record to the local [`Replica`] (table + disk) and acknowledges.
 //!
 //! Only the configured peer address may connect, and only while this node is not
-//! master. A snapshot replaces the whole table. Acknowledgements are cumulative and
-//! sent after each batch read from the socket, once the records are stored.
+//! master. Every connection must first pass the authenticated handshake
+//! ([`nonstop_shared::auth::ServerHandshake`]); only then does it supersede the current
+//! one, so an unauthenticated connection can never interrupt replication. Every frame
+//! after the handshake is checked (tag and counter) before any byte of it is decoded;
+//! a forged or replayed frame is counted and ends the connection, so it can never alter
+//! a session. A snapshot replaces the whole table (at most `session.max_sessions`
+//! records). Acknowledgements are cumulative and sent after each batch read from the
+//! socket, once the records are stored.
 
 use crate::replication::stats::ReplicationStats;
 use crate::replication::wire::Message;
 use crate::session::replica::Replica;
 use crate::shutdown::Shutdown;
 use anyhow::{bail, Context};
+use nonstop_shared::auth::{
+    ChannelReceiver, ChannelSender, FrameError, Key, ServerHandshake, CLIENT_FINISH_LEN,
+    CLIENT_HELLO_LEN,
+};
 use nonstop_shared::session::Record;
 use nonstop_shared::Mode;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +27,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// How long a connecting master gets to complete the handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the receiver needs.
 pub struct ReceiverParts {
@@ -33,6 +46,10 @@ pub struct ReceiverParts {
     pub stats: Arc<ReplicationStats>,
     /// Shutdown.
     pub shutdown: Shutdown,
+    /// The pre-shared key.
+    pub key: Key,
+    /// Largest snapshot accepted (`session.max_sessions`).
+    pub max_sessions: usize,
 }
 
 /// Binds the listener now (so a bind error stops the agent) and serves until shutdown.
@@ -47,9 +64,37 @@ pub async fn bind(parts: ReceiverParts) -> anyhow::Result<impl std::future::Futu
 async fn serve(listener: TcpListener, parts: ReceiverParts) {
     let mut shutdown = parts.shutdown.clone();
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Authenticated>(4);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait() => return,
+            ready = ready_rx.recv() => {
+                let Some(ready) = ready else { return };
+                if parts.mode.borrow().0 == Mode::Master {
+                    tracing::warn!(from = %ready.from, "refusing replication while master");
+                    continue;
+                }
+                // An authenticated connection from the master supersedes the old one.
+                if let Some(old) = current.take() {
+                    if !old.is_finished() {
+                        tracing::info!(from = %ready.from, "new authenticated replication connection supersedes the current one");
+                    }
+                    old.abort();
+                }
+                let replica = Arc::clone(&parts.replica);
+                let stats = Arc::clone(&parts.stats);
+                let mode = parts.mode.clone();
+                let max_sessions = parts.max_sessions;
+                current = Some(tokio::spawn(async move {
+                    let from = ready.from;
+                    stats.connected.store(true, Ordering::Relaxed);
+                    if let Err(e) = receive(ready, &replica, &stats, mode, max_sessions).await {
+                        tracing::warn!(%from, error = format!("{e:#}"), "replication stream ended");
+                    }
+                    stats.connected.store(false, Ordering::Relaxed);
+                }));
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, from) = match accepted {
@@ -60,6 +105,10 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
             }
         };
         if from.ip() != parts.peer_ip {
+            parts
+                .stats
+                .replication_rejected
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%from, "replication connection from an unexpected address refused");
             continue;
         }
@@ -67,21 +116,65 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
             tracing::warn!(%from, "refusing replication while master");
             continue;
         }
-        // A new connection from the master supersedes the old one.
-        if let Some(old) = current.take() {
-            old.abort();
-        }
-        let replica = Arc::clone(&parts.replica);
+        let key = parts.key.clone();
         let stats = Arc::clone(&parts.stats);
-        let mode = parts.mode.clone();
-        current = Some(tokio::spawn(async move {
-            stats.connected.store(true, Ordering::Relaxed);
-            if let Err(e) = receive(stream, &replica, &stats, mode).await {
-                tracing::warn!(%from, error = format!("{e:#}"), "replication stream ended");
+        let ready = ready_tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &key)).await {
+                Ok(Ok((stream, channel))) => {
+                    let (sender, receiver) = channel.split();
+                    let _ = ready
+                        .send(Authenticated {
+                            stream,
+                            from,
+                            sender,
+                            receiver,
+                        })
+                        .await;
+                }
+                Ok(Err(e)) => {
+                    stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%from, error = format!("{e:#}"), "replication handshake failed");
+                }
+                Err(_) => {
+                    stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%from, "replication handshake timed out");
+                }
             }
-            stats.connected.store(false, Ordering::Relaxed);
-        }));
+        });
     }
+}
+
+/// A connection that passed the handshake.
+struct Authenticated {
+    stream: TcpStream,
+    from: SocketAddr,
+    sender: ChannelSender,
+    receiver: ChannelReceiver,
+}
+
+/// The backup's half of the handshake: client hello, server hello, client finish.
+async fn handshake(
+    mut stream: TcpStream,
+    key: &Key,
+) -> anyhow::Result<(TcpStream, nonstop_shared::auth::Channel)> {
+    stream.set_nodelay(true)?;
+    let mut hello = [0u8; CLIENT_HELLO_LEN];
+    stream
+        .read_exact(&mut hello)
+        .await
+        .context("client hello")?;
+    let nonce = nonstop_shared::auth::random_bytes()
+        .map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
+    let (server, reply) = ServerHandshake::respond(key, &hello, nonce)?;
+    stream.write_all(&reply).await.context("server hello")?;
+    let mut finish = [0u8; CLIENT_FINISH_LEN];
+    stream
+        .read_exact(&mut finish)
+        .await
+        .context("client finish")?;
+    let channel = server.finish(&finish)?;
+    Ok((stream, channel))
 }
 
 /// Snapshot in progress: records still expected and the ones received.
@@ -92,12 +185,19 @@ struct SnapshotInProgress {
 }
 
 async fn receive(
-    mut stream: TcpStream,
+    conn: Authenticated,
     replica: &Mutex<Replica>,
     stats: &ReplicationStats,
     mut mode: watch::Receiver<(Mode, u64)>,
+    max_sessions: usize,
 ) -> anyhow::Result<()> {
-    stream.set_nodelay(true)?;
+    let Authenticated {
+        mut stream,
+        mut sender,
+        mut receiver,
+        ..
+    } = conn;
+    let mut raw: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut snapshot: Option<SnapshotInProgress> = None;
@@ -115,7 +215,27 @@ async fn receive(
         if n == 0 {
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
+        raw.extend_from_slice(&chunk[..n]);
+        let mut opened = 0;
+        loop {
+            match receiver.open(&raw[opened..]) {
+                Ok(Some((body, used))) => {
+                    buf.extend_from_slice(&raw[opened..][body]);
+                    opened += used;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let counter = match e {
+                        FrameError::Replayed { .. } => &stats.replication_replayed,
+                        _ => &stats.replication_rejected,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    // Nothing of this frame was decoded or applied.
+                    bail!("{e}");
+                }
+            }
+        }
+        raw.drain(..opened);
         let mut offset = 0;
         let mut progressed = false;
         {
@@ -127,6 +247,12 @@ async fn receive(
                         tracing::info!(%node_id, epoch, "replication from master");
                     }
                     Message::Snapshot { upto, count } => {
+                        if count as usize > max_sessions {
+                            bail!(
+                                "snapshot of {count} sessions exceeds session.max_sessions \
+                                 ({max_sessions})"
+                            );
+                        }
                         snapshot = Some(SnapshotInProgress {
                             upto,
                             remaining: count,
@@ -135,6 +261,9 @@ async fn receive(
                     }
                     Message::Record(seq, record) => {
                         if let Some(snap) = snapshot.as_mut() {
+                            if snap.records.len() >= max_sessions {
+                                bail!("snapshot carries more than session.max_sessions ({max_sessions}) records");
+                            }
                             snap.records.push(record);
                             snap.remaining = snap.remaining.saturating_sub(1);
                         } else {
@@ -176,7 +305,163 @@ async fn receive(
             stats.acked_seq.store(applied_upto, Ordering::Relaxed);
             let mut ack = Vec::with_capacity(13);
             Message::Ack(applied_upto).encode(&mut ack);
-            stream.write_all(&ack).await?;
+            let mut sealed = Vec::with_capacity(64);
+            sender.seal(&ack, &mut sealed);
+            stream.write_all(&sealed).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::wire::Message;
+    use nonstop_shared::auth::{ClientHandshake, SERVER_HELLO_LEN};
+    use nonstop_shared::session::SessionKey;
+    use std::net::Ipv4Addr;
+
+    fn key() -> Key {
+        Key::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key")
+    }
+
+    struct Backup {
+        addr: SocketAddr,
+        replica: Arc<Mutex<Replica>>,
+        stats: Arc<ReplicationStats>,
+        _mode: watch::Sender<(Mode, u64)>,
+        _trigger: crate::shutdown::ShutdownTrigger,
+        dir: std::path::PathBuf,
+    }
+
+    async fn backup(max_sessions: usize, tag: &str) -> Backup {
+        let dir = std::env::temp_dir().join(format!("nonstop-recv-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let replica = Arc::new(Mutex::new(
+            Replica::open(&dir, &Default::default()).expect("replica"),
+        ));
+        let stats = Arc::new(ReplicationStats::default());
+        let (mode_tx, mode) = watch::channel((Mode::Backup, 1));
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let addr = probe.local_addr().expect("addr");
+        drop(probe);
+        let serve = bind(ReceiverParts {
+            listen: addr,
+            peer_ip: IpAddr::from(Ipv4Addr::LOCALHOST),
+            replica: Arc::clone(&replica),
+            mode,
+            stats: Arc::clone(&stats),
+            shutdown,
+            key: key(),
+            max_sessions,
+        })
+        .await
+        .expect("bind");
+        tokio::spawn(serve);
+        Backup {
+            addr,
+            replica,
+            stats,
+            _mode: mode_tx,
+            _trigger: trigger,
+            dir,
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> (TcpStream, nonstop_shared::auth::Channel) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let (handshake, hello) = ClientHandshake::start(&key(), [7; 32]);
+        stream.write_all(&hello).await.expect("hello");
+        let mut reply = [0u8; SERVER_HELLO_LEN];
+        stream.read_exact(&mut reply).await.expect("server hello");
+        let (finish, channel) = handshake.finish(&reply).expect("proof");
+        stream.write_all(&finish).await.expect("finish");
+        (stream, channel)
+    }
+
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue,
+                }
+            }
+        });
+        read.await.unwrap_or(false)
+    }
+
+    fn delete(port: u16) -> Record {
+        Record::Delete(SessionKey {
+            peer_ip: Ipv4Addr::new(198, 18, 1, 10),
+            peer_port: port,
+            local_ip: Ipv4Addr::new(198, 18, 1, 100),
+            local_port: 7000,
+        })
+    }
+
+    #[tokio::test]
+    async fn oversized_snapshot_is_refused_and_the_table_kept() {
+        let b = backup(2, "snap").await;
+        let (mut stream, mut channel) = connect(b.addr).await;
+        let mut plain = Vec::new();
+        Message::Snapshot { upto: 9, count: 3 }.encode(&mut plain);
+        let mut sealed = Vec::new();
+        channel.seal(&plain, &mut sealed);
+        stream.write_all(&sealed).await.expect("send");
+        assert!(
+            closed(&mut stream).await,
+            "connection kept after a too-big snapshot"
+        );
+        let replica = b.replica.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(replica.len(), 0);
+        let _ = std::fs::remove_dir_all(&b.dir);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_forged_frames_close_the_connection_and_are_counted() {
+        let b = backup(10, "frame").await;
+        // An announced frame body beyond the limit: refused before reading it.
+        let (mut stream, _) = connect(b.addr).await;
+        let mut huge = ((nonstop_shared::auth::MAX_FRAME_BODY + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
+        huge.extend_from_slice(&[0; 8]);
+        stream.write_all(&huge).await.expect("send");
+        assert!(closed(&mut stream).await);
+        // A frame sealed for another connection.
+        let (_, mut other) = connect(b.addr).await;
+        let mut plain = Vec::new();
+        Message::Record(1, delete(1)).encode(&mut plain);
+        let mut sealed = Vec::new();
+        other.seal(&plain, &mut sealed);
+        let (mut stream, _) = connect(b.addr).await;
+        stream.write_all(&sealed).await.expect("send");
+        assert!(closed(&mut stream).await);
+        // A handshake with the wrong key never gets a channel.
+        let mut stream = TcpStream::connect(b.addr).await.expect("connect");
+        let wrong = Key::from_bytes(b"another key that is long enough!!").expect("key");
+        let (handshake, hello) = ClientHandshake::start(&wrong, [8; 32]);
+        stream.write_all(&hello).await.expect("hello");
+        let mut reply = [0u8; SERVER_HELLO_LEN];
+        stream.read_exact(&mut reply).await.expect("server hello");
+        assert!(
+            handshake.finish(&reply).is_err(),
+            "backup proved a key we do not hold"
+        );
+        stream.write_all(&[0u8; 32]).await.expect("finish");
+        assert!(closed(&mut stream).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(b.stats.replication_rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            b.replica
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            0
+        );
+        let _ = std::fs::remove_dir_all(&b.dir);
     }
 }

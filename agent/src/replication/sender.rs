@@ -6,12 +6,21 @@
 //! of the tracker's table; records numbered at or before the snapshot are not sent
 //! again. Acknowledgements go back to the interceptor, which releases held packets.
 //! While disconnected, records are only stored; the next snapshot covers them.
+//!
+//! Each connection first runs the authenticated handshake
+//! ([`nonstop_shared::auth::ClientHandshake`]); every batch then travels in frames
+//! tagged with the connection's session key and counter, and every ack from the
+//! backup is checked the same way.
 
 use crate::replication::stats::ReplicationStats;
 use crate::replication::wire::Message;
 use crate::session::interceptor::{InterceptorHandle, QueueCommand, Sequenced};
 use crate::session::replica::Replica;
 use crate::shutdown::Shutdown;
+use anyhow::Context;
+use nonstop_shared::auth::{
+    ChannelSender, ClientHandshake, FrameError, Key, CLIENT_HELLO_LEN, SERVER_HELLO_LEN,
+};
 use nonstop_shared::Mode;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -45,12 +54,19 @@ pub struct SenderParts {
     pub stats: Arc<ReplicationStats>,
     /// Shutdown.
     pub shutdown: Shutdown,
+    /// The pre-shared key.
+    pub key: Key,
 }
+
+/// How long the backup gets to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Connection {
     writer: OwnedWriteHalf,
+    channel: ChannelSender,
     snapshot_upto: u64,
     buffer: Vec<u8>,
+    sealed: Vec<u8>,
 }
 
 /// Runs until shutdown.
@@ -65,6 +81,7 @@ pub async fn run(parts: SenderParts) {
         mut mode,
         stats,
         mut shutdown,
+        key,
     } = parts;
     let (acks_tx, mut acks) = mpsc::unbounded_channel::<Option<u64>>();
     let mut conn: Option<Connection> = None;
@@ -110,9 +127,10 @@ pub async fn run(parts: SenderParts) {
             }
             _ = retry.tick(), if conn.is_none() && mode.borrow().0 == Mode::Master => {
                 let epoch = mode.borrow().1;
-                match connect(peer, local, &node_id, epoch, &interceptor, &stats, acks_tx.clone()).await {
+                let link = Link { peer, local, key: &key };
+                match connect(link, &node_id, epoch, &interceptor, &stats, acks_tx.clone()).await {
                     Ok(c) => conn = Some(c),
-                    Err(e) => tracing::debug!(%peer, error = %e, "replication connect failed"),
+                    Err(e) => tracing::debug!(%peer, error = format!("{e:#}"), "replication connect failed"),
                 }
             }
         }
@@ -137,10 +155,14 @@ fn store_batch(replica: &Mutex<Replica>, batch: &[Sequenced], stats: &Replicatio
                 .fetch_add(rejected as u64, Ordering::Relaxed);
         }
         Err(e) => {
-            stats
+            let before = stats
                 .store_errors
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            tracing::warn!(error = format!("{e:#}"), "local store");
+            // A full disk fails every batch: log the first few, then rarely.
+            let count = before + batch.len() as u64;
+            if before < 10 || (before + 1..=count).any(u64::is_power_of_two) {
+                tracing::warn!(error = format!("{e:#}"), errors = count, "local store");
+            }
         }
     }
     if let Err(e) = replica.maintain() {
@@ -164,26 +186,59 @@ async fn send_batch(
         last = Some(*seq);
     }
     if let Some(last) = last {
-        conn.writer.write_all(&conn.buffer).await?;
+        conn.sealed.clear();
+        conn.channel.seal(&conn.buffer, &mut conn.sealed);
+        conn.writer.write_all(&conn.sealed).await?;
         stats.sent(last);
     }
     Ok(())
 }
 
-async fn connect(
+/// Where to connect and with which key.
+struct Link<'a> {
     peer: SocketAddr,
     local: SocketAddr,
+    key: &'a Key,
+}
+
+async fn connect(
+    link: Link<'_>,
     node_id: &str,
     epoch: u64,
     interceptor: &InterceptorHandle,
     stats: &Arc<ReplicationStats>,
     acks: mpsc::UnboundedSender<Option<u64>>,
 ) -> anyhow::Result<Connection> {
+    let Link { peer, local, key } = link;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(local.ip(), 0))?;
-    let stream: TcpStream =
+    let mut stream: TcpStream =
         tokio::time::timeout(Duration::from_millis(500), socket.connect(peer)).await??;
     stream.set_nodelay(true)?;
+    let nonce = nonstop_shared::auth::random_bytes()
+        .map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
+    let (handshake, hello) = ClientHandshake::start(key, nonce);
+    let mut server_hello = [0u8; SERVER_HELLO_LEN];
+    let exchange = async {
+        stream.write_all(&hello).await?;
+        stream.read_exact(&mut server_hello).await?;
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .context("replication handshake timed out")?
+        .context("replication handshake")?;
+    let (finish, channel) = match handshake.finish(&server_hello) {
+        Ok(done) => done,
+        Err(e) => {
+            stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "replication peer failed authentication");
+            return Err(e.into());
+        }
+    };
+    stream.write_all(&finish).await?;
+    debug_assert_eq!(hello.len(), CLIENT_HELLO_LEN);
+    let (mut sender, mut receiver) = channel.split();
     let (mut reader, mut writer) = stream.into_split();
     let (upto, snapshot) = interceptor
         .snapshot()
@@ -203,12 +258,16 @@ async fn connect(
     for record in &snapshot {
         Message::Record(upto, record.clone()).encode(&mut buffer);
     }
-    writer.write_all(&buffer).await?;
+    let mut sealed = Vec::with_capacity(buffer.len() + 64);
+    sender.seal(&buffer, &mut sealed);
+    writer.write_all(&sealed).await?;
     stats.sent(upto);
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
     stats.connected.store(true, Ordering::Relaxed);
     tracing::info!(%peer, sessions = snapshot.len(), upto, "replication connected; snapshot sent");
+    let stats_for_acks = Arc::clone(stats);
     tokio::spawn(async move {
+        let mut raw = Vec::with_capacity(4096);
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
         loop {
@@ -216,7 +275,28 @@ async fn connect(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            buf.extend_from_slice(&chunk[..n]);
+            raw.extend_from_slice(&chunk[..n]);
+            let mut opened = 0;
+            loop {
+                match receiver.open(&raw[opened..]) {
+                    Ok(Some((body, used))) => {
+                        buf.extend_from_slice(&raw[opened..][body]);
+                        opened += used;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let counter = match e {
+                            FrameError::Replayed { .. } => &stats_for_acks.replication_replayed,
+                            _ => &stats_for_acks.replication_rejected,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "unauthenticated ack frame from the backup");
+                        let _ = acks.send(None);
+                        return;
+                    }
+                }
+            }
+            raw.drain(..opened);
             let mut offset = 0;
             loop {
                 match Message::decode(&buf[offset..]) {
@@ -245,7 +325,9 @@ async fn connect(
     });
     Ok(Connection {
         writer,
+        channel: sender,
         snapshot_upto: upto,
         buffer: Vec::new(),
+        sealed: Vec::new(),
     })
 }

@@ -24,6 +24,10 @@ pub struct ReplicationStats {
     pub stored: AtomicU64,
     /// Store write failures.
     pub store_errors: AtomicU64,
+    /// Replication connections refused: failed handshake or forged frame (either side).
+    pub replication_rejected: AtomicU64,
+    /// Replication frames rejected as replays (authentic, but not the next counter).
+    pub replication_replayed: AtomicU64,
     /// Send times of records not yet acknowledged (master), for lag in time.
     in_flight: Mutex<VecDeque<(u64, Instant)>>,
 }

@@ -28,6 +28,10 @@ pub struct Cli {
     /// Find both agents of a lab started with `nonstop-lab up`.
     #[arg(long, global = true)]
     pub lab: Option<String>,
+    /// The pre-shared key file (default: `$NONSTOP_KEY_FILE`, or the lab's key with
+    /// `--lab`).
+    #[arg(long, global = true)]
+    pub key_file: Option<std::path::PathBuf>,
     /// Network timeout per request, milliseconds.
     #[arg(long, global = true, default_value_t = 2000)]
     pub timeout_ms: u64,
@@ -95,6 +99,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return chat::run(cli.lab.as_deref(), args);
     }
     let agents = crate::pair::resolve(&cli.agents, cli.lab.as_deref())?;
+    if let Some(path) = cli.key_file.clone() {
+        crate::client::set_key_file(path);
+    } else if std::env::var_os(crate::client::KEY_FILE_ENV).is_none() {
+        if let Some(lab) = &cli.lab {
+            let dir = nonstop_lab::lab_dir(lab);
+            crate::client::set_key_file(nonstop_lab::agent_config::key_path(&dir));
+        }
+    }
     let timeout = Duration::from_millis(cli.timeout_ms.max(1));
     let labels: Vec<String> = match &cli.lab {
         Some(_) => vec!["master".to_owned(), "backup".to_owned()],
