@@ -12,10 +12,9 @@ use nonstop_agent::failover::driver::{Driver, DriverParts};
 use nonstop_agent::replication::receiver::{self, ReceiverParts};
 use nonstop_agent::replication::sender::{self, SenderParts};
 use nonstop_agent::replication::stats::ReplicationStats;
-use nonstop_agent::session::interceptor::{
-    self, InterceptorConfig, InterceptorHandle, QueueCommand,
-};
+use nonstop_agent::session::interceptor::{self, InterceptorConfig, QueueCommand};
 use nonstop_agent::session::replica::Replica;
+use nonstop_agent::session::roles;
 use nonstop_agent::session::tracker::TrackerLimits;
 use nonstop_agent::session::view::SessionView;
 use nonstop_agent::shutdown;
@@ -161,7 +160,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
     if config.session.replication == ReplicationMode::Sync
         && config.session.lone_master == nonstop_shared::config::LoneMaster::Serve
     {
-        tokio::spawn(serve_when_alone(
+        tokio::spawn(roles::serve_when_alone(
             interceptor.clone(),
             mode_rx.clone(),
             Arc::clone(&stats),
@@ -171,7 +170,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
             ),
         ));
     }
-    tokio::spawn(follow_mode(
+    tokio::spawn(roles::follow_mode(
         interceptor.clone(),
         mode_rx.clone(),
         config.session.replication,
@@ -203,7 +202,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
     let app_handle = app.as_ref().map(|(_, h)| h.clone());
     let app_task = app.map(|(manager, _)| {
         let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(restore_after_app_crashes(
+        tokio::spawn(roles::restore_after_app_crashes(
             interceptor.clone(),
             exits_rx,
             mode_rx_for_app.clone(),
@@ -313,230 +312,5 @@ fn use_realtime_scheduling() {
             error = %std::io::Error::last_os_error(),
             "failover thread stays at normal priority: heartbeats may be late on a saturated host"
         );
-    }
-}
-
-/// Keeps the interceptor in step with this node's role: holding (sync mode, master
-/// only), dropping outbound service packets when not master, restoring the replicated
-/// sessions into the local service when this node becomes master, and cleaning up
-/// when a reign ends.
-///
-/// Never blocks on a slow step: the restore waits for the service in a task of its
-/// own, cancelled if the mode changes first, and a reign is identified by its epoch,
-/// so a demotion and re-promotion coalesced by the watch still end the old reign.
-async fn follow_mode(
-    interceptor: InterceptorHandle,
-    mut mode: watch::Receiver<(Mode, u64)>,
-    replication: ReplicationMode,
-    replica: Arc<Mutex<Replica>>,
-    vip: std::net::Ipv4Addr,
-    ports: Vec<u16>,
-) {
-    // The epoch of the reign this node is master in.
-    let mut reign: Option<u64> = None;
-    // Whether this node has left `Startup` yet.
-    let mut settled = false;
-    let mut restore: Option<tokio::task::JoinHandle<()>> = None;
-    let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
-    loop {
-        let (current, epoch) = *mode.borrow_and_update();
-        let master = current == Mode::Master;
-        if master && reign.is_some_and(|e| e != epoch) {
-            // A new reign whose start looked like a continuation: end the old one.
-            interceptor.send(QueueCommand::SetRole(false));
-            reign = None;
-        }
-        interceptor.send(QueueCommand::SetRole(master));
-        interceptor.send(QueueCommand::SetHolding(
-            master && replication == ReplicationMode::Sync,
-        ));
-        if master && reign.is_none() {
-            reign = Some(epoch);
-            // Stale sockets of the last reign not destroyed yet: before the restore.
-            let stale = cleanup.take().is_some_and(|task| {
-                let pending = !task.is_finished();
-                task.abort();
-                pending
-            });
-            restore = Some(tokio::spawn(restore_when_listening(
-                interceptor.clone(),
-                Arc::clone(&replica),
-                vip,
-                ports.clone(),
-                stale,
-            )));
-        }
-        if !master {
-            if let Some(task) = restore.take() {
-                task.abort();
-            }
-            // Leaving a reign — demoted, or (re)starting as backup after a crash: this
-            // node owns no session now. The tracker forgets what it was seeded with
-            // from disk (kept for a *resume* as master only), and once the service
-            // manager has stopped the app, none of its connections on the VIP may
-            // survive (their RSTs are dropped by the queue): a later restore of the
-            // same 4-tuples must meet no stale socket.
-            if current != Mode::Startup && (reign.is_some() || !settled) {
-                interceptor.send(QueueCommand::ForgetSessions);
-                let (vip, ports) = (vip, ports.clone());
-                cleanup = Some(tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    destroy_stale_sockets(vip, &ports).await;
-                }));
-            }
-            reign = None;
-        }
-        settled |= current != Mode::Startup;
-        if mode.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A new reign's restore: once the service listens, the replicated sessions (those
-/// the interceptor does not track already — a resumed master tracks its own).
-async fn restore_when_listening(
-    interceptor: InterceptorHandle,
-    replica: Arc<Mutex<Replica>>,
-    vip: std::net::Ipv4Addr,
-    ports: Vec<u16>,
-    destroy_stale_first: bool,
-) {
-    let promoted_at = std::time::Instant::now();
-    let states = replica
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .states();
-    // Parked at once: until restored, no peer packet may reach the kernel (it has no
-    // socket for the session and would answer with an RST).
-    if !states.is_empty() {
-        interceptor.send(QueueCommand::Park {
-            states,
-            promoted_at,
-        });
-    }
-    if destroy_stale_first {
-        destroy_stale_sockets(vip, &ports).await;
-    }
-    if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
-        tracing::warn!(?ports, "no service listening; restoring anyway");
-    }
-    interceptor.send(QueueCommand::ServiceReady);
-}
-
-/// `lone_master = "serve"` in sync mode: once no backup has been connected for the
-/// detection window, output is released unreplicated (the service stays available;
-/// the sessions are still stored locally), and held again as soon as a backup
-/// connects (its snapshot covers everything). Both changes are events.
-async fn serve_when_alone(
-    interceptor: InterceptorHandle,
-    mut mode: watch::Receiver<(Mode, u64)>,
-    stats: Arc<nonstop_agent::replication::stats::ReplicationStats>,
-    events: Arc<nonstop_agent::events::EventLog>,
-    grace: std::time::Duration,
-) {
-    use std::sync::atomic::Ordering;
-    let mut alone_since: Option<tokio::time::Instant> = None;
-    let mut serving_alone = false;
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            changed = mode.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {}
-        }
-        let master = mode.borrow().0 == Mode::Master;
-        let connected = stats.connected.load(Ordering::Relaxed);
-        let now = tokio::time::Instant::now();
-        alone_since = match (master && !connected, alone_since) {
-            (true, None) => Some(now),
-            (true, since) => since,
-            (false, _) => None,
-        };
-        let alone = alone_since.is_some_and(|since| now - since >= grace);
-        if alone {
-            // Re-sent every tick: a mode change elsewhere re-enables holding.
-            interceptor.send(QueueCommand::SetHolding(false));
-        } else if serving_alone && master {
-            interceptor.send(QueueCommand::SetHolding(true));
-        }
-        if alone != serving_alone {
-            serving_alone = alone;
-            events.emit(nonstop_shared::control::EventKind::Protection {
-                replicated: !alone,
-                detail: if alone {
-                    format!(
-                        "no backup for {} ms: serving unreplicated (lone_master = serve)",
-                        grace.as_millis()
-                    )
-                } else {
-                    "a backup is connected: output held for replication again".to_owned()
-                },
-            });
-        }
-    }
-}
-
-/// An app crash on a healthy master (design §4): the interceptor drops the dying
-/// service's FINs/RSTs and parks its sessions; the orphaned kernel sockets are
-/// destroyed (their RSTs are dropped too); once the manager has restarted the
-/// service and it listens again, the sessions are restored into it.
-async fn restore_after_app_crashes(
-    interceptor: InterceptorHandle,
-    mut exits: tokio::sync::mpsc::UnboundedReceiver<()>,
-    mode: watch::Receiver<(Mode, u64)>,
-    vip: std::net::Ipv4Addr,
-    ports: Vec<u16>,
-) {
-    while exits.recv().await.is_some() {
-        if mode.borrow().0 != Mode::Master {
-            continue;
-        }
-        interceptor.send(QueueCommand::AppDied);
-        // Orphaned sockets (FIN_WAIT) would catch the forged SYNs of the restore.
-        destroy_stale_sockets(vip, &ports).await;
-        let limit = nonstop_agent::app::RESTART_DELAY + std::time::Duration::from_secs(10);
-        if !wait_for_listener(&ports, limit).await {
-            tracing::warn!(
-                ?ports,
-                "restarted service does not listen; restoring anyway"
-            );
-        }
-        if mode.borrow().0 == Mode::Master {
-            interceptor.send(QueueCommand::ServiceReady);
-        }
-    }
-}
-
-/// Kills TCP sockets on VIP:port with `ss -K` (sock_destroy).
-async fn destroy_stale_sockets(vip: std::net::Ipv4Addr, ports: &[u16]) {
-    for port in ports {
-        let filter = format!("src {vip} and sport = :{port}");
-        let result = tokio::process::Command::new("ss")
-            .args(["-K", "-t", "-n", "state", "all"])
-            .arg(&filter)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot run ss -K");
-        }
-    }
-}
-
-/// Waits until something listens on one of `ports` (from /proc/net/tcp).
-async fn wait_for_listener(ports: &[u16], limit: std::time::Duration) -> bool {
-    use nonstop_agent::session::proc_tcp;
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Ok(table) = tokio::fs::read_to_string(proc_tcp::PATH).await {
-            if proc_tcp::listening(&table, ports) {
-                return true;
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -13,6 +13,7 @@ pub mod interceptor;
 pub mod proc_tcp;
 pub mod queue_rules;
 pub mod replica;
+pub mod roles;
 pub mod store;
 pub mod table;
 pub mod tracker;
