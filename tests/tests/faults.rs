@@ -52,18 +52,11 @@ fn wait_mode(lab: &Lab, node: Node, mode: Mode, within: Duration) {
     .unwrap_or_else(|e| panic!("{node} never became {mode}: {e}\n{}", logs(lab)));
 }
 
-/// Waits until `node` is master and has restored (or tracks) at least `sessions`
-/// sessions with none pending. (Traffic sent into the window between promotion and
-/// the start of the restore can meet the new service's RST; see docs/OPERATIONS.md.)
-fn wait_taken_over(lab: &Lab, node: Node, sessions: usize) {
-    wait_for(Duration::from_secs(10), || {
-        let s = status_of(lab, node)?;
-        (s.mode == Mode::Master
-            && s.replication.sessions >= sessions as u64
-            && s.replication.restore_pending == 0)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{node} did not take over the sessions: {e}\n{}", logs(lab)));
+/// Waits until `node` is master, then returns at once: traffic sent right after the
+/// promotion, while the restore is still running, must not break a session (the new
+/// master parks replicated sessions before the restore; see docs/OPERATIONS.md).
+fn wait_taken_over(lab: &Lab, node: Node, _sessions: usize) {
+    wait_mode(lab, node, Mode::Master, Duration::from_secs(5));
 }
 
 /// An error from `EchoClients::round` that means wrong bytes (not a broken session).
@@ -76,7 +69,8 @@ fn replication_link_loss_and_delay_keep_sessions_exact_and_the_pair_stable() {
     if !require_root() {
         return;
     }
-    let lab = managed_echo_lab("lossy", 100, 3);
+    // 5 misses: the userspace delayer adds jitter on a loaded machine (see OPERATIONS.md).
+    let lab = managed_echo_lab("lossy", 100, 5);
     let mut clients = sessions(&lab);
     let before = statuses(&lab);
     let epoch = before.0.as_ref().expect("master").epoch;
@@ -103,8 +97,12 @@ fn replication_link_loss_and_delay_keep_sessions_exact_and_the_pair_stable() {
     );
     let (m, b) = statuses(&lab);
     let (m, b) = (m.expect("master"), b.expect("backup"));
-    assert_eq!((m.mode, b.mode), (Mode::Master, Mode::Backup));
-    assert_eq!((m.epoch, b.epoch), (epoch, epoch), "a failover happened");
+    assert_eq!(
+        (m.mode, b.mode, m.epoch, b.epoch),
+        (Mode::Master, Mode::Backup, epoch, epoch),
+        "a failover happened under loss and delay\n{}",
+        logs(&lab)
+    );
     // The master host crashes while the loss goes on.
     inject_fault(&lab, Node::Master, Fault::HealAll).expect("heal delay");
     wait_replicated(&lab, &clients).expect("replicated under loss");
