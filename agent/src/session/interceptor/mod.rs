@@ -292,6 +292,8 @@ struct Worker {
     restore_times_us: Vec<u64>,
     /// Peers are frozen: every outbound segment announces a zero window.
     frozen: bool,
+    /// Packets to inject that the raw socket could not take yet (see [`Worker::inject`]).
+    outbox: VecDeque<Vec<u8>>,
     /// Peers' input to restored sessions, held until the whole batch is restored
     /// and the service has accepted every connection of it.
     barrier: VecDeque<nfq::Message>,
@@ -408,6 +410,7 @@ impl Worker {
             restore_times_us: Vec::new(),
             frozen: false,
             barrier: VecDeque::new(),
+            outbox: VecDeque::new(),
             barrier_until: None,
             restore_origin: None,
         })
@@ -455,6 +458,7 @@ impl Worker {
                 }
             }
             self.release();
+            self.flush_outbox();
             self.release_closes();
             self.check_probations();
             self.check_barrier();
@@ -462,8 +466,8 @@ impl Worker {
                 self.pump_restores();
             }
             let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
-            if self.barrier_until.is_some() {
-                timeout_ms = 2;
+            if self.barrier_until.is_some() || !self.outbox.is_empty() {
+                timeout_ms = 1;
             }
             if let Some(due) = self.closing.next_due(Instant::now()) {
                 timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
@@ -740,6 +744,7 @@ impl Worker {
         self.drop_closes();
         self.drop_barrier();
         self.barrier_until = None;
+        self.outbox.clear();
         self.restore_began = None;
         self.frozen = false;
         self.awaiting_app.clear();
@@ -755,6 +760,41 @@ impl Worker {
         let limits = self.tracker.limits();
         self.tracker = Tracker::new(self.vip, &self.ports, limits);
         self.stats.sessions.store(0, Ordering::Relaxed);
+    }
+
+    /// Sends a forged or retransmitted packet from the raw socket, in order after any
+    /// still waiting. The socket never blocks: its packets pass through this very
+    /// queue (outbound ones wait for our verdict, charged to the socket's send
+    /// buffer), so a blocking send of a large burst — a freeze of thousands of
+    /// sessions, a long retransmitted tail — would wait on itself forever.
+    fn inject(&mut self, packet: Vec<u8>) {
+        if self.outbox.is_empty() {
+            match self.raw.send(&packet) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "injected packet not sent");
+                    return;
+                }
+            }
+        }
+        if self.outbox.len() >= MAX_HELD {
+            tracing::warn!("injection backlog full: packet dropped (TCP repairs it)");
+            return;
+        }
+        self.outbox.push_back(packet);
+    }
+
+    /// Sends what waits in the outbox, until the socket is full again.
+    fn flush_outbox(&mut self) {
+        while let Some(packet) = self.outbox.front() {
+            match self.raw.send(packet) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => tracing::warn!(error = %e, "injected packet not sent"),
+            }
+            self.outbox.pop_front();
+        }
     }
 
     /// Drops the peers' input held at the restore barrier (they retransmit).

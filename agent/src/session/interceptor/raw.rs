@@ -4,8 +4,11 @@ use super::INJECT_MARK;
 use crate::nfqueue::set_socket_int;
 use std::os::fd::RawFd;
 
+/// Send buffer of the raw socket.
+const SNDBUF_BYTES: libc::c_int = 8 << 20;
+
 /// A raw IPv4 socket (`IPPROTO_RAW`, header included) whose packets carry
-/// [`INJECT_MARK`], for forged handshakes and retransmissions.
+/// [`INJECT_MARK`], for forged handshakes and retransmissions. Non-blocking.
 pub(super) struct RawSender(RawFd);
 
 impl RawSender {
@@ -14,7 +17,7 @@ impl RawSender {
         let fd = unsafe {
             libc::socket(
                 libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
                 libc::IPPROTO_RAW,
             )
         };
@@ -28,6 +31,9 @@ impl RawSender {
             libc::SO_MARK,
             INJECT_MARK as libc::c_int,
         )?;
+        // Room for a burst (its packets stay charged to the socket while they wait
+        // in the queue for our own verdict); beyond it sends return EWOULDBLOCK.
+        set_socket_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SNDBUF_BYTES)?;
         Ok(sender)
     }
 

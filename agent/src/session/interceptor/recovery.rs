@@ -31,9 +31,7 @@ impl Worker {
             "peers' windows frozen or reopened"
         );
         for ack in acks {
-            if let Err(e) = self.raw.send(&ack) {
-                tracing::warn!(error = %e, "freeze ACK not sent");
-            }
+            self.inject(ack);
         }
     }
 
@@ -79,9 +77,7 @@ impl Worker {
         }
         self.reset_recently.insert(key, Instant::now());
         for packet in packets {
-            if let Err(e) = self.raw.send(&packet) {
-                tracing::warn!(session = %key, error = %e, "reset not sent");
-            }
+            self.inject(packet);
         }
         self.stats.sessions_reset.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(session = %key, reason = why.describe(), "restored session reset");
@@ -259,9 +255,7 @@ impl Worker {
             r.tries += 1;
             r.sent_at = Instant::now();
             let syn = forged_syn(&r.state);
-            if let Err(e) = self.raw.send(&syn) {
-                tracing::warn!(session = %key, error = %e, "cannot inject the forged SYN");
-            }
+            self.inject(syn);
         }
         while self.restoring.len() < MAX_HANDSHAKES {
             let Some(key) = self.restore_queue.pop_front() else {
@@ -270,11 +264,8 @@ impl Worker {
             let Some(state) = self.queued.remove(&key) else {
                 continue;
             };
-            let syn = forged_syn(&state);
             self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.raw.send(&syn) {
-                tracing::warn!(session = %key, error = %e, "cannot inject the forged SYN");
-            }
+            self.inject(forged_syn(&state));
             self.restoring.insert(
                 key,
                 Restoring {
@@ -399,9 +390,7 @@ impl Worker {
             packets.push(probe(&state));
         }
         for packet in packets {
-            if let Err(e) = self.raw.send(&packet) {
-                tracing::warn!(session = %key, error = %e, "restore packet not sent");
-            }
+            self.inject(packet);
         }
         self.translators
             .insert(key, Translator::new(&state, &synack));
