@@ -512,12 +512,19 @@ pub fn inject_fault(
 /// running, replication connected) and one backup.
 pub fn managed_echo_lab(tag: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
     let echo = bin("nonstop-echo");
+    let service = format!("{} --listen 0.0.0.0:7000", echo.display());
+    managed_service_lab(tag, &service, heartbeat_ms, misses)
+}
+
+/// A lab whose agents manage `service` (a shell command), settled with one master
+/// (service running, replication connected) and one backup.
+pub fn managed_service_lab(tag: &str, service: &str, heartbeat_ms: u64, misses: u32) -> LabGuard {
     let spec = LabSpec {
         name: unique_name(tag),
         peers: 1,
         heartbeat_ms,
         misses,
-        service: Some(format!("{} --listen 0.0.0.0:7000", echo.display())),
+        service: Some(service.to_owned()),
     };
     let lab = LabGuard::up(&spec).expect("lab up");
     lab.start_agent(Node::Master).expect("master agent");

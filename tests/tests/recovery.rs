@@ -3,7 +3,7 @@
 //! agents manage.
 
 use nonstop_e2e::*;
-use nonstop_lab::{LabGuard, LabSpec, Node};
+use nonstop_lab::{LabGuard, Node};
 use nonstop_shared::Mode;
 use std::time::Duration;
 
@@ -20,28 +20,7 @@ fn lab_with_managed_echo(tag: &str) -> LabGuard {
 }
 
 fn lab_with_service(tag: &str, service: &str) -> LabGuard {
-    let spec = LabSpec {
-        name: unique_name(tag),
-        peers: 1,
-        heartbeat_ms: 100,
-        misses: 3,
-        service: Some(service.to_owned()),
-    };
-    let lab = LabGuard::up(&spec).expect("lab up");
-    lab.start_agent(Node::Master).expect("master agent");
-    std::thread::sleep(Duration::from_millis(500));
-    lab.start_agent(Node::Backup).expect("backup agent");
-    wait_for(Duration::from_secs(10), || {
-        let (m, b) = statuses(&lab);
-        let (m, b) = (m?, b?);
-        (m.mode == Mode::Master
-            && b.mode == Mode::Backup
-            && m.app?.pid.is_some()
-            && m.replication.connected)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("pair never settled: {e}\n{}", logs(&lab)));
-    lab
+    managed_service_lab(tag, service, 100, 3)
 }
 
 /// The peer's kernel counters that would show a broken session: connections reset
@@ -134,6 +113,51 @@ fn sessions_survive_a_switchover_and_the_way_back() {
         counters_before,
         "(resets, opens, aborts) at the peer"
     );
+}
+
+/// The other node of a pair.
+fn other(node: Node) -> Node {
+    match node {
+        Node::Master => Node::Backup,
+        _ => Node::Master,
+    }
+}
+
+/// Crashes every process on `host`'s node (agent and service, SIGKILL) and waits until
+/// the other node is master with `sessions` sessions restored since `restored_before`.
+fn crash_and_wait_takeover(
+    lab: &nonstop_lab::Lab,
+    host: Node,
+    sessions: u64,
+    restored_before: u64,
+) {
+    let name = if host == Node::Master {
+        "master"
+    } else {
+        "backup"
+    };
+    lab.kill_all(name).expect("crash the host");
+    let survivor = other(host);
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(lab, survivor)?;
+        (s.mode == Mode::Master
+            && s.replication.restore_pending == 0
+            && s.replication.restored >= restored_before + sessions)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("no takeover after the crash of {name}: {e}\n{}", logs(lab)));
+}
+
+/// Restarts the agent of crashed `host` and waits until it is backup with replication
+/// from the master connected.
+fn rejoin_as_backup(lab: &nonstop_lab::Lab, host: Node) {
+    lab.start_agent(host).expect("restart the crashed agent");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(lab, host)?.mode == Mode::Backup
+            && status_of(lab, other(host))?.replication.connected)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("crashed host did not rejoin as backup: {e}\n{}", logs(lab)));
 }
 
 /// `n` echo sessions that have exchanged five rounds, with both tables in step: the
@@ -266,13 +290,7 @@ fn sessions_survive_a_master_crash() {
     let lab = lab_with_managed_echo("crrec");
     let (mut clients, ports_before, counters_before) = clients_in_step(&lab, SESSIONS);
     // The master host loses every process at once (agent and service): SIGKILL.
-    lab.kill_all("master")
-        .expect("kill everything on the master");
-    wait_for(Duration::from_secs(5), || {
-        let s = status_of(&lab, Node::Backup)?;
-        (s.mode == Mode::Master && s.replication.sessions >= SESSIONS as u64).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("backup did not take over: {e}\n{}", logs(&lab)));
+    crash_and_wait_takeover(&lab, Node::Master, SESSIONS as u64, 0);
     // The new master serves alone (lone_master = "serve": after the detection window
     // it stops waiting for a backup), byte-exact.
     for round in 0..3 {
@@ -284,39 +302,12 @@ fn sessions_survive_a_master_crash() {
         });
     }
     // The crashed host's agent comes back as backup and gets a snapshot.
-    lab.start_agent(Node::Master)
-        .expect("restart the old master's agent");
-    wait_for(Duration::from_secs(10), || {
-        let s = status_of(&lab, Node::Master)?;
-        (s.mode == Mode::Backup && status_of(&lab, Node::Backup)?.replication.connected)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("old master did not rejoin as backup: {e}\n{}", logs(&lab)));
+    rejoin_as_backup(&lab, Node::Master);
     sessions_went_on_unbroken(&lab, &mut clients, &ports_before, counters_before, "crash");
     // And back: the new master's host crashes in turn; the restarted original master
     // (whose agent came back with its old, stale table on disk) takes the sessions.
-    lab.kill_all("backup").expect("crash the new master's host");
-    wait_for(Duration::from_secs(5), || {
-        let s = status_of(&lab, Node::Master)?;
-        (s.mode == Mode::Master
-            && s.replication.restore_pending == 0
-            && s.replication.restored >= SESSIONS as u64)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "original master did not take the sessions back: {e}\n{}",
-            logs(&lab)
-        )
-    });
-    lab.start_agent(Node::Backup)
-        .expect("restart the second crashed agent");
-    wait_for(Duration::from_secs(10), || {
-        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
-            && status_of(&lab, Node::Master)?.replication.connected)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("second crashed host did not rejoin: {e}\n{}", logs(&lab)));
+    crash_and_wait_takeover(&lab, Node::Backup, SESSIONS as u64, 0);
+    rejoin_as_backup(&lab, Node::Backup);
     sessions_went_on_unbroken(
         &lab,
         &mut clients,
@@ -751,14 +742,7 @@ fn sessions_survive_a_switchover_and_a_crash_under_live_traffic() {
             logs(&lab)
         );
     }
-    lab.start_agent(Node::Backup)
-        .expect("restart the crashed host's agent");
-    wait_for(Duration::from_secs(10), || {
-        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
-            && status_of(&lab, Node::Master)?.replication.connected)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("crashed host did not rejoin as backup: {e}\n{}", logs(&lab)));
+    rejoin_as_backup(&lab, Node::Backup);
     let more = wait_rounds(50);
     stop.store(true, Ordering::Relaxed);
     let mut clients = traffic
@@ -796,23 +780,8 @@ fn a_switchover_onto_a_host_that_crashed_and_rejoined_keeps_the_sessions() {
         counters_before,
         "switchover",
     );
-    lab.kill_all("backup").expect("crash the new master's host");
-    wait_for(Duration::from_secs(5), || {
-        let s = status_of(&lab, Node::Master)?;
-        (s.mode == Mode::Master
-            && s.replication.restore_pending == 0
-            && s.replication.restored >= 32)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("no takeover after the crash: {e}\n{}", logs(&lab)));
-    lab.start_agent(Node::Backup)
-        .expect("restart the crashed agent");
-    wait_for(Duration::from_secs(10), || {
-        (status_of(&lab, Node::Backup)?.mode == Mode::Backup
-            && status_of(&lab, Node::Master)?.replication.connected)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("crashed host did not rejoin: {e}\n{}", logs(&lab)));
+    crash_and_wait_takeover(&lab, Node::Backup, 32, 0);
+    rejoin_as_backup(&lab, Node::Backup);
     sessions_went_on_unbroken(&lab, &mut clients, &ports_before, counters_before, "crash");
     switchover(&lab);
     sessions_went_on_unbroken(
