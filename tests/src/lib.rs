@@ -575,18 +575,24 @@ pub fn wait_replicated(lab: &Lab, clients: &EchoClients) -> anyhow::Result<()> {
 /// The peer's kernel counters that would show a broken session: (established
 /// connections reset, active opens, aborts on data).
 pub fn peer_tcp_counters(lab: &Lab) -> (u64, u64, u64) {
-    let Ok(out) = lab.exec(
-        "peer",
-        &[
-            "nstat",
-            "-az",
-            "TcpEstabResets",
-            "TcpActiveOpens",
-            "TcpExtTCPAbortOnData",
-        ],
-    ) else {
-        return (u64::MAX, u64::MAX, u64::MAX);
-    };
+    // A missing `nstat` must fail the test, not compare two equal placeholders.
+    let out = lab
+        .exec(
+            "peer",
+            &[
+                "nstat",
+                "-az",
+                "TcpEstabResets",
+                "TcpActiveOpens",
+                "TcpExtTCPAbortOnData",
+            ],
+        )
+        .expect("nstat in the peer namespace");
+    assert!(
+        out.status.success(),
+        "nstat failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let get = |name: &str| {
         text.lines()

@@ -23,35 +23,6 @@ fn lab_with_service(tag: &str, service: &str) -> LabGuard {
     managed_service_lab(tag, service, 100, 3)
 }
 
-/// The peer's kernel counters that would show a broken session: connections reset
-/// while established, connections opened, and RSTs received.
-fn peer_tcp_counters(lab: &nonstop_lab::Lab) -> (u64, u64, u64) {
-    let out = lab
-        .exec(
-            "peer",
-            &[
-                "nstat",
-                "-az",
-                "TcpEstabResets",
-                "TcpActiveOpens",
-                "TcpExtTCPAbortOnData",
-            ],
-        )
-        .expect("nstat in the peer namespace");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    (
-        get("TcpEstabResets"),
-        get("TcpActiveOpens"),
-        get("TcpExtTCPAbortOnData"),
-    )
-}
-
 fn switchover(lab: &nonstop_lab::Lab) {
     let (ok, out) = console(lab, &["switchover", "--json"]);
     assert!(ok, "switchover failed: {out}\n{}", logs(lab));
