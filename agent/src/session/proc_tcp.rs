@@ -32,6 +32,24 @@ fn entries(table: &str) -> impl Iterator<Item = Entry<'_>> {
     })
 }
 
+/// The header and the listening sockets of `/proc/net/tcp`, read from `source` and
+/// stopping at the first other socket: the kernel lists listeners first, so a caller
+/// that only needs them (the accept backlog) does not make it format every
+/// established connection — thousands, right after a restore.
+pub fn read_listeners(source: impl std::io::Read) -> std::io::Result<String> {
+    use std::io::BufRead;
+    let mut text = String::new();
+    for (i, line) in std::io::BufReader::new(source).lines().enumerate() {
+        let line = line?;
+        if i > 0 && line.split_whitespace().nth(3) != Some(LISTEN) {
+            break;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// Whether something listens on one of `ports`.
 pub fn listening(table: &str, ports: &[u16]) -> bool {
     entries(table).any(|e| e.state == LISTEN && ports.contains(&e.port))
@@ -76,6 +94,18 @@ garbage line
         assert_eq!(unread_input(TABLE, &[7001]), 0x1000);
         assert_eq!(unread_input(TABLE, &[7000, 7001]), 0x1110);
         assert_eq!(unread_input("", &[7000]), 0);
+    }
+
+    #[test]
+    fn reading_stops_after_the_listeners() {
+        let text = read_listeners(TABLE.as_bytes()).expect("read");
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "header and the one listener: {text}"
+        );
+        assert_eq!(accept_backlog(&text, &[7000]), 3);
+        assert_eq!(unread_input(&text, &[7000]), 0);
     }
 
     #[test]

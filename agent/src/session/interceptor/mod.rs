@@ -300,6 +300,8 @@ struct Worker {
     /// The batch is restored; the barrier waits (until this deadline at most) for the
     /// service to drain its accept queue.
     barrier_until: Option<Instant>,
+    /// When the barrier last looked at the accept queue.
+    barrier_checked: Option<Instant>,
     /// The promotion (or service death) the restore under way answers.
     restore_origin: Option<Instant>,
 }
@@ -412,6 +414,7 @@ impl Worker {
             barrier: VecDeque::new(),
             outbox: VecDeque::new(),
             barrier_until: None,
+            barrier_checked: None,
             restore_origin: None,
         })
     }

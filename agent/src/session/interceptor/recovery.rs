@@ -10,6 +10,9 @@ use crate::session::proc_tcp;
 /// connections after the last handshake.
 pub const BARRIER_ACCEPT_WAIT: Duration = Duration::from_secs(2);
 
+/// How often the barrier looks at the service's accept queue.
+const BARRIER_POLL: Duration = Duration::from_millis(5);
+
 impl Worker {
     /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
     /// a zero window (or the window reopened).
@@ -300,8 +303,19 @@ impl Worker {
         if !self.forged_acks.is_empty() && Instant::now() < until {
             return;
         }
-        let accepted = std::fs::read_to_string(proc_tcp::PATH)
-            .map(|table| proc_tcp::accept_backlog(&table, &self.ports) == 0)
+        // Rate-limited: this runs on the packet thread.
+        let now = Instant::now();
+        if self
+            .barrier_checked
+            .is_some_and(|at| now.saturating_duration_since(at) < BARRIER_POLL)
+            && now < until
+        {
+            return;
+        }
+        self.barrier_checked = Some(now);
+        let accepted = std::fs::File::open(proc_tcp::PATH)
+            .and_then(proc_tcp::read_listeners)
+            .map(|listeners| proc_tcp::accept_backlog(&listeners, &self.ports) == 0)
             .unwrap_or(true);
         if !accepted && Instant::now() < until {
             return;
@@ -310,6 +324,7 @@ impl Worker {
             tracing::warn!("the service did not accept every restored connection in time");
         }
         self.barrier_until = None;
+        self.barrier_checked = None;
         self.release_barrier();
     }
 
