@@ -31,7 +31,7 @@ use crate::recovery::translate::{
     duplicate_acks, probe, retransmit_segments, window_update, Translator, Verdict,
 };
 use crate::session::queue_rules;
-use crate::session::tracker::{Tracker, TrackerLimits};
+use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
 use anyhow::{bail, Context};
 use nonstop_shared::session::{Phase, SessionKey};
 use nonstop_shared::session::{Record, SessionState};
@@ -152,6 +152,10 @@ pub struct InterceptorStats {
     pub app_deaths: AtomicU64,
     /// Restored sessions reset because their peer had seen state the replica lacked.
     pub sessions_reset: AtomicU64,
+    /// Peer segments of tracked sessions the kernel would refuse (RFC 5961: outside
+    /// the window, a RST not at the exact point, a SYN, an unacceptable ACK): passed
+    /// on untouched, they changed no session.
+    pub segments_out_of_window: AtomicU64,
     /// Per-session restore time of the last restore, median, µs.
     pub restore_session_p50_us: AtomicU64,
     /// Per-session restore time of the last restore, 99th percentile, µs.
@@ -586,39 +590,7 @@ impl Worker {
                     }
                 }
             } else {
-                let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
-                if batch_open && (peek.payload_len > 0 || peek.fin) {
-                    // The restore barrier: no peer's input reaches the new service
-                    // before every session of the batch is connected to it, so a
-                    // service that relays between clients (chat) misses no one.
-                    if self.barrier.len() < MAX_HELD {
-                        self.barrier.push_back(message);
-                    } else {
-                        self.verdict_with(message, nfq::Verdict::Drop);
-                    }
-                    return;
-                }
-                let translator = self.translators.get_mut(&peek.key);
-                match translator.map(|t| t.inbound(&mut packet)) {
-                    Some(Ok(Verdict::Accept)) => {
-                        if let Some(probation) = self.probations.get_mut(&peek.key) {
-                            let ack = peek.ack.then_some(peek.ack_no);
-                            probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
-                        }
-                        self.track(message.get_payload());
-                        message.set_payload(packet);
-                        message.set_verdict(nfq::Verdict::Accept);
-                    }
-                    Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
-                        message.set_verdict(nfq::Verdict::Drop);
-                        self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
-                    }
-                    _ => {
-                        self.track(message.get_payload());
-                        message.set_verdict(nfq::Verdict::Drop);
-                    }
-                }
-                self.verdict(message);
+                self.forward_inbound_translated(message, peek, packet);
             }
             return;
         }
@@ -631,18 +603,94 @@ impl Worker {
         }
     }
 
+    /// A peer's segment of a restored session: checked against the kernel's rules in
+    /// the peer's sequence space first (RFC 5961: a segment the kernel would refuse
+    /// passes on untouched — never translated, whose clamping could make a forged ACK
+    /// acceptable — and changes nothing), then translated into the service's space.
+    fn forward_inbound_translated(
+        &mut self,
+        mut message: nfq::Message,
+        peek: Peek,
+        mut packet: Vec<u8>,
+    ) {
+        let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
+        if batch_open
+            && (peek.payload_len > 0 || peek.fin)
+            && self.tracker.rejection(&packet).is_none()
+        {
+            // The restore barrier: no peer's input reaches the new service
+            // before every session of the batch is connected to it, so a
+            // service that relays between clients (chat) misses no one.
+            if self.barrier.len() < MAX_HELD {
+                self.barrier.push_back(message);
+            } else {
+                self.verdict_with(message, nfq::Verdict::Drop);
+            }
+            return;
+        }
+        if let Some(rejection) = self.track(&packet) {
+            if rejection == Rejection::UnsentAck && self.unsent_ack_proves_divergence(&peek) {
+                self.verdict_with(message, nfq::Verdict::Drop);
+                self.reset_diverged(peek.key, Some(peek.ack_no), Divergence::AckBeyondSent);
+            } else {
+                self.verdict_with(message, nfq::Verdict::Accept);
+            }
+            return;
+        }
+        let translator = self.translators.get_mut(&peek.key);
+        match translator.map(|t| t.inbound(&mut packet)) {
+            Some(Ok(Verdict::Accept)) => {
+                if let Some(probation) = self.probations.get_mut(&peek.key) {
+                    let ack = peek.ack.then_some(peek.ack_no);
+                    probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
+                }
+                message.set_payload(packet);
+                message.set_verdict(nfq::Verdict::Accept);
+            }
+            Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
+                message.set_verdict(nfq::Verdict::Drop);
+                self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
+            }
+            _ => message.set_verdict(nfq::Verdict::Drop),
+        }
+        self.verdict(message);
+    }
+
+    /// An acceptable peer segment whose ACK covers bytes the replica never saw sent:
+    /// in async mode (a session on probation) the proof that the peer saw more than
+    /// the replica — when it cannot be a blind forgery: its sequence number is exactly
+    /// where the peer stands, or the same ACK came twice ([`Probation::unsent_ack`]).
+    fn unsent_ack_proves_divergence(&mut self, peek: &Peek) -> bool {
+        let exact = self
+            .tracker
+            .session(&peek.key)
+            .is_some_and(|s| peek.seq == s.rcv_nxt || peek.seq == s.peer_seq_max);
+        self.probations
+            .get_mut(&peek.key)
+            .is_some_and(|p| p.unsent_ack(peek.ack_no, exact))
+    }
+
     /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
-    /// records.
-    fn track(&mut self, packet: &[u8]) {
+    /// records; a peer's segment the kernel would refuse changes nothing and is
+    /// counted ([`Rejection`]).
+    fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
         match self.tracker.on_packet(packet, crate::events::unix_ms()) {
             Ok(outcome) => {
+                if let Some(rejection) = outcome.rejected {
+                    self.stats
+                        .segments_out_of_window
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(session = %outcome.key, ?rejection, "peer segment refused");
+                }
                 for record in outcome.records {
                     self.issue(record);
                 }
+                outcome.rejected
             }
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "packet not tracked");
+                None
             }
         }
     }
