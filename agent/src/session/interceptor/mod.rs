@@ -26,10 +26,9 @@ use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
 use crate::recovery::freeze::{freeze_ack, zero_window};
+use crate::recovery::tail::Tail;
 use crate::recovery::translate::TranslateError;
-use crate::recovery::translate::{
-    duplicate_acks, probe, retransmit_segments, window_update, Translator, Verdict,
-};
+use crate::recovery::translate::{duplicate_acks, probe, window_update, Translator, Verdict};
 use crate::session::queue_rules;
 use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
 use anyhow::{bail, Context};
@@ -279,6 +278,10 @@ struct Worker {
     /// Forged ACK sent (value: the ACK number it carries), to let it through once.
     forged_acks: HashMap<SessionKey, u32>,
     translators: HashMap<SessionKey, Translator>,
+    /// Restored sessions whose replicated tail the peer has not acknowledged yet.
+    tails: HashMap<SessionKey, Tail>,
+    /// When the tails' timers were last looked at.
+    tails_checked: Option<Instant>,
     restore_began: Option<Instant>,
     /// Counters at the start of the current restore, for its report.
     restored_before: u64,
@@ -405,6 +408,8 @@ impl Worker {
             queued: HashMap::new(),
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
+            tails: HashMap::new(),
+            tails_checked: None,
             restore_began: None,
             restored_before: 0,
             failed_before: 0,
@@ -468,6 +473,7 @@ impl Worker {
             self.flush_outbox();
             self.release_closes();
             self.check_probations();
+            self.check_tails();
             self.check_barrier();
             if !self.restoring.is_empty() {
                 self.pump_restores();
@@ -475,6 +481,9 @@ impl Worker {
             let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
             if self.barrier_until.is_some() || !self.outbox.is_empty() {
                 timeout_ms = 1;
+            }
+            if !self.tails.is_empty() {
+                timeout_ms = timeout_ms.min(TAIL_POLL.as_millis() as i32);
             }
             if let Some(due) = self.closing.next_due(Instant::now()) {
                 timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
@@ -637,6 +646,7 @@ impl Worker {
             }
             return;
         }
+        self.feed_tail(&peek);
         let translator = self.translators.get_mut(&peek.key);
         match translator.map(|t| t.inbound(&mut packet)) {
             Some(Ok(Verdict::Accept)) => {
@@ -720,6 +730,7 @@ impl Worker {
     fn issue(&mut self, record: Record) {
         if let Record::Delete(key) = &record {
             self.translators.remove(key);
+            self.tails.remove(key);
             self.restoring.remove(key);
             self.queued.remove(key);
             self.forged_acks.remove(key);
@@ -804,6 +815,7 @@ impl Worker {
         self.queued.clear();
         self.forged_acks.clear();
         self.translators.clear();
+        self.tails.clear();
         self.probations.clear();
         self.stats.restore_pending.store(0, Ordering::Relaxed);
         // The sessions now live on the other node; if this node becomes
@@ -902,6 +914,9 @@ impl Worker {
         tracing::info!("interception stopped");
     }
 }
+
+/// How often the tails' retransmission timers are looked at.
+pub const TAIL_POLL: Duration = Duration::from_millis(20);
 
 /// Receive buffer of the NFQUEUE socket.
 pub const RCVBUF_BYTES: libc::c_int = 32 << 20;
