@@ -271,6 +271,13 @@ pub struct ReplicationView {
     /// not replicated.
     #[serde(default)]
     pub segments_out_of_window: u64,
+    /// Sessions whose socket queues (output not sent yet, input not read yet) planned
+    /// switchovers handed over to the other node.
+    #[serde(default)]
+    pub handed_over_sessions: u64,
+    /// Bytes of those queues.
+    #[serde(default)]
+    pub handed_over_bytes: u64,
 }
 
 /// Why a node changed mode.

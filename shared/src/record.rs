@@ -48,8 +48,12 @@
 //! | 98     | 8    | `last_activity_ms`                                             |
 //! | 106    | 4    | n = length of `unacked`                                        |
 //! | 110    | n    | `unacked` bytes (the byte at `snd_una` first)                  |
+//! | 110+n  | 4    | m = length of `unread_input`, **only if it is not empty**      |
+//! | 114+n  | m    | `unread_input` bytes (input handed over at a switchover)       |
 //!
-//! Size: **110 bytes** + n ([`FULL_FIXED_LEN`]). Full records are rare (handshake,
+//! Size: **110 bytes** + n ([`FULL_FIXED_LEN`]), + 4 + m in the rare record that
+//! hands over unread input (the frame's length tells whether the part is there; an
+//! empty part is never written, so every state still has one encoding). Full records are rare (handshake,
 //! close, snapshots), so they keep fixed offsets; absent values are written as 0 and a
 //! non-zero absent value is rejected, so every state has exactly one encoding.
 //!
@@ -146,9 +150,12 @@ pub const SYNC_FIXED_LEN: usize = 84;
 pub const DELETE_LEN: usize = HEADER_LEN + KEY_LEN;
 /// Largest payload (`unacked` of a full record, `data` of a sync record).
 pub const MAX_PAYLOAD: usize = 16 << 20;
+/// Largest `unread_input` of a full record (more than a socket's receive queue holds
+/// with the kernel's default `tcp_rmem`).
+pub const MAX_INPUT: usize = 8 << 20;
 /// Largest frame, in bytes, including the len field (a full record with the largest
-/// payload). Readers never need to buffer more than this for one frame.
-pub const MAX_RECORD_LEN: usize = FULL_FIXED_LEN + MAX_PAYLOAD;
+/// payload and input). Readers never need to buffer more than this for one frame.
+pub const MAX_RECORD_LEN: usize = FULL_FIXED_LEN + MAX_PAYLOAD + 4 + MAX_INPUT;
 /// First four bytes of an acknowledgement frame.
 pub const ACK_MAGIC: [u8; 4] = *b"NSAK";
 /// The acknowledgement layout version.
@@ -223,7 +230,7 @@ impl RecordError {
 /// Bytes [`encode_record`] will write for `record`.
 pub fn encoded_len(record: &Record) -> usize {
     match record {
-        Record::Full(s) => FULL_FIXED_LEN + s.unacked.len(),
+        Record::Full(s) => full_len(s),
         Record::Sync(s) => {
             let mut n = SYNC_FIXED_LEN;
             n += 4 * usize::from(s.our_fin.is_some());
@@ -271,7 +278,7 @@ pub fn try_encode_record(
     out: &mut Vec<u8>,
 ) -> Result<usize, RecordError> {
     match record {
-        Record::Full(s) => check_payload(s.unacked.len())?,
+        Record::Full(s) => check_full(s)?,
         Record::Sync(s) => check_payload(s.data.len())?,
         Record::Delete(_) => {}
     }
@@ -287,8 +294,8 @@ pub fn encode_full(
     state: &SessionState,
     out: &mut Vec<u8>,
 ) -> Result<usize, RecordError> {
-    check_payload(state.unacked.len())?;
-    let start = begin_frame(out, KIND_FULL, seq, FULL_FIXED_LEN + state.unacked.len());
+    check_full(state)?;
+    let start = begin_frame(out, KIND_FULL, seq, full_len(state));
     put_full(out, state);
     Ok(finish_frame(out, start))
 }
@@ -371,6 +378,26 @@ pub fn decode_ack(buf: &[u8]) -> Result<(u64, usize), RecordError> {
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&buf[5..13]);
     Ok((u64::from_be_bytes(seq), ACK_LEN))
+}
+
+/// The size of a `full` frame for `s`.
+fn full_len(s: &SessionState) -> usize {
+    let input = if s.unread_input.is_empty() {
+        0
+    } else {
+        4 + s.unread_input.len()
+    };
+    FULL_FIXED_LEN + s.unacked.len() + input
+}
+
+fn check_full(s: &SessionState) -> Result<(), RecordError> {
+    check_payload(s.unacked.len())?;
+    if s.unread_input.len() > MAX_INPUT {
+        return Err(RecordError::TooLarge {
+            len: s.unread_input.len(),
+        });
+    }
+    Ok(())
 }
 
 fn check_payload(n: usize) -> Result<(), RecordError> {
@@ -474,6 +501,10 @@ fn put_full(out: &mut Vec<u8>, s: &SessionState) {
     let (front, back) = s.unacked.as_slices();
     out.extend_from_slice(front);
     out.extend_from_slice(back);
+    if !s.unread_input.is_empty() {
+        put_u32(out, u32::try_from(s.unread_input.len()).unwrap_or(u32::MAX));
+        out.extend_from_slice(&s.unread_input);
+    }
 }
 
 fn put_sync(out: &mut Vec<u8>, s: &SessionSync) {
@@ -627,6 +658,15 @@ fn read_full(r: &mut Reader<'_>) -> Result<SessionState, RecordError> {
     let bytes_out = r.u64()?;
     let last_activity_ms = r.u64()?;
     let unacked = r.payload()?;
+    let unread_input = if r.buf.is_empty() {
+        Vec::new()
+    } else {
+        let n = r.u32()? as usize;
+        if n == 0 || n > MAX_INPUT {
+            return Err(RecordError::BadField("unread_input"));
+        }
+        r.take(n)?.to_vec()
+    };
     Ok(SessionState {
         key,
         phase,
@@ -651,6 +691,7 @@ fn read_full(r: &mut Reader<'_>) -> Result<SessionState, RecordError> {
         our_fin,
         peer_fin,
         unacked: unacked.into(),
+        unread_input,
         bytes_in,
         bytes_out,
         last_activity_ms,
@@ -756,6 +797,7 @@ mod tests {
             our_fin: None,
             peer_fin: Some(0xffff_fff4),
             unacked: unacked.into(),
+            unread_input: Vec::new(),
             bytes_in: 4,
             bytes_out: 99,
             last_activity_ms: 1_700_000_000_000,
@@ -841,7 +883,13 @@ mod tests {
         assert_eq!(encode(1, &Record::Delete(key())).len(), 30);
         assert_eq!(DELETE_LEN, 30);
         assert_eq!(encode_ack(9).len(), 17);
-        assert_eq!(MAX_RECORD_LEN, FULL_FIXED_LEN + MAX_PAYLOAD);
+        assert_eq!(MAX_RECORD_LEN, FULL_FIXED_LEN + MAX_PAYLOAD + 4 + MAX_INPUT);
+        let mut handing_over = full(vec![1; 5]);
+        handing_over.unread_input = vec![2; 7];
+        assert_eq!(
+            encode(1, &Record::Full(handing_over)).len(),
+            110 + 5 + 4 + 7
+        );
     }
 
     #[test]
@@ -909,7 +957,8 @@ mod tests {
 
     #[test]
     fn largest_payload_round_trips_and_larger_is_refused() {
-        let big = full(vec![3; MAX_PAYLOAD]);
+        let mut big = full(vec![3; MAX_PAYLOAD]);
+        big.unread_input = vec![4; MAX_INPUT];
         let bytes = encode(1, &Record::Full(big.clone()));
         assert_eq!(bytes.len(), MAX_RECORD_LEN);
         assert_eq!(
@@ -928,6 +977,9 @@ mod tests {
         assert_eq!(out, vec![1, 2, 3], "output untouched on error");
         let mut state = full(vec![0; MAX_PAYLOAD + 1]);
         assert!(encode_full(1, &state, &mut out).is_err());
+        let mut input = full(Vec::new());
+        input.unread_input = vec![0; MAX_INPUT + 1];
+        assert!(encode_full(1, &input, &mut out).is_err());
         assert_eq!(out, vec![1, 2, 3]);
         // The infallible encoder writes a frame that decoders refuse, without panicking.
         encode_record(1, &too_big, &mut out);
@@ -1156,10 +1208,19 @@ mod tests {
             (
                 proptest::collection::vec(any::<u8>(), 0..300),
                 any::<[u64; 3]>(),
+                prop_oneof![
+                    3 => Just(Vec::new()),
+                    1 => proptest::collection::vec(any::<u8>(), 1..40),
+                ],
             ),
         )
             .prop_map(
-                |((key, phase, s, w), (pws, ows, sack, ts), (tsv, our_fin, peer_fin), (u, c))| {
+                |(
+                    (key, phase, s, w),
+                    (pws, ows, sack, ts),
+                    (tsv, our_fin, peer_fin),
+                    (u, c, input),
+                )| {
                     SessionState {
                         key,
                         phase,
@@ -1184,6 +1245,7 @@ mod tests {
                         our_fin,
                         peer_fin,
                         unacked: u.into(),
+                        unread_input: input,
                         bytes_in: c[0],
                         bytes_out: c[1],
                         last_activity_ms: c[2],

@@ -135,6 +135,12 @@ pub struct SessionState {
     /// sequence `snd_una` (SYN/FIN take no bytes here). A ring buffer: the front is
     /// trimmed on every ACK, which must not move the rest.
     pub unacked: VecDeque<u8>,
+    /// Input the old master's service had not read when a planned switchover handed
+    /// the session over: the peer's bytes `[rcv_nxt − len, rcv_nxt)`, already
+    /// acknowledged to the peer, which the new master feeds to its service before
+    /// anything else. Empty otherwise (and cleared once delivered).
+    #[serde(default)]
+    pub unread_input: Vec<u8>,
     /// Payload bytes received from the peer (count, not data).
     pub bytes_in: u64,
     /// Payload bytes sent to the peer.

@@ -898,3 +898,51 @@ fn blind_forged_segments_change_no_session_before_or_after_failover() {
         "no reset at the peer"
     );
 }
+
+/// Issue 13, acceptance 1: a slow-reading echo client (1 MiB, 1 KiB every 5 ms, a
+/// small receive buffer) keeps the echo service's output waiting in its kernel and
+/// its input unread; a planned switchover mid-transfer, both ways, must hand both
+/// over: every transfer completes byte-exact.
+#[test]
+fn a_switchover_hands_over_what_a_slow_reader_has_not_received_yet() {
+    if !require_root() {
+        return;
+    }
+    use nonstop_e2e::slow::{self, Ending, Slowness};
+    const ROUNDS: usize = 10;
+    const CLIENTS: usize = 2;
+    let lab = lab_with_managed_echo("slowsw");
+    for round in 0..ROUNDS {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| slow::spawn(&lab, Slowness::default()).expect("slow client"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(1200));
+        let (ok, out) = console(&lab, &["switchover", "--json"]);
+        assert!(
+            ok,
+            "round {round}: switchover failed: {out}\n{}",
+            logs(&lab)
+        );
+        for (i, client) in clients.into_iter().enumerate() {
+            let port = client.port;
+            let ending = client.finish();
+            assert_eq!(
+                ending,
+                Ending::Complete,
+                "round {round} client {i} (port {port}): {out}\n{}",
+                logs(&lab)
+            );
+        }
+        eprintln!("round {round}: {CLIENTS} slow transfers complete and exact");
+    }
+    let handed_over: u64 = [Node::Master, Node::Backup]
+        .into_iter()
+        .filter_map(|n| status_of(&lab, n))
+        .map(|s| s.replication.handed_over_sessions)
+        .sum();
+    eprintln!("{handed_over} sessions' queues handed over in {ROUNDS} switchovers");
+    assert!(
+        handed_over >= ROUNDS as u64,
+        "the switchovers handed output or input over ({handed_over} sessions)"
+    );
+}

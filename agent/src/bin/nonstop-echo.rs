@@ -1,6 +1,9 @@
 //! `nonstop-echo [--listen ADDR] [--slow-read BYTES:MS]`: the project's echo service,
 //! the lab's default service and the workload of tests and benchmarks. Every byte a
-//! client sends comes straight back; each connection is logged when it closes.
+//! client sends comes straight back; each connection is logged when it closes. Input
+//! is peeked, echoed, and consumed only once its echo is in the send queue, so the
+//! service never holds a byte only in its own memory (what a cold switchover could
+//! not hand over).
 //! `--slow-read` makes it a slow reader (at most BYTES per read, then a pause of MS),
 //! so input waits unread in its kernel: what a switchover's drain must cope with.
 
@@ -15,7 +18,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: nonstop-echo [--listen ADDR:PORT] [--slow-read BYTES:MS]";
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 fn parse_args() -> Result<Args, String> {
@@ -74,20 +77,30 @@ async fn main() -> std::process::ExitCode {
         tokio::spawn(async move {
             let (chunk, pause) = slow_read.unwrap_or((64 * 1024, Duration::ZERO));
             let mut buf = vec![0u8; chunk];
+            let mut consumed = vec![0u8; chunk];
             let mut total = 0u64;
+            // Bytes are only peeked until their echo is in the send queue, then
+            // consumed: no byte lives only in this process's memory, so a planned
+            // switchover that hands over the socket's queues loses nothing.
             loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if stream.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        total += n as u64;
-                        if !pause.is_zero() {
-                            tokio::time::sleep(pause).await;
-                        }
-                    }
+                let n = match stream.peek(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if stream.writable().await.is_err() {
+                    break;
+                }
+                let written = match stream.try_write(&buf[..n]) {
+                    Ok(w) => w,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(_) => break,
+                };
+                if stream.read_exact(&mut consumed[..written]).await.is_err() {
+                    break;
+                }
+                total += written as u64;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
                 }
             }
             eprintln!("nonstop-echo: {from} closed after {total} bytes");

@@ -34,6 +34,9 @@ pub enum Divergence {
     AckBeyondSent,
     /// The peer's data starts beyond what the replica received, and never fills in.
     InputHole,
+    /// A planned switchover could not hand over output the service wrote but its
+    /// kernel had not sent.
+    UnsentOutput,
 }
 
 impl Divergence {
@@ -42,6 +45,7 @@ impl Divergence {
         match self {
             Divergence::AckBeyondSent => "peer acknowledged bytes the replica never saw sent",
             Divergence::InputHole => "peer's data starts beyond what the replica received",
+            Divergence::UnsentOutput => "the service's unsent output could not be handed over",
         }
     }
 }

@@ -77,10 +77,13 @@ fn acked_peer_fin(state: &SessionState) -> Option<u32> {
 }
 
 /// The ISN of the forged SYN: `rcv_nxt - 1`, or `peer_fin - 1` when the peer's FIN is
-/// already acknowledged (the forged ACK then delivers that FIN; see the module docs).
+/// already acknowledged (the forged ACK then delivers that FIN; see the module docs),
+/// moved back by the length of any handed-over `unread_input` ([`super::feed`]).
 pub fn syn_seq(state: &SessionState) -> u32 {
+    // Input handed over unread (`unread_input`) comes first: the socket starts at it.
     acked_peer_fin(state)
         .unwrap_or(state.rcv_nxt)
+        .wrapping_sub(state.unread_input.len() as u32)
         .wrapping_sub(1)
 }
 

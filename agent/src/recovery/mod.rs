@@ -5,12 +5,14 @@
 //! - [`forge`]: builds the forged SYN and ACK, and recognises the app kernel's SYN-ACK.
 //! - [`translate`]: per-session sequence/ack/SACK/window/timestamp translation.
 //! - [`freeze`]: zero-window segments for a planned switchover's drain.
+//! - [`feed`]: feeding the restored service the input its predecessor had not read.
 //! - [`tail`]: delivering the replicated tail to the peer reliably (window, duplicate
 //!   ACKs, retransmission timer).
 //! - [`divergence`]: proving, right after a restore, that the peer saw nothing the
 //!   replica lacks (async mode), and the resets that end a session when it did.
 
 pub mod divergence;
+pub mod feed;
 pub mod forge;
 pub mod freeze;
 pub mod tail;

@@ -14,6 +14,7 @@
 //! leaving the peer waiting forever at a hole the app kernel cannot fill.
 //! Sans-IO: ACKs and the clock in, segments (IPv4 bytes) out.
 
+use super::forge::DEFAULT_MSS;
 use super::translate::tail_segment;
 use crate::session::tracker::unacked;
 use nonstop_shared::session::{seq_le, seq_lt, SessionState};
@@ -52,9 +53,18 @@ pub struct Tail {
 }
 
 impl Tail {
-    /// The tail of `state` (a restored session), segments of at most `mss` payload
-    /// bytes; `None` if there is nothing to deliver.
+    /// The tail of `state` (a restored session), segments of at most `mss` bytes
+    /// (lowered to the peer's MSS, less the timestamp option when it is on); `None`
+    /// if there is nothing to deliver.
     pub fn new(state: &SessionState, mss: usize) -> Option<Tail> {
+        let n = &state.negotiated;
+        let peer_mss = if n.peer_mss == 0 {
+            DEFAULT_MSS
+        } else {
+            n.peer_mss
+        };
+        let options = if n.timestamps { 12 } else { 0 };
+        let mss = mss.min(usize::from(peer_mss)).saturating_sub(options);
         let start = unacked::data_start(state);
         let data_end = unacked::data_end(state);
         let end = match state.our_fin {

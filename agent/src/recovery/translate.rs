@@ -11,7 +11,9 @@
 //! kernel numbers its first byte `new_isn + 1`. With
 //! `Δ = snd_nxt − (new_isn + 1)` (mod 2^32):
 //!
-//! - **outbound** (app → peer): `seq' = seq + Δ`; ACK and SACK unchanged (peer space);
+//! - **outbound** (app → peer): `seq' = seq + Δ`; ACK and SACK unchanged (peer space),
+//!   except an ACK below the replicated `rcv_nxt` (the app still taking handed-over
+//!   input, `super::feed`), which is raised to it;
 //!   window rescaled from the app's window scale to the one the peer knows
 //!   ([`Translator::peer_window`]); `TSval' = TSval + ts_off`; TSecr unchanged.
 //!   A SYN (a retransmitted SYN-ACK) is dropped.
@@ -118,6 +120,14 @@ pub struct Translator {
     snd_max: u32,
     /// Highest valid ACK seen from the peer, peer space.
     peer_acked: u32,
+    /// The replicated `rcv_nxt`: the peer was told it had arrived. The app's ACKs
+    /// stay below it while it is fed handed-over input (`super::feed`); the peer
+    /// must never see them (an ACK far below its `snd_una` makes it drop the whole
+    /// segment, RFC 5961 §5.2), so they are raised to it.
+    ack_floor: u32,
+    /// The app kernel's latest `rcv_nxt` and right window edge (peer space, from its
+    /// last segment), once it sent one.
+    app_receive: Option<(u32, u32)>,
     ts: Option<TsMap>,
     /// Window scale the app kernel applies to its windows (0: scaling off).
     app_wscale: u8,
@@ -158,6 +168,8 @@ impl Translator {
             // The tail is ours to send (`super::tail`): the peer may acknowledge it all.
             snd_max: tail_end,
             peer_acked: state.snd_una,
+            ack_floor: state.rcv_nxt,
+            app_receive: None,
             ts,
             app_wscale: if app_scaling {
                 synack.wscale.unwrap_or(0).min(MAX_WSCALE)
@@ -325,9 +337,17 @@ impl Translator {
         }
         let l = Layout::of(packet).ok_or(PacketError::Truncated)?;
         let (seq, end, rst, window) = (seg.seq, seg.end(), seg.rst, seg.window);
+        let below_floor = seg.ack.is_some_and(|a| seq_lt(a, self.ack_floor));
+        if let Some(ack) = seg.ack {
+            let edge = ack.wrapping_add(u32::from(window) << self.app_wscale);
+            self.app_receive = Some((ack, edge));
+        }
 
         let t = l.ip_len;
         wire::put_u32(packet, t + 4, self.peer_seq(seq));
+        if below_floor {
+            wire::put_u32(packet, t + 8, self.ack_floor);
+        }
         wire::put_u16(packet, t + 14, self.peer_window(window));
         if let Some(mut ts) = self.ts {
             let range = l.options();
@@ -370,6 +390,16 @@ impl Translator {
             return Err(TranslateError::BadChecksum);
         }
         let (ack, rst, window) = (seg.ack, seg.rst, seg.window);
+        // A pure ACK beyond the app's window: after a restore our own segments may
+        // have announced more room than the app kernel has now, and the peer used it.
+        // The kernel would drop the ACK with its window update (RFC 793: only
+        // `RCV.NXT` is acceptable in a zero window) and both sides would wait forever;
+        // at the app's `rcv_nxt` it counts.
+        let pure = seg.payload.is_empty() && !seg.fin && !seg.syn && !rst;
+        let moved_seq = self
+            .app_receive
+            .filter(|&(_, edge)| pure && seq_lt(edge, seg.seq))
+            .map(|(rcv_nxt, _)| rcv_nxt);
         if let Some(ack) = ack.filter(|_| !rst) {
             if seq_lt(self.snd_max, ack) {
                 return Err(TranslateError::AckBeyondSent {
@@ -381,6 +411,9 @@ impl Translator {
         }
 
         let t = l.ip_len;
+        if let Some(seq) = moved_seq {
+            wire::put_u32(packet, t + 4, seq);
+        }
         if let Some(ack) = ack {
             wire::put_u32(packet, t + 8, self.app_ack(ack));
         }

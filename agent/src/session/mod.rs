@@ -6,9 +6,12 @@
 //! - [`store`]: local persistence (append log + compaction).
 //! - [`replica`]: the table and its store kept in step (this node's persisted copy).
 //! - [`interceptor`]: the NFQUEUE thread: tracking, record numbering, holding.
+//! - [`drain`], [`handover`]: a planned switchover's drain, and the hand-over of the
+//!   service's unsent output (read from its sockets in repair mode).
 //! - [`queue_rules`]: the firewall chains that queue the service traffic (fail-closed).
 
 pub mod drain;
+pub mod handover;
 pub mod interceptor;
 pub mod proc_tcp;
 pub mod queue_rules;

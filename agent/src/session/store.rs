@@ -629,6 +629,7 @@ mod tests {
             our_fin: None,
             peer_fin: None,
             unacked: unacked.to_vec().into(),
+            unread_input: Vec::new(),
             bytes_in: 0,
             bytes_out: unacked.len() as u64,
             last_activity_ms: 1,

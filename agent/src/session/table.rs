@@ -242,6 +242,7 @@ mod tests {
             our_fin: None,
             peer_fin: None,
             unacked: Default::default(),
+            unread_input: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
             last_activity_ms: 1,

@@ -129,6 +129,8 @@ impl SessionView {
             restore_since_promotion_ms: i.restore_since_promotion_ms.load(Ordering::Relaxed),
             app_crashes: i.app_deaths.load(Ordering::Relaxed),
             segments_out_of_window: i.segments_out_of_window.load(Ordering::Relaxed),
+            handed_over_sessions: i.handed_over.load(Ordering::Relaxed),
+            handed_over_bytes: i.handed_over_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -85,6 +85,7 @@ fn state() -> SessionState {
         unacked: (SND_UNA..SND_NXT)
             .map(stream_byte)
             .collect::<VecDeque<u8>>(),
+        unread_input: Vec::new(),
         bytes_in: 4_599,
         bytes_out: 1_099,
         last_activity_ms: 1_700_000_000_000,

@@ -7,13 +7,13 @@ use crate::recovery::translate::{tail_end, Translator};
 use std::time::{Duration, Instant};
 
 /// A session with `n` tail bytes at `SND_UNA`, peer window `window` bytes (scale 7 →
-/// raw window `window >> 7`), segments of 100 bytes.
+/// raw window `window >> 7`), segments of 100 bytes (112 less the timestamp option).
 fn tail_of(n: usize, window: u32) -> (SessionState, Tail) {
     let mut s = state();
     s.snd_nxt = SND_UNA + n as u32;
     s.unacked = (0..n as u32).map(|i| stream_byte(SND_UNA + i)).collect();
     s.peer_window = (window >> 7) as u16;
-    let tail = Tail::new(&s, 100).expect("a tail");
+    let tail = Tail::new(&s, 112).expect("a tail"); // 100 bytes + the timestamp option
     (s, tail)
 }
 
@@ -120,7 +120,7 @@ fn a_pending_fin_goes_after_the_last_byte() {
     s.our_fin = Some(SND_NXT);
     s.snd_nxt = SND_NXT + 1;
     s.phase = Phase::LocalClosed;
-    let mut tail = Tail::new(&s, 60).expect("tail");
+    let mut tail = Tail::new(&s, 72).expect("tail"); // 60 bytes + timestamps
     assert_eq!(tail.end(), SND_NXT + 1);
     let out = tail.start(RCV_NXT, t0);
     assert_eq!(shape(&out), vec![(2_000, 60, false), (2_060, 40, true)]);

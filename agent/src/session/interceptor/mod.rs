@@ -24,6 +24,7 @@ use self::peek::Peek;
 use self::raw::RawSender;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
+use crate::recovery::feed::Feed;
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
 use crate::recovery::freeze::{freeze_ack, zero_window};
 use crate::recovery::tail::Tail;
@@ -104,6 +105,23 @@ pub enum QueueCommand {
     /// This node is not master and owns no session: forget the tracked ones (a
     /// restarted agent seeds its tracker from disk, for a resume as master only).
     ForgetSessions,
+    /// A planned switchover hands over the service's unsent output
+    /// ([`crate::session::handover`]): append each chunk (session, sequence number of
+    /// its first byte, bytes) to the session's replicated stream; keep `stopped` (the
+    /// service's processes, stopped for the read) until this node stops serving or the
+    /// switchover is called off. Replies with the sessions that could not take theirs.
+    HandOver {
+        /// What each session's socket held.
+        chunks: Vec<crate::session::handover::Taken>,
+        /// Processes to continue later (`SIGCONT`).
+        stopped: Vec<i32>,
+        /// The sessions whose output could not be handed over.
+        reply: tokio::sync::oneshot::Sender<Vec<SessionKey>>,
+    },
+    /// Reset these sessions cleanly on both sides (RST to the peer, deleted here and on
+    /// the backup, counted, an event): a planned switchover could not hand over their
+    /// unsent output, and a hole is never an option.
+    ResetUnsent(Vec<SessionKey>),
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -139,7 +157,8 @@ pub struct InterceptorStats {
     pub restore_failed: AtomicU64,
     /// Microseconds from the restore command to the last session restored.
     pub restore_last_us: AtomicU64,
-    /// Outbound packets dropped because this node is not master.
+    /// Outbound packets dropped because this node is not master, and peers' packets of
+    /// untracked sessions dropped while it is not (yet) serving them.
     pub not_master_drops: AtomicU64,
     /// Restores queued or waiting for a SYN-ACK.
     pub restore_pending: AtomicU64,
@@ -155,6 +174,11 @@ pub struct InterceptorStats {
     /// the window, a RST not at the exact point, a SYN, an unacceptable ACK): passed
     /// on untouched, they changed no session.
     pub segments_out_of_window: AtomicU64,
+    /// Sessions whose socket queues a planned switchover handed over (unsent output,
+    /// unread input).
+    pub handed_over: AtomicU64,
+    /// Bytes of unsent output and unread input handed over.
+    pub handed_over_bytes: AtomicU64,
     /// Per-session restore time of the last restore, median, µs.
     pub restore_session_p50_us: AtomicU64,
     /// Per-session restore time of the last restore, 99th percentile, µs.
@@ -282,6 +306,8 @@ struct Worker {
     tails: HashMap<SessionKey, Tail>,
     /// When the tails' timers were last looked at.
     tails_checked: Option<Instant>,
+    /// Restored sessions whose handed-over input the service has not taken yet.
+    feeds: HashMap<SessionKey, Feed>,
     restore_began: Option<Instant>,
     /// Counters at the start of the current restore, for its report.
     restored_before: u64,
@@ -299,6 +325,12 @@ struct Worker {
     restore_times_us: Vec<u64>,
     /// Peers are frozen: every outbound segment announces a zero window.
     frozen: bool,
+    /// This node just became master and the replicated sessions are not parked yet
+    /// ([`QueueCommand::Park`] or [`QueueCommand::ServiceReady`] ends it).
+    awaiting_park: bool,
+    /// The service's processes, stopped while a planned switchover read their unsent
+    /// output: continued once this node stops serving or the freeze ends.
+    stopped: Vec<i32>,
     /// Packets to inject that the raw socket could not take yet (see [`Worker::inject`]).
     outbox: VecDeque<Vec<u8>>,
     /// Peers' input to restored sessions, held until the whole batch is restored
@@ -410,6 +442,7 @@ impl Worker {
             translators: HashMap::new(),
             tails: HashMap::new(),
             tails_checked: None,
+            feeds: HashMap::new(),
             restore_began: None,
             restored_before: 0,
             failed_before: 0,
@@ -420,6 +453,8 @@ impl Worker {
             reset_recently: HashMap::new(),
             restore_times_us: Vec::new(),
             frozen: false,
+            awaiting_park: false,
+            stopped: Vec::new(),
             barrier: VecDeque::new(),
             outbox: VecDeque::new(),
             barrier_until: None,
@@ -482,7 +517,7 @@ impl Worker {
             if self.barrier_until.is_some() || !self.outbox.is_empty() {
                 timeout_ms = 1;
             }
-            if !self.tails.is_empty() {
+            if !self.tails.is_empty() || !self.feeds.is_empty() {
                 timeout_ms = timeout_ms.min(TAIL_POLL.as_millis() as i32);
             }
             if let Some(due) = self.closing.next_due(Instant::now()) {
@@ -510,8 +545,9 @@ impl Worker {
             &self.stats.packets_in
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        // Our own forged handshake into the local stack: deliver untouched, untracked.
-        if !peek.outbound && self.is_forged_inbound(&peek) {
+        // Our own forged handshake and fed input into the local stack: deliver
+        // untouched, untracked.
+        if !peek.outbound && (self.is_forged_inbound(&peek) || self.is_fed(&peek)) {
             message.set_verdict(nfq::Verdict::Accept);
             self.verdict(message);
             return;
@@ -520,6 +556,19 @@ impl Worker {
         if peek.outbound && message.get_nfmark() == INJECT_MARK {
             self.track(message.get_payload());
             message.set_verdict(nfq::Verdict::Accept);
+            self.verdict(message);
+            return;
+        }
+        // Peers' packets of sessions this node does not track, while it is not master
+        // or has just become master and not yet parked the replicated sessions (the
+        // VIP is added before the promotion reaches this thread): the kernel has no
+        // socket for them and would reset them. TCP retransmits.
+        if !peek.outbound
+            && (!self.master || (self.awaiting_park && !peek.syn))
+            && self.tracker.session(&peek.key).is_none()
+        {
+            self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
+            message.set_verdict(nfq::Verdict::Drop);
             self.verdict(message);
             return;
         }
@@ -590,6 +639,7 @@ impl Worker {
                 match translator.outbound(&mut packet) {
                     Ok(Verdict::Accept) => {
                         self.track(&packet);
+                        self.feed_input(&peek);
                         message.set_payload(packet);
                         self.hold_or_accept(message);
                     }
@@ -731,6 +781,7 @@ impl Worker {
         if let Record::Delete(key) = &record {
             self.translators.remove(key);
             self.tails.remove(key);
+            self.feeds.remove(key);
             self.restoring.remove(key);
             self.queued.remove(key);
             self.forged_acks.remove(key);
@@ -769,18 +820,47 @@ impl Worker {
                 if self.master && !master {
                     self.forget_reign();
                 }
+                self.awaiting_park = master && (self.awaiting_park || !self.master);
                 self.master = master;
+                if !master {
+                    // Every outbound packet is dropped from now on: the stopped
+                    // service may go on.
+                    self.continue_stopped();
+                }
+            }
+            QueueCommand::HandOver {
+                chunks,
+                stopped,
+                reply,
+            } => {
+                self.stopped.extend(stopped);
+                let failed = self.hand_over(chunks);
+                let _ = reply.send(failed);
+            }
+            QueueCommand::ResetUnsent(keys) => {
+                for key in keys {
+                    self.reset_unsent(key);
+                }
             }
             QueueCommand::Park {
                 states,
                 promoted_at,
             } => {
                 self.restore_origin = Some(promoted_at);
+                self.awaiting_park = false;
                 self.park(states);
             }
             QueueCommand::AppDied => self.on_app_died(),
-            QueueCommand::ServiceReady => self.restore_parked(),
-            QueueCommand::Freeze(on) => self.freeze(on),
+            QueueCommand::ServiceReady => {
+                self.awaiting_park = false;
+                self.restore_parked();
+            }
+            QueueCommand::Freeze(on) => {
+                self.freeze(on);
+                if !on {
+                    self.continue_stopped();
+                }
+            }
             QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
@@ -816,6 +896,7 @@ impl Worker {
         self.forged_acks.clear();
         self.translators.clear();
         self.tails.clear();
+        self.feeds.clear();
         self.probations.clear();
         self.stats.restore_pending.store(0, Ordering::Relaxed);
         // The sessions now live on the other node; if this node becomes
@@ -901,6 +982,60 @@ impl Worker {
 
     /// Shutdown: held packets are dropped, not released (their state may never reach
     /// the backup; TCP retransmits them), and the table goes with the agent.
+    /// Continues the service processes a switchover stopped.
+    fn continue_stopped(&mut self) {
+        if !self.stopped.is_empty() {
+            tracing::info!(pids = ?self.stopped, "service processes continued");
+            crate::session::handover::signal_all(&self.stopped, libc::SIGCONT);
+            self.stopped.clear();
+        }
+    }
+
+    /// Appends handed-over output to the tracked sessions and issues their records;
+    /// the sessions that could not take it.
+    fn hand_over(&mut self, chunks: Vec<crate::session::handover::Taken>) -> Vec<SessionKey> {
+        let mut failed = Vec::new();
+        for taken in chunks {
+            let output = taken.output.as_ref().map(|(seq, b)| (*seq, &b[..]));
+            let input = taken.input.as_ref().map(|(end, b)| (*end, &b[..]));
+            match self.tracker.hand_over(&taken.key, output, input) {
+                Ok(record) => {
+                    let bytes =
+                        output.map_or(0, |(_, b)| b.len()) + input.map_or(0, |(_, b)| b.len());
+                    self.stats.handed_over.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .handed_over_bytes
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    tracing::debug!(
+                        session = %taken.key,
+                        output = output.map_or(0, |(_, b)| b.len()),
+                        input = input.map_or(0, |(_, b)| b.len()),
+                        "socket queues handed over"
+                    );
+                    self.issue(record);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %taken.key, error = %e, "socket queues not handed over");
+                    failed.push(taken.key);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Resets a session whose unsent output could not be handed over: RSTs to the peer
+    /// at both ends of what it may have received, deleted everywhere, counted.
+    fn reset_unsent(&mut self, key: SessionKey) {
+        let Some((snd_una, snd_nxt)) = self.tracker.session(&key).map(|s| (s.snd_una, s.snd_nxt))
+        else {
+            return;
+        };
+        if snd_una != snd_nxt {
+            self.inject(reset_to_peer(&key, snd_una));
+        }
+        self.reset_diverged(key, Some(snd_nxt), Divergence::UnsentOutput);
+    }
+
     fn stop(&mut self) {
         while let Some(mut held) = self.held.pop_front() {
             held.message.set_verdict(nfq::Verdict::Drop);

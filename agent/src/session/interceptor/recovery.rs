@@ -62,14 +62,65 @@ impl Worker {
         }
     }
 
-    /// The tails' retransmission timers (rate-limited: this runs on the packet thread).
+    /// Whether an inbound packet is input this node feeds a restored service.
+    pub(super) fn is_fed(&self, peek: &Peek) -> bool {
+        self.feeds
+            .get(&peek.key)
+            .is_some_and(|f| f.is_ours(peek.seq, peek.ack.then_some(peek.ack_no)))
+    }
+
+    /// The restored service's segment (translated and tracked): its ACK and window
+    /// drive the feeding of handed-over input; once it has it all, the input is
+    /// cleared here and on the backup.
+    pub(super) fn feed_input(&mut self, peek: &Peek) {
+        if !peek.ack || self.feeds.is_empty() {
+            return;
+        }
+        let (Some(feed), Some(state), Some(t)) = (
+            self.feeds.get_mut(&peek.key),
+            self.tracker.session(&peek.key),
+            self.translators.get(&peek.key),
+        ) else {
+            return;
+        };
+        let shift = state.negotiated.our_wscale.unwrap_or(0).min(14);
+        let window = u32::from(state.our_window) << shift;
+        let app_ack = t.app_ack(t.peer_acked());
+        feed.set_peer_tsval(state.peer_tsval);
+        let packets = feed.on_app_ack(peek.ack_no, window, app_ack, Instant::now());
+        if feed.done() {
+            self.feeds.remove(&peek.key);
+            tracing::debug!(session = %peek.key, "handed-over input delivered");
+            if let Some(record) = self.tracker.input_delivered(&peek.key) {
+                self.issue(record);
+            }
+        }
+        for packet in packets {
+            self.inject(packet);
+        }
+    }
+
+    /// The tails' retransmission and the feeds' refeed timers (rate-limited: this
+    /// runs on the packet thread).
     pub(super) fn check_tails(&mut self) {
         let now = Instant::now();
-        if self.tails.is_empty() || self.tails_checked.is_some_and(|at| now < at + TAIL_POLL) {
+        if (self.tails.is_empty() && self.feeds.is_empty())
+            || self.tails_checked.is_some_and(|at| now < at + TAIL_POLL)
+        {
             return;
         }
         self.tails_checked = Some(now);
         let mut packets = Vec::new();
+        for (key, feed) in &mut self.feeds {
+            if feed.deadline().is_some_and(|at| at <= now) {
+                if let (Some(t), Some(state)) =
+                    (self.translators.get(key), self.tracker.session(key))
+                {
+                    feed.set_peer_tsval(state.peer_tsval);
+                    packets.extend(feed.poll(t.app_ack(t.peer_acked()), now));
+                }
+            }
+        }
         for (key, tail) in &mut self.tails {
             if tail.deadline().is_some_and(|at| at <= now) {
                 let rcv_nxt = self.tracker.session(key).map(|s| s.rcv_nxt);
@@ -112,6 +163,7 @@ impl Worker {
     ) {
         self.translators.remove(&key);
         self.tails.remove(&key);
+        self.feeds.remove(&key);
         self.probations.remove(&key);
         let app_rcv_nxt = self.tracker.session(&key).map(|s| s.rcv_nxt);
         let mut packets = Vec::new();
@@ -192,6 +244,7 @@ impl Worker {
         for state in parked {
             self.translators.remove(&state.key);
             self.tails.remove(&state.key);
+            self.feeds.remove(&state.key);
             self.restoring.remove(&state.key);
             self.forged_acks.remove(&state.key);
             self.awaiting_app.push(state.key);
@@ -446,6 +499,13 @@ impl Worker {
         let ack = forged_ack(&state, &synack);
         self.forged_acks.insert(key, synack.new_isn.wrapping_add(1));
         let mut packets = vec![ack];
+        let translator = Translator::new(&state, &synack);
+        // Handed-over input first, right behind the handshake (into the local stack).
+        if let Some(mut feed) = Feed::new(&state, &synack, 1460) {
+            let app_ack = translator.app_ack(translator.peer_acked());
+            packets.extend(feed.start(app_ack, Instant::now()));
+            self.feeds.insert(key, feed);
+        }
         if let Some(mut tail) = Tail::new(&state, 1460) {
             packets.extend(tail.start(state.rcv_nxt, Instant::now()));
             self.tails.insert(key, tail);
@@ -457,8 +517,7 @@ impl Worker {
         for packet in packets {
             self.inject(packet);
         }
-        self.translators
-            .insert(key, Translator::new(&state, &synack));
+        self.translators.insert(key, translator);
         if !self.holding {
             // Async replication: the replica may be behind what the peer saw.
             self.probations.insert(key, Probation::new(state.rcv_nxt));

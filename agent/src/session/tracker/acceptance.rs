@@ -7,7 +7,8 @@
 //! `tcp_ack`), all modulo 2^32:
 //! - **sequence**: acceptable when `end ≥ rcv_nxt` and `seq ≤ rcv_nxt + window`, where
 //!   `rcv_nxt` is the ACK number of the service's latest segment (the kernel's
-//!   `rcv_wup`) and `window` what that segment advertised (scaled).
+//!   `rcv_wup`) and `window` what that segment advertised (scaled) — or up to the
+//!   furthest right edge announced before, since a window never shrinks.
 //! - **RST**: resets only at exactly the point the kernel expects. That is its
 //!   `rcv_nxt`, which is either the last ACK we saw it send or, when it has received
 //!   bytes it has not acknowledged yet (delayed ACK), the end of everything the peer
@@ -58,16 +59,23 @@ pub fn window_right_edge(s: &SessionState) -> u32 {
 }
 
 /// RFC 793 acceptability of the sequence range `[seq, end)` against the window
-/// (`end` counts SYN and FIN).
-pub fn sequence_acceptable(s: &SessionState, seq: u32, end: u32) -> bool {
-    seq_le(s.rcv_nxt, end) && seq_le(seq, window_right_edge(s))
+/// (`end` counts SYN and FIN): from `rcv_nxt` to the furthest right edge announced
+/// (`announced_edge`, or the current one if that is further).
+pub fn sequence_acceptable(s: &SessionState, seq: u32, end: u32, announced_edge: u32) -> bool {
+    let current = window_right_edge(s);
+    let edge = if seq_lt(current, announced_edge) {
+        announced_edge
+    } else {
+        current
+    };
+    seq_le(s.rcv_nxt, end) && seq_le(seq, edge)
 }
 
 /// Whether a RST at `seq` resets the session (see the module doc).
 pub fn rst_acceptable(s: &SessionState, seq: u32) -> bool {
     if s.phase == Phase::Handshake {
         // A half-open connection is reset by any RST in its window.
-        return sequence_acceptable(s, seq, seq);
+        return sequence_acceptable(s, seq, seq, s.rcv_nxt);
     }
     seq == s.rcv_nxt || seq == s.peer_seq_max || s.peer_fin == Some(seq)
 }

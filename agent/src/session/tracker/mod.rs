@@ -33,7 +33,8 @@ pub mod unacked;
 mod tests;
 
 pub use acceptance::Rejection;
-use nonstop_shared::record::MAX_PAYLOAD;
+use nonstop_shared::record::{MAX_INPUT, MAX_PAYLOAD};
+use nonstop_shared::session::seq_lt;
 use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
 use segment::Segment;
 use serde::Serialize;
@@ -117,6 +118,37 @@ pub enum PacketError {
     /// A new session would exceed [`TrackerLimits::max_sessions`].
     #[error("too many sessions")]
     TooManySessions,
+}
+
+/// Why output could not be handed over ([`Tracker::hand_over`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandOverError {
+    /// The session is not tracked.
+    #[error("session not tracked")]
+    Unknown,
+    /// The session's `unacked` does not hold every byte (byte limit), it is not
+    /// announced yet, our FIN was sent, or the bytes would exceed the limit.
+    #[error("session cannot carry the handed-over bytes")]
+    Incomplete,
+    /// The bytes start beyond what the tracker holds.
+    #[error("handed-over bytes start at {seq}, the tracker holds up to {data_end}")]
+    Gap {
+        /// Where the bytes start.
+        seq: u32,
+        /// Where the tracker's bytes end.
+        data_end: u32,
+    },
+    /// Bytes the tracker already holds differ from the socket's.
+    #[error("handed-over bytes differ from the tracked ones")]
+    Mismatch,
+    /// The socket's input ends before what we acknowledged to the peer.
+    #[error("unread input ends at {end}, before rcv_nxt {rcv_nxt}")]
+    InputBehind {
+        /// Where the socket's input ends (its `rcv_nxt`).
+        end: u32,
+        /// Our last ACK to the peer.
+        rcv_nxt: u32,
+    },
 }
 
 /// Counters since the tracker was made (plus the current session counts).
@@ -289,6 +321,93 @@ impl Tracker {
     /// Removes a session; whether the backup knew it (so a `Delete` is due).
     fn forget(&mut self, key: &SessionKey) -> bool {
         self.sessions.remove(key).is_some_and(|e| e.announced)
+    }
+
+    /// What the old master's service socket still holds at a planned switchover
+    /// (`session::handover`), made part of the session's replicated state:
+    /// - `output`: the service's output from sequence number `seq` on, sent or not
+    ///   (the socket's send queue). What extends `unacked` contiguously is appended —
+    ///   beyond `snd_nxt` it is output the kernel never sent, which the new master
+    ///   sends (`recovery::tail`); bytes overlapping `unacked` must match it.
+    /// - `input`: the bytes the service has not read, ending at the kernel's
+    ///   `rcv_nxt` (the socket's receive queue). They become `unread_input`, and
+    ///   `rcv_nxt` moves to their end: the new master feeds them to its service first.
+    ///
+    /// Returns the `Full` record that replicates it all.
+    pub fn hand_over(
+        &mut self,
+        key: &SessionKey,
+        output: Option<(u32, &[u8])>,
+        input: Option<(u32, &[u8])>,
+    ) -> Result<Record, HandOverError> {
+        let entry = self.sessions.get_mut(key).ok_or(HandOverError::Unknown)?;
+        let s = &mut entry.state;
+        if !entry.announced || !unacked::unacked_complete(s) || s.our_fin.is_some() {
+            return Err(HandOverError::Incomplete);
+        }
+        if let Some((end, bytes)) = input {
+            if !bytes.is_empty() && s.peer_fin.is_some() {
+                // The peer's FIN would have to follow the input (not supported).
+                return Err(HandOverError::Incomplete);
+            }
+            if seq_lt(end, s.rcv_nxt) {
+                return Err(HandOverError::InputBehind {
+                    end,
+                    rcv_nxt: s.rcv_nxt,
+                });
+            }
+        }
+        if let Some((seq, bytes)) = output {
+            // The socket's queue starts at its kernel's snd_una, which is never past
+            // ours (we see the peer's ACKs first): skip what is already acknowledged.
+            let start = unacked::data_start(s);
+            let data_end = unacked::data_end(s);
+            let (seq, bytes) = if seq_lt(seq, start) {
+                let skip = start.wrapping_sub(seq) as usize;
+                (start, bytes.get(skip..).unwrap_or_default())
+            } else {
+                (seq, bytes)
+            };
+            if seq_lt(data_end, seq) {
+                return Err(HandOverError::Gap { seq, data_end });
+            }
+            // The overlap with what we hold must be the same bytes.
+            let overlap = (data_end.wrapping_sub(seq) as usize).min(bytes.len());
+            let held_from = seq.wrapping_sub(start) as usize;
+            if !s
+                .unacked
+                .range(held_from..held_from + overlap)
+                .eq(bytes[..overlap].iter())
+            {
+                return Err(HandOverError::Mismatch);
+            }
+            let appended = unacked::append_unacked(s, seq, bytes, self.limits.max_unacked_bytes);
+            if appended < bytes.len() - overlap {
+                return Err(HandOverError::Incomplete);
+            }
+        }
+        if let Some((end, bytes)) = input {
+            if bytes.len() > MAX_INPUT {
+                return Err(HandOverError::Incomplete);
+            }
+            s.unread_input = bytes.to_vec();
+            s.rcv_nxt = end;
+            if seq_lt(s.peer_seq_max, end) {
+                s.peer_seq_max = end;
+            }
+        }
+        Ok(Record::Full(s.clone()))
+    }
+
+    /// The new service has read (acknowledged) the handed-over input of a session:
+    /// it is cleared, and the `Full` record that says so is returned.
+    pub fn input_delivered(&mut self, key: &SessionKey) -> Option<Record> {
+        let s = &mut self.sessions.get_mut(key)?.state;
+        if s.unread_input.is_empty() {
+            return None;
+        }
+        s.unread_input.clear();
+        Some(Record::Full(s.clone()))
     }
 
     /// Drops a session the agent itself ended (a diverged restore it reset); the

@@ -108,6 +108,11 @@ pub(super) struct Entry {
     /// The largest window the peer has offered (scaled): how far below `snd_una` an
     /// ACK may still be acceptable (RFC 5961 §5.2, the kernel's `max_window`).
     max_peer_window: u32,
+    /// The furthest right edge of the receive window we have announced (`ack +
+    /// window`, scaled). The kernel never shrinks its window, so this is its own
+    /// edge; after a restore our segments and the new service's together may have
+    /// announced more than the service takes now, and the peer may legitimately use it.
+    announced_edge: u32,
 }
 
 impl Entry {
@@ -138,6 +143,7 @@ impl Entry {
             our_fin: None,
             peer_fin: None,
             unacked: Default::default(),
+            unread_input: Vec::new(),
             bytes_in: u64::from(seg.len()),
             bytes_out: 0,
             last_activity_ms: now_ms,
@@ -149,6 +155,7 @@ impl Entry {
             peer_syn: SynOptions::from(options),
             window_mark: Some((seg.seq, 0)),
             max_peer_window: u32::from(seg.window),
+            announced_edge: seg.seq,
         }
     }
 
@@ -165,6 +172,7 @@ impl Entry {
             synack_seen: state.phase != Phase::Handshake,
             // Not replicated: assume the largest window the peer could offer.
             max_peer_window: u32::from(u16::MAX) << n.peer_wscale.unwrap_or(0),
+            announced_edge: acceptance::window_right_edge(&state),
             state,
             announced: true,
             window_mark: None,
@@ -197,7 +205,7 @@ impl Entry {
         }
         // Segments without ACK are dropped by the stack (RFC 793 §3.9, "fifth").
         let ack = seg.ack.ok_or(Rejection::NoAck)?;
-        if !acceptance::sequence_acceptable(s, seg.seq, seg.end()) {
+        if !acceptance::sequence_acceptable(s, seg.seq, seg.end(), self.announced_edge) {
             return Err(Rejection::OutOfWindow);
         }
         if s.phase == Phase::Handshake {
@@ -317,18 +325,18 @@ impl Entry {
         let end = seg.end();
         if seq_lt(s.snd_nxt, end) {
             let new = payload_between(s.snd_nxt, end, seg.fin.then(|| seg.payload_end()));
-            let appended_end = data_seq.wrapping_add(appended as u32);
-            let appended_new = if appended > 0 && seq_lt(s.snd_nxt, appended_end) {
-                let from = if seq_lt(data_seq, s.snd_nxt) {
-                    s.snd_nxt
-                } else {
-                    data_seq
-                };
-                u64::from(appended_end.wrapping_sub(from))
+            // New bytes are stored if `unacked` reaches past them now (appended just
+            // now, or handed over earlier: see `Tracker::hand_over`).
+            let held_to = unacked::data_end(s);
+            let stored_from = if seq_lt(s.snd_nxt, held_to) {
+                held_to
             } else {
-                0
+                s.snd_nxt
             };
-            stats.unstored_bytes += new.saturating_sub(appended_new);
+            let payload_end = seg.payload_end();
+            if seq_lt(stored_from, payload_end) {
+                stats.unstored_bytes += u64::from(payload_end.wrapping_sub(stored_from));
+            }
             s.bytes_out += new;
             s.snd_nxt = end;
         }
@@ -341,6 +349,10 @@ impl Entry {
             }
         }
         s.our_window = seg.window;
+        let edge = acceptance::window_right_edge(s);
+        if seq_lt(self.announced_edge, edge) {
+            self.announced_edge = edge;
+        }
         if let Some(ts) = options.timestamps.filter(|_| s.negotiated.timestamps) {
             if seq_lt(s.our_tsval, ts.tsval) {
                 s.our_tsval = ts.tsval;
@@ -372,6 +384,7 @@ impl Entry {
         s.snd_nxt = seg.seq.wrapping_add(1);
         s.rcv_nxt = s.peer_isn.wrapping_add(1);
         s.our_window = seg.window;
+        self.announced_edge = s.rcv_nxt.wrapping_add(u32::from(seg.window));
         s.negotiated = Negotiated {
             peer_mss: peer.mss.unwrap_or(0),
             our_mss: ours.mss.unwrap_or(0),

@@ -31,6 +31,7 @@ fn handshake_without_options() {
         our_fin: None,
         peer_fin: None,
         unacked: Default::default(),
+        unread_input: Vec::new(),
         bytes_in: 0,
         bytes_out: 0,
         last_activity_ms: NOW + 3,

@@ -384,6 +384,9 @@ mod blind {
         let Some(ack) = ack else { return false };
         let shift = u32::from(s.negotiated.our_wscale.unwrap_or(0));
         let window = (u64::from(s.our_window) << shift) + (1u64 << shift) - 1;
+        // The SYN-ACK announced 1,024 bytes (unscaled) from the same rcv_nxt: the
+        // edge never shrinks.
+        let window = window.max(1024);
         let len = f.payload as u32 + u32::from(f.fin);
         // Signed distances from the left edge (rcv_nxt), wrap-safe.
         let start = i64::from(seq.wrapping_sub(s.rcv_nxt) as i32);
