@@ -133,6 +133,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
             .context("interception")?;
     interceptor.send(QueueCommand::SetEventLog(Arc::clone(&events)));
     let stats = Arc::new(ReplicationStats::default());
+    let record_fault = sender::RecordFault::default();
     let receiver = receiver::bind(ReceiverParts {
         listen: config.sync.address,
         peer_ip: config.sync.peer.ip(),
@@ -156,6 +157,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         stats: Arc::clone(&stats),
         shutdown: shutdown.clone(),
         key: key.clone(),
+        fault: record_fault.clone(),
     }));
     if config.session.replication == ReplicationMode::Sync
         && config.session.lone_master == nonstop_shared::config::LoneMaster::Serve
@@ -235,7 +237,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         rejected: control_rejected,
         key,
         sessions: Some(view),
-        injector: nonstop_agent::inject::Injector::new(&config),
+        injector: nonstop_agent::inject::Injector::new(&config).with_record_fault(record_fault),
     };
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();
