@@ -15,6 +15,7 @@
 
 use crate::replication::follower::Follower;
 use crate::replication::stats::ReplicationStats;
+use crate::replication::stream::StreamError;
 use crate::session::replica::Replica;
 use crate::shutdown::Shutdown;
 use anyhow::{bail, Context};
@@ -118,7 +119,7 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
         let ready = ready_tx.clone();
         let max_sessions = parts.max_sessions;
         tokio::spawn(async move {
-            let follower = handshake(stream, &key, max_sessions);
+            let follower = handshake(stream, &key, max_sessions, &stats);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, follower).await {
                 Ok(Ok((stream, follower))) => {
                     let _ = ready
@@ -130,7 +131,6 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
                         .await;
                 }
                 Ok(Err(e)) => {
-                    stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%from, error = format!("{e:#}"), "replication handshake failed");
                 }
                 Err(_) => {
@@ -150,16 +150,40 @@ struct Authenticated {
 }
 
 /// The backup's half of the handshake: client hello, server hello, client finish.
-/// Bytes the master sent after its finish stay in the follower.
+/// Bytes the master sent after its finish stay in the follower. A failure is counted
+/// here: a failed handshake as rejected, a bad frame read along with the finish as
+/// [`ReplicationStats::count_error`] says.
 async fn handshake(
+    stream: TcpStream,
+    key: &Key,
+    max_sessions: usize,
+    stats: &ReplicationStats,
+) -> anyhow::Result<(TcpStream, Follower)> {
+    let mut follower = None;
+    let result = exchange(stream, key, max_sessions, &mut follower).await;
+    if let Err(e) = &result {
+        match (e.downcast_ref::<StreamError>(), &follower) {
+            (Some(e), Some(f)) if f.is_established() => stats.count_error(e),
+            _ => {
+                stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let stream = result?;
+    let follower = follower.ok_or_else(|| anyhow::anyhow!("handshake state lost"))?;
+    Ok((stream, follower))
+}
+
+async fn exchange(
     mut stream: TcpStream,
     key: &Key,
     max_sessions: usize,
-) -> anyhow::Result<(TcpStream, Follower)> {
+    slot: &mut Option<Follower>,
+) -> anyhow::Result<TcpStream> {
     stream.set_nodelay(true)?;
     let nonce = nonstop_shared::auth::random_bytes()
         .map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
-    let mut follower = Follower::new(key, nonce, max_sessions);
+    let follower = slot.insert(Follower::new(key, nonce, max_sessions));
     let mut chunk = [0u8; 4096];
     while !follower.is_established() {
         let n = stream.read(&mut chunk).await.context("handshake")?;
@@ -173,7 +197,7 @@ async fn handshake(
             .context("server hello")?;
         follower.transmitted();
     }
-    Ok((stream, follower))
+    Ok(stream)
 }
 
 async fn receive(
