@@ -15,11 +15,13 @@
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 
 mod close_quarantine;
+mod holding;
 mod peek;
 mod raw;
 mod recovery;
 
 use self::close_quarantine::CloseQuarantine;
+use self::holding::{Holding, Offer};
 use self::peek::Peek;
 use self::raw::RawSender;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
@@ -249,11 +251,6 @@ pub fn spawn(
     ))
 }
 
-struct Held {
-    required: u64,
-    message: nfq::Message,
-}
-
 struct Worker {
     queue: nfq::Queue,
     queue_fd: RawFd,
@@ -262,10 +259,8 @@ struct Worker {
     commands: mpsc::Receiver<QueueCommand>,
     wake: Arc<EventFd>,
     stats: Arc<InterceptorStats>,
-    next_seq: u64,
-    acked: u64,
-    holding: bool,
-    held: VecDeque<Held>,
+    /// Record numbers and the outbound packets waiting for the backup.
+    holding: Holding<nfq::Message>,
     master: bool,
     vip: Ipv4Addr,
     ports: Vec<u16>,
@@ -395,10 +390,7 @@ impl Worker {
             commands,
             wake,
             stats,
-            next_seq: first_seq,
-            acked: first_seq.saturating_sub(1),
-            holding: false,
-            held: VecDeque::new(),
+            holding: Holding::new(first_seq, MAX_HELD),
             master: false,
             vip: config.vip,
             ports: config.ports.clone(),
@@ -707,23 +699,19 @@ impl Worker {
 
     /// In sync mode an outbound packet waits until the backup has acknowledged the
     /// record current now (and everything held before it).
-    fn hold_or_accept(&mut self, mut message: nfq::Message) {
-        let required = self.next_seq - 1;
-        if self.holding && (required > self.acked || !self.held.is_empty()) {
-            if self.held.len() >= MAX_HELD {
-                self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
-                message.set_verdict(nfq::Verdict::Drop);
-                self.verdict(message);
-                return;
+    fn hold_or_accept(&mut self, message: nfq::Message) {
+        match self.holding.offer(message) {
+            Offer::Pass(message) => self.verdict_with(message, nfq::Verdict::Accept),
+            Offer::Held => {
+                self.stats
+                    .held
+                    .store(self.holding.len() as u64, Ordering::Relaxed);
             }
-            self.held.push_back(Held { required, message });
-            self.stats
-                .held
-                .store(self.held.len() as u64, Ordering::Relaxed);
-            return;
+            Offer::Overflow(message) => {
+                self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
+                self.verdict_with(message, nfq::Verdict::Drop);
+            }
         }
-        message.set_verdict(nfq::Verdict::Accept);
-        self.verdict(message);
     }
 
     /// Numbers a record and hands it to replication.
@@ -735,8 +723,7 @@ impl Worker {
             self.queued.remove(key);
             self.forged_acks.remove(key);
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.holding.number();
         let _ = self.records.send((seq, record));
         self.stats.last_seq.store(seq, Ordering::Relaxed);
         self.stats
@@ -747,14 +734,15 @@ impl Worker {
     fn on_command(&mut self, command: QueueCommand) {
         match command {
             QueueCommand::Acked(seq) => {
-                self.acked = self.acked.max(seq);
-                self.stats.acked_seq.store(self.acked, Ordering::Relaxed);
+                self.holding.handle_ack(seq);
+                self.stats
+                    .acked_seq
+                    .store(self.holding.acked(), Ordering::Relaxed);
             }
             QueueCommand::SetHolding(on) => {
-                if self.holding != on {
+                if self.holding.set_on(on) {
                     tracing::info!(holding = on, "outbound holding changed");
                 }
-                self.holding = on;
                 self.stats.holding.store(on, Ordering::Relaxed);
                 if !on {
                     self.release_all();
@@ -783,7 +771,7 @@ impl Worker {
             QueueCommand::Freeze(on) => self.freeze(on),
             QueueCommand::SetEventLog(events) => self.events = Some(events),
             QueueCommand::Snapshot(reply) => {
-                let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
+                let _ = reply.send((self.holding.last_seq(), self.tracker.snapshot()));
             }
             QueueCommand::Sessions(reply) => {
                 let _ = reply.send(self.tracker.sessions().cloned().collect());
@@ -798,11 +786,7 @@ impl Worker {
     fn forget_reign(&mut self) {
         // Whatever is held was never acknowledged by the backup; the new
         // master retransmits from its replica.
-        while let Some(mut held) = self.held.pop_front() {
-            held.message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(held.message);
-        }
-        self.stats.held.store(0, Ordering::Relaxed);
+        self.drop_held();
         self.drop_closes();
         self.drop_barrier();
         self.barrier_until = None;
@@ -869,21 +853,27 @@ impl Worker {
 
     /// Releases, in order, every held packet the backup's acknowledgement covers.
     fn release(&mut self) {
-        while self.held.front().is_some_and(|h| h.required <= self.acked) {
-            if let Some(mut held) = self.held.pop_front() {
-                held.message.set_verdict(nfq::Verdict::Accept);
-                self.verdict(held.message);
-            }
+        while let Some(message) = self.holding.poll_released() {
+            self.verdict_with(message, nfq::Verdict::Accept);
         }
         self.stats
             .held
-            .store(self.held.len() as u64, Ordering::Relaxed);
+            .store(self.holding.len() as u64, Ordering::Relaxed);
     }
 
+    /// Releases every held packet, in order (holding went off).
     fn release_all(&mut self) {
-        while let Some(mut held) = self.held.pop_front() {
-            held.message.set_verdict(nfq::Verdict::Accept);
-            self.verdict(held.message);
+        for message in self.holding.take_all() {
+            self.verdict_with(message, nfq::Verdict::Accept);
+        }
+        self.stats.held.store(0, Ordering::Relaxed);
+    }
+
+    /// Drops every held packet: never acknowledged by the backup, so it must not
+    /// leave (TCP retransmits, or the new master from its replica).
+    fn drop_held(&mut self) {
+        for message in self.holding.take_all() {
+            self.verdict_with(message, nfq::Verdict::Drop);
         }
         self.stats.held.store(0, Ordering::Relaxed);
     }
@@ -902,10 +892,7 @@ impl Worker {
     /// Shutdown: held packets are dropped, not released (their state may never reach
     /// the backup; TCP retransmits them), and the table goes with the agent.
     fn stop(&mut self) {
-        while let Some(mut held) = self.held.pop_front() {
-            held.message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(held.message);
-        }
+        self.drop_held();
         self.drop_closes();
         self.drop_barrier();
         if let Err(e) = queue_rules::remove() {

@@ -451,7 +451,7 @@ impl Worker {
             self.tails.insert(key, tail);
         }
         packets.extend(duplicate_acks(&state, 4));
-        if !self.holding {
+        if !self.holding.is_on() {
             packets.push(probe(&state));
         }
         for packet in packets {
@@ -459,7 +459,7 @@ impl Worker {
         }
         self.translators
             .insert(key, Translator::new(&state, &synack));
-        if !self.holding {
+        if !self.holding.is_on() {
             // Async replication: the replica may be behind what the peer saw.
             self.probations.insert(key, Probation::new(state.rcv_nxt));
         }
