@@ -19,14 +19,17 @@ mod holding;
 mod peek;
 mod raw;
 mod recovery;
+mod restores;
 
 use self::close_quarantine::CloseQuarantine;
 use self::holding::{Holding, Offer};
 use self::peek::Peek;
 use self::raw::RawSender;
+use self::restores::Restores;
+pub use self::restores::{HANDSHAKE_RETRY, HANDSHAKE_TRIES, MAX_HANDSHAKES};
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
-use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
+use crate::recovery::forge::{forged_ack, parse_synack};
 use crate::recovery::freeze::{freeze_ack, zero_window};
 use crate::recovery::tail::Tail;
 use crate::recovery::translate::TranslateError;
@@ -265,11 +268,8 @@ struct Worker {
     vip: Ipv4Addr,
     ports: Vec<u16>,
     raw: RawSender,
-    /// Forged SYN sent, waiting for the app kernel's SYN-ACK.
-    restoring: HashMap<SessionKey, Restoring>,
-    /// Sessions waiting for a handshake slot (see [`MAX_HANDSHAKES`]).
-    restore_queue: VecDeque<SessionKey>,
-    queued: HashMap<SessionKey, SessionState>,
+    /// Sessions parked, queued for a handshake slot, or with a forged SYN in flight.
+    restores: Restores,
     /// Forged ACK sent (value: the ACK number it carries), to let it through once.
     forged_acks: HashMap<SessionKey, u32>,
     translators: HashMap<SessionKey, Translator>,
@@ -284,8 +284,6 @@ struct Worker {
     events: Option<Arc<crate::events::EventLog>>,
     /// The service's closes, held a moment in case it is dying.
     closing: CloseQuarantine<nfq::Message>,
-    /// Sessions of a dead service, waiting for it to listen again.
-    awaiting_app: Vec<SessionKey>,
     /// Restored sessions (async mode) whose peer has not yet proven it is in step.
     probations: HashMap<SessionKey, Probation>,
     /// Sessions this node reset, and when: the app's late packets are dropped.
@@ -307,24 +305,6 @@ struct Worker {
     /// The promotion (or service death) the restore under way answers.
     restore_origin: Option<Instant>,
 }
-
-/// A forged handshake in flight.
-struct Restoring {
-    state: SessionState,
-    /// First forged SYN.
-    started: Instant,
-    /// Latest forged SYN.
-    sent_at: Instant,
-    tries: u32,
-}
-
-/// Forged handshakes in flight at once: the app kernel's SYN queue is small (128 by
-/// default in a fresh namespace) and an overflow would turn on SYN cookies.
-pub const MAX_HANDSHAKES: usize = 32;
-/// A forged SYN unanswered this long is sent again.
-pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(300);
-/// Forged SYNs per session before the restore is given up.
-pub const HANDSHAKE_TRIES: u32 = 10;
 
 /// The `p` quantile (0..=1) of sorted values, nearest rank; 0 if empty.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -395,9 +375,7 @@ impl Worker {
             vip: config.vip,
             ports: config.ports.clone(),
             raw: RawSender::open().context("raw socket for restores")?,
-            restoring: HashMap::new(),
-            restore_queue: VecDeque::new(),
-            queued: HashMap::new(),
+            restores: Restores::default(),
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
             tails: HashMap::new(),
@@ -407,7 +385,6 @@ impl Worker {
             failed_before: 0,
             events: None,
             closing: CloseQuarantine::new(close_quarantine::CLOSE_GRACE),
-            awaiting_app: Vec::new(),
             probations: HashMap::new(),
             reset_recently: HashMap::new(),
             restore_times_us: Vec::new(),
@@ -467,10 +444,14 @@ impl Worker {
             self.check_probations();
             self.check_tails();
             self.check_barrier();
-            if !self.restoring.is_empty() {
+            if self.restores.flying() > 0 {
                 self.pump_restores();
             }
-            let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
+            let mut timeout_ms = if self.restores.flying() == 0 {
+                1000
+            } else {
+                50
+            };
             if self.barrier_until.is_some() || !self.outbox.is_empty() {
                 timeout_ms = 1;
             }
@@ -521,7 +502,7 @@ impl Worker {
             self.verdict(message);
             return;
         }
-        if self.restoring.contains_key(&peek.key) || self.queued.contains_key(&peek.key) {
+        if self.restores.pending_for(&peek.key) {
             if peek.outbound && peek.syn && peek.ack {
                 self.complete_restore(peek.key, message.get_payload());
             } else if !peek.outbound {
@@ -719,8 +700,7 @@ impl Worker {
         if let Record::Delete(key) = &record {
             self.translators.remove(key);
             self.tails.remove(key);
-            self.restoring.remove(key);
-            self.queued.remove(key);
+            self.restores.forget(key);
             self.forged_acks.remove(key);
         }
         let seq = self.holding.number();
@@ -793,10 +773,7 @@ impl Worker {
         self.outbox.clear();
         self.restore_began = None;
         self.frozen = false;
-        self.awaiting_app.clear();
-        self.restoring.clear();
-        self.restore_queue.clear();
-        self.queued.clear();
+        self.restores.clear();
         self.forged_acks.clear();
         self.translators.clear();
         self.tails.clear();

@@ -192,32 +192,19 @@ impl Worker {
         for state in parked {
             self.translators.remove(&state.key);
             self.tails.remove(&state.key);
-            self.restoring.remove(&state.key);
             self.forged_acks.remove(&state.key);
-            self.awaiting_app.push(state.key);
-            self.queued.insert(state.key, state);
+            self.restores.park(state);
         }
-        self.stats.restore_pending.store(
-            (self.restoring.len() + self.queued.len()) as u64,
-            Ordering::Relaxed,
-        );
+        self.stats
+            .restore_pending
+            .store(self.restores.pending() as u64, Ordering::Relaxed);
     }
 
     /// The restarted service listens: restore the parked sessions into it, from
     /// their latest tracked state.
     pub(super) fn restore_parked(&mut self) {
-        let keys = std::mem::take(&mut self.awaiting_app);
-        let mut count = 0;
-        for key in keys {
-            if !self.queued.contains_key(&key) {
-                continue; // ended meanwhile (the peer reset it)
-            }
-            if let Some(state) = self.tracker.session(&key) {
-                self.queued.insert(key, state.clone());
-            }
-            self.restore_queue.push_back(key);
-            count += 1;
-        }
+        let tracker = &self.tracker;
+        let count = self.restores.unpark(|key| tracker.session(key).cloned());
         if count == 0 {
             return;
         }
@@ -230,7 +217,7 @@ impl Worker {
 
     pub(super) fn is_forged_inbound(&mut self, peek: &Peek) -> bool {
         if peek.syn && !peek.ack {
-            return self.restoring.contains_key(&peek.key);
+            return self.restores.in_flight(&peek.key);
         }
         match self.forged_acks.get(&peek.key) {
             Some(&ack) if peek.ack && !peek.syn && peek.payload_len == 0 && peek.ack_no == ack => {
@@ -271,62 +258,31 @@ impl Worker {
             self.issue(Record::Full(state.clone()));
         }
         for state in fresh {
-            self.awaiting_app.push(state.key);
-            self.queued.insert(state.key, state);
+            self.restores.park(state);
         }
         self.stats
             .sessions
             .store(self.tracker.len() as u64, Ordering::Relaxed);
-        self.stats.restore_pending.store(
-            (self.restoring.len() + self.queued.len()) as u64,
-            Ordering::Relaxed,
-        );
+        self.stats
+            .restore_pending
+            .store(self.restores.pending() as u64, Ordering::Relaxed);
     }
 
     /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
-    /// re-sends forged SYNs that went unanswered.
+    /// re-sends forged SYNs that went unanswered ([`Restores::pump`]).
     pub(super) fn pump_restores(&mut self) {
-        let mut retry = Vec::new();
-        for (key, r) in &self.restoring {
-            if r.sent_at.elapsed() >= HANDSHAKE_RETRY {
-                retry.push(*key);
-            }
+        let pumped = self.restores.pump(Instant::now());
+        for key in &pumped.given_up {
+            self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
         }
-        for key in retry {
-            let Some(r) = self.restoring.get_mut(&key) else {
-                continue;
-            };
-            if r.tries >= HANDSHAKE_TRIES {
-                self.restoring.remove(&key);
-                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
-                continue;
-            }
-            r.tries += 1;
-            r.sent_at = Instant::now();
-            let syn = forged_syn(&r.state);
+        self.stats
+            .restore_started
+            .fetch_add(pumped.started, Ordering::Relaxed);
+        for syn in pumped.syns {
             self.inject(syn);
         }
-        while self.restoring.len() < MAX_HANDSHAKES {
-            let Some(key) = self.restore_queue.pop_front() else {
-                break;
-            };
-            let Some(state) = self.queued.remove(&key) else {
-                continue;
-            };
-            self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
-            self.inject(forged_syn(&state));
-            self.restoring.insert(
-                key,
-                Restoring {
-                    state,
-                    started: Instant::now(),
-                    sent_at: Instant::now(),
-                    tries: 1,
-                },
-            );
-        }
-        let pending = (self.restoring.len() + self.queued.len()) as u64;
+        let pending = self.restores.pending() as u64;
         self.stats.restore_pending.store(pending, Ordering::Relaxed);
         if pending == 0 {
             if let Some(began) = self.restore_began.take() {
@@ -430,7 +386,7 @@ impl Worker {
     /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
     /// ACKs) and translate from now on.
     pub(super) fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
-        let Some(Restoring { state, started, .. }) = self.restoring.remove(&key) else {
+        let Some(restores::InFlight { state, started, .. }) = self.restores.answered(&key) else {
             return;
         };
         self.restore_times_us
