@@ -278,6 +278,16 @@ mod tests {
         dir: std::path::PathBuf,
     }
 
+    impl Backup {
+        /// Sessions in the backup's replica.
+        fn sessions(&self) -> usize {
+            self.replica
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+        }
+    }
+
     async fn backup(max_sessions: usize, tag: &str) -> Backup {
         let dir = std::env::temp_dir().join(format!("nonstop-recv-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -400,13 +410,7 @@ mod tests {
         assert!(closed(&mut stream).await);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(b.stats.replication_rejected.load(Ordering::Relaxed), 3);
-        assert_eq!(
-            b.replica
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
-            0
-        );
+        assert_eq!(b.sessions(), 0);
         let _ = std::fs::remove_dir_all(&b.dir);
     }
 
@@ -472,13 +476,7 @@ mod tests {
         );
         assert_eq!(b.stats.resyncs.load(Ordering::Relaxed), 1);
         assert_eq!(b.stats.apply_errors.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            b.replica
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
-            1
-        );
+        assert_eq!(b.sessions(), 1);
         let _ = std::fs::remove_dir_all(&b.dir);
     }
 }

@@ -565,7 +565,7 @@ fn replay_file(path: &Path, table: &mut SessionTable) -> Result<Replayed, StoreE
 mod tests {
     use super::*;
     use nonstop_shared::record::encode_record;
-    use nonstop_shared::session::{Negotiated, Phase, SessionKey, SessionState, SessionSync};
+    use nonstop_shared::session::{Negotiated, Phase, SessionKey, SessionState};
     use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -642,25 +642,7 @@ mod tests {
         s.snd_una = s.snd_una.wrapping_add(ack);
         s.bytes_out += data.len() as u64;
         s.rcv_nxt = s.rcv_nxt.wrapping_add(1);
-        Record::Sync(SessionSync {
-            key: s.key,
-            phase: s.phase,
-            rcv_nxt: s.rcv_nxt,
-            peer_seq_max: s.peer_seq_max,
-            snd_nxt: s.snd_nxt,
-            snd_una: s.snd_una,
-            peer_window: s.peer_window,
-            our_window: s.our_window,
-            peer_tsval: s.peer_tsval,
-            our_tsval: s.our_tsval,
-            our_fin: s.our_fin,
-            peer_fin: s.peer_fin,
-            data_seq,
-            data: data.to_vec(),
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            last_activity_ms: s.last_activity_ms,
-        })
+        Record::Sync(crate::test_support::records::sync_of(s, data_seq, data))
     }
 
     /// A workload over three sessions: fulls, data, acks, one delete.
