@@ -14,6 +14,7 @@
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 
+mod barrier;
 mod close_quarantine;
 mod holding;
 mod peek;
@@ -21,6 +22,7 @@ mod raw;
 mod recovery;
 mod restores;
 
+use self::barrier::Barrier;
 use self::close_quarantine::CloseQuarantine;
 use self::holding::{Holding, Offer};
 use self::peek::Peek;
@@ -296,12 +298,7 @@ struct Worker {
     outbox: VecDeque<Vec<u8>>,
     /// Peers' input to restored sessions, held until the whole batch is restored
     /// and the service has accepted every connection of it.
-    barrier: VecDeque<nfq::Message>,
-    /// The batch is restored; the barrier waits (until this deadline at most) for the
-    /// service to drain its accept queue.
-    barrier_until: Option<Instant>,
-    /// When the barrier last looked at the accept queue.
-    barrier_checked: Option<Instant>,
+    barrier: Barrier<nfq::Message>,
     /// The promotion (or service death) the restore under way answers.
     restore_origin: Option<Instant>,
 }
@@ -389,10 +386,8 @@ impl Worker {
             reset_recently: HashMap::new(),
             restore_times_us: Vec::new(),
             frozen: false,
-            barrier: VecDeque::new(),
+            barrier: Barrier::new(MAX_HELD),
             outbox: VecDeque::new(),
-            barrier_until: None,
-            barrier_checked: None,
             restore_origin: None,
         })
     }
@@ -452,7 +447,7 @@ impl Worker {
             } else {
                 50
             };
-            if self.barrier_until.is_some() || !self.outbox.is_empty() {
+            if self.barrier.is_waiting() || !self.outbox.is_empty() {
                 timeout_ms = 1;
             }
             if !self.tails.is_empty() {
@@ -595,7 +590,7 @@ impl Worker {
         peek: Peek,
         mut packet: Vec<u8>,
     ) {
-        let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
+        let batch_open = self.restore_began.is_some() || self.barrier.is_waiting();
         if batch_open
             && (peek.payload_len > 0 || peek.fin)
             && self.tracker.rejection(&packet).is_none()
@@ -603,9 +598,7 @@ impl Worker {
             // The restore barrier: no peer's input reaches the new service
             // before every session of the batch is connected to it, so a
             // service that relays between clients (chat) misses no one.
-            if self.barrier.len() < MAX_HELD {
-                self.barrier.push_back(message);
-            } else {
+            if let Err(message) = self.barrier.hold(message) {
                 self.verdict_with(message, nfq::Verdict::Drop);
             }
             return;
@@ -769,7 +762,6 @@ impl Worker {
         self.drop_held();
         self.drop_closes();
         self.drop_barrier();
-        self.barrier_until = None;
         self.outbox.clear();
         self.restore_began = None;
         self.frozen = false;
@@ -823,7 +815,7 @@ impl Worker {
 
     /// Drops the peers' input held at the restore barrier (they retransmit).
     fn drop_barrier(&mut self) {
-        for message in std::mem::take(&mut self.barrier) {
+        for message in self.barrier.take_all().collect::<Vec<_>>() {
             self.verdict_with(message, nfq::Verdict::Drop);
         }
     }

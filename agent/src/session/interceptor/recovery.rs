@@ -6,13 +6,6 @@
 use super::*;
 use crate::session::proc_tcp;
 
-/// Longest the restore barrier waits for the service to accept the restored
-/// connections after the last handshake.
-pub const BARRIER_ACCEPT_WAIT: Duration = Duration::from_secs(2);
-
-/// How often the barrier looks at the service's accept queue.
-const BARRIER_POLL: Duration = Duration::from_millis(5);
-
 impl Worker {
     /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
     /// a zero window (or the window reopened).
@@ -287,57 +280,36 @@ impl Worker {
         if pending == 0 {
             if let Some(began) = self.restore_began.take() {
                 self.report_restore(began);
-                self.barrier_until = Some(Instant::now() + BARRIER_ACCEPT_WAIT);
+                self.barrier.batch_restored(Instant::now());
                 self.check_barrier();
             }
         }
     }
 
-    /// Once the batch is restored, every forged ACK has gone through, and the service
-    /// has accepted every connection of it (its listening sockets' accept queues are
-    /// empty) — or after
-    /// [`BARRIER_ACCEPT_WAIT`] — the peers' input held at the barrier goes on.
+    /// Opens the restore barrier when it is time ([`Barrier::check`]): the peers'
+    /// input held there goes on, in order.
     pub(super) fn check_barrier(&mut self) {
-        let Some(until) = self.barrier_until else {
+        let ports = &self.ports;
+        let accept_queue_empty = || {
+            std::fs::File::open(proc_tcp::PATH)
+                .and_then(proc_tcp::read_listeners)
+                .map(|listeners| proc_tcp::accept_backlog(&listeners, ports) == 0)
+                .unwrap_or(true)
+        };
+        let acks_in_flight = !self.forged_acks.is_empty();
+        let Some(opened) = self
+            .barrier
+            .check(Instant::now(), acks_in_flight, accept_queue_empty)
+        else {
             return;
         };
-        // Every forged ACK must have reached the kernel (completing its handshake)
-        // before an empty accept queue means "all accepted".
-        if !self.forged_acks.is_empty() && Instant::now() < until {
-            return;
-        }
-        // Rate-limited: this runs on the packet thread.
-        let now = Instant::now();
-        if self
-            .barrier_checked
-            .is_some_and(|at| now.saturating_duration_since(at) < BARRIER_POLL)
-            && now < until
-        {
-            return;
-        }
-        self.barrier_checked = Some(now);
-        let accepted = std::fs::File::open(proc_tcp::PATH)
-            .and_then(proc_tcp::read_listeners)
-            .map(|listeners| proc_tcp::accept_backlog(&listeners, &self.ports) == 0)
-            .unwrap_or(true);
-        if !accepted && Instant::now() < until {
-            return;
-        }
-        if !accepted {
+        if !opened.accepted {
             tracing::warn!("the service did not accept every restored connection in time");
         }
-        self.barrier_until = None;
-        self.barrier_checked = None;
-        self.release_barrier();
-    }
-
-    /// The peers' input held at the barrier goes on, in order.
-    fn release_barrier(&mut self) {
-        let held = std::mem::take(&mut self.barrier);
-        if !held.is_empty() {
-            tracing::debug!(packets = held.len(), "restore barrier released");
+        if !opened.held.is_empty() {
+            tracing::debug!(packets = opened.held.len(), "restore barrier released");
         }
-        for message in held {
+        for message in opened.held {
             match Peek::of(message.get_payload(), self.vip) {
                 Some(peek) => self.forward(message, peek),
                 None => self.verdict_with(message, nfq::Verdict::Accept),
