@@ -13,13 +13,23 @@
 //! thread, which `poll`s the queue's netlink socket and the eventfd together. `nfq`
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
+//!
+//! # Layout
+//! - `mod.rs`: the thread (queue, eventfd, poll loop) and the packet path: track,
+//!   hold, translate, verdict.
+//! - `holding`: record numbering and the packets held for the backup's ack (sans-IO).
+//! - `restores`: pacing of forged handshakes: parked, queued, in flight (sans-IO).
+//! - `barrier`: peers' input held until a restored batch is accepted (sans-IO).
+//! - `close_quarantine`: the service's closes held in case it is dying (sans-IO).
+//! - `restore`: the restore work of the worker (handshakes, tails, probation, freeze).
+//! - `peek`: the header fields the packet path decides on; `raw`: the raw socket.
 
 mod barrier;
 mod close_quarantine;
 mod holding;
 mod peek;
 mod raw;
-mod recovery;
+mod restore;
 mod restores;
 
 use self::barrier::Barrier;

@@ -1,4 +1,4 @@
-//! The interceptor's recovery work (design §4): restoring sessions into the local
+//! The interceptor's restore work (design §4): restoring sessions into the local
 //! service (forged handshakes, paced), holding and dropping a dying service's closes,
 //! the async-mode probation and resets, and the zero-window freeze of a planned
 //! switchover's drain. Methods of the same worker as `mod.rs`, split out by concern.
