@@ -1,12 +1,22 @@
 //! The interceptor's restore work (design §4): restoring sessions into the local
 //! service (forged handshakes, paced), holding and dropping a dying service's closes,
 //! the async-mode probation and resets, and the zero-window freeze of a planned
-//! switchover's drain. Methods of the same worker as `mod.rs`, split out by concern.
+//! switchover's drain. Methods of the sans-IO [`Interceptor`] (`core.rs`), split out by concern.
 
-use super::*;
-use crate::session::proc_tcp;
+use super::machine::{Decision, Interceptor, Packet};
+use super::peek::Peek;
+use super::restores;
+use super::{percentile, RESET_QUIET, TAIL_POLL};
+use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
+use crate::recovery::forge::{forged_ack, parse_synack};
+use crate::recovery::freeze::freeze_ack;
+use crate::recovery::tail::Tail;
+use crate::recovery::translate::{duplicate_acks, probe, window_update, Translator};
+use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-impl Worker {
+impl<M: Packet> Interceptor<M> {
     /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
     /// a zero window (or the window reopened).
     pub(super) fn freeze(&mut self, on: bool) {
@@ -46,7 +56,7 @@ impl Worker {
         let shift = state.negotiated.peer_wscale.unwrap_or(0).min(14);
         let window = u32::from(state.peer_window) << shift;
         let has_data = peek.payload_len > 0 || peek.fin;
-        let packets = tail.on_ack(peek.ack_no, window, has_data, state.rcv_nxt, Instant::now());
+        let packets = tail.on_ack(peek.ack_no, window, has_data, state.rcv_nxt, self.now);
         if tail.done() {
             self.tails.remove(&peek.key);
         }
@@ -57,7 +67,7 @@ impl Worker {
 
     /// The tails' retransmission timers (rate-limited: this runs on the packet thread).
     pub(super) fn check_tails(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         if self.tails.is_empty() || self.tails_checked.is_some_and(|at| now < at + TAIL_POLL) {
             return;
         }
@@ -81,7 +91,7 @@ impl Worker {
         if self.probations.is_empty() && self.reset_recently.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = self.now;
         self.reset_recently
             .retain(|_, at| now.saturating_duration_since(*at) < RESET_QUIET);
         let diverged: Vec<(SessionKey, Option<u32>, Divergence)> = self
@@ -117,7 +127,7 @@ impl Worker {
         if let Some(record) = self.tracker.remove(&key) {
             self.issue(record);
         }
-        self.reset_recently.insert(key, Instant::now());
+        self.reset_recently.insert(key, self.now);
         for packet in packets {
             self.inject(packet);
         }
@@ -136,10 +146,10 @@ impl Worker {
         if self.closing.is_empty() {
             return;
         }
-        for message in self.closing.due(Instant::now()) {
-            match Peek::of(message.get_payload(), self.vip) {
+        for message in self.closing.due(self.now) {
+            match Peek::of(message.payload(), self.vip) {
                 Some(peek) => self.forward(message, peek),
-                None => self.verdict_with(message, nfq::Verdict::Accept),
+                None => self.verdict_with(message, Decision::Accept),
             }
         }
         self.stats
@@ -155,7 +165,7 @@ impl Worker {
             .closes_dropped
             .fetch_add(dropped.len() as u64, Ordering::Relaxed);
         for message in dropped {
-            self.verdict_with(message, nfq::Verdict::Drop);
+            self.verdict_with(message, Decision::Drop);
         }
         self.stats.closes_waiting.store(0, Ordering::Relaxed);
     }
@@ -165,7 +175,7 @@ impl Worker {
     /// restarted service listens.
     pub(super) fn on_app_died(&mut self) {
         self.drop_closes();
-        self.restore_origin = Some(Instant::now());
+        self.restore_origin = Some(self.now);
         self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
         let parked: Vec<SessionState> = self
             .tracker
@@ -202,7 +212,7 @@ impl Worker {
             return;
         }
         tracing::info!(sessions = count, "restoring sessions into the service");
-        self.restore_began = Some(Instant::now());
+        self.restore_began = Some(self.now);
         self.restored_before = self.stats.restored.load(Ordering::Relaxed);
         self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
         self.pump_restores();
@@ -264,7 +274,7 @@ impl Worker {
     /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
     /// re-sends forged SYNs that went unanswered ([`Restores::pump`]).
     pub(super) fn pump_restores(&mut self) {
-        let pumped = self.restores.pump(Instant::now());
+        let pumped = self.restores.pump(self.now);
         for key in &pumped.given_up {
             self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
@@ -280,7 +290,7 @@ impl Worker {
         if pending == 0 {
             if let Some(began) = self.restore_began.take() {
                 self.report_restore(began);
-                self.barrier.batch_restored(Instant::now());
+                self.barrier.batch_restored(self.now);
                 self.check_barrier();
             }
         }
@@ -289,17 +299,11 @@ impl Worker {
     /// Opens the restore barrier when it is time ([`Barrier::check`]): the peers'
     /// input held there goes on, in order.
     pub(super) fn check_barrier(&mut self) {
-        let ports = &self.ports;
-        let accept_queue_empty = || {
-            std::fs::File::open(proc_tcp::PATH)
-                .and_then(proc_tcp::read_listeners)
-                .map(|listeners| proc_tcp::accept_backlog(&listeners, ports) == 0)
-                .unwrap_or(true)
-        };
         let acks_in_flight = !self.forged_acks.is_empty();
+        let (probe, ports) = (&mut self.accept_probe, &self.ports);
         let Some(opened) = self
             .barrier
-            .check(Instant::now(), acks_in_flight, accept_queue_empty)
+            .check(self.now, acks_in_flight, || probe(ports))
         else {
             return;
         };
@@ -310,17 +314,19 @@ impl Worker {
             tracing::debug!(packets = opened.held.len(), "restore barrier released");
         }
         for message in opened.held {
-            match Peek::of(message.get_payload(), self.vip) {
+            match Peek::of(message.payload(), self.vip) {
                 Some(peek) => self.forward(message, peek),
-                None => self.verdict_with(message, nfq::Verdict::Accept),
+                None => self.verdict_with(message, Decision::Accept),
             }
         }
     }
 
     /// Reports a finished restore in the event log and the counters.
     pub(super) fn report_restore(&mut self, began: Instant) {
-        let elapsed = began.elapsed();
-        let since_promotion = self.restore_origin.take().unwrap_or(began).elapsed();
+        let elapsed = self.now.saturating_duration_since(began);
+        let since_promotion = self
+            .now
+            .saturating_duration_since(self.restore_origin.take().unwrap_or(began));
         let mut times = std::mem::take(&mut self.restore_times_us);
         times.sort_unstable();
         let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
@@ -362,7 +368,7 @@ impl Worker {
             return;
         };
         self.restore_times_us
-            .push(started.elapsed().as_micros() as u64);
+            .push(self.now.saturating_duration_since(started).as_micros() as u64);
         let synack = match parse_synack(synack_packet, &state) {
             Ok(synack) => synack,
             Err(e) => {
@@ -375,7 +381,7 @@ impl Worker {
         self.forged_acks.insert(key, synack.new_isn.wrapping_add(1));
         let mut packets = vec![ack];
         if let Some(mut tail) = Tail::new(&state, 1460) {
-            packets.extend(tail.start(state.rcv_nxt, Instant::now()));
+            packets.extend(tail.start(state.rcv_nxt, self.now));
             self.tails.insert(key, tail);
         }
         packets.extend(duplicate_acks(&state, 4));
@@ -393,9 +399,10 @@ impl Worker {
         }
         self.stats.restored.fetch_add(1, Ordering::Relaxed);
         if let Some(began) = self.restore_began {
-            self.stats
-                .restore_last_us
-                .store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.stats.restore_last_us.store(
+                self.now.saturating_duration_since(began).as_micros() as u64,
+                Ordering::Relaxed,
+            );
         }
         tracing::debug!(session = %key, "session restored");
         self.pump_restores();
