@@ -16,6 +16,8 @@
 //! - [`status`]: assembles a node's status from each manager's own part.
 //! - [`switchover`]: a planned switchover in one sequence (check, drain, hand over,
 //!   thaw), called by the control API.
+//! - [`tcp`]: TCP on the wire in one place: header and option parsing, the
+//!   interceptor's peek, writing and rewriting packets.
 //! - [`shutdown`]: the one shutdown path every task listens to.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
@@ -34,6 +36,7 @@ pub mod session;
 pub mod shutdown;
 pub mod status;
 pub mod switchover;
+pub mod tcp;
 pub mod vip;
 
 #[cfg(test)]

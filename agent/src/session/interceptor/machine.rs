@@ -18,7 +18,6 @@
 use super::barrier::Barrier;
 use super::close_quarantine::{self, CloseQuarantine};
 use super::holding::{Holding, Offer};
-use super::peek::Peek;
 use super::restores::Restores;
 use super::{
     InterceptorStats, QueueCommand, Sequenced, ESTABLISHED_IDLE_MS, HANDSHAKE_IDLE_MS, INJECT_MARK,
@@ -29,6 +28,7 @@ use crate::recovery::freeze::zero_window;
 use crate::recovery::tail::Tail;
 use crate::recovery::translate::{TranslateError, Translator, Verdict};
 use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
+use crate::tcp::peek::Peek;
 use nonstop_shared::session::{Record, SessionKey, SessionState};
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;

@@ -22,13 +22,12 @@
 //! - `barrier`: peers' input held until a restored batch is accepted (sans-IO).
 //! - `close_quarantine`: the service's closes held in case it is dying (sans-IO).
 //! - `restore`: the restore work of the worker (handshakes, tails, probation, freeze).
-//! - `peek`: the header fields the packet path decides on; `raw`: the raw socket.
+//! - `raw`: the raw socket. Header fields come from [`crate::tcp`] (`peek`).
 
 mod barrier;
 mod close_quarantine;
 mod holding;
 pub mod machine;
-mod peek;
 mod raw;
 mod restore;
 mod restores;

@@ -4,7 +4,6 @@
 //! switchover's drain. Methods of the sans-IO [`Interceptor`] (`core.rs`), split out by concern.
 
 use super::machine::{Decision, Interceptor, Packet};
-use super::peek::Peek;
 use super::restores;
 use super::{percentile, RESET_QUIET, TAIL_POLL};
 use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
@@ -12,6 +11,7 @@ use crate::recovery::forge::{forged_ack, parse_synack};
 use crate::recovery::freeze::freeze_ack;
 use crate::recovery::tail::Tail;
 use crate::recovery::translate::{duplicate_acks, probe, window_update, Translator};
+use crate::tcp::peek::Peek;
 use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
