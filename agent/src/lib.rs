@@ -1,6 +1,8 @@
 //! nonstop-agent: the daemon that runs on the master and on the backup.
 //!
 //! # Layout
+//! - [`agent`]: the one place that assembles the agent: [`agent::Agent::start`] and
+//!   [`agent::Agent::run`] (`main.rs` only parses arguments, loads, starts and waits).
 //! - [`failover`]: the failover manager — a sans-IO state machine ([`failover::machine`])
 //!   and the tokio driver that feeds it heartbeats and time ([`failover::driver`]).
 //! - [`vip`]: the virtual IP on the service interface (netlink) and gratuitous ARP
@@ -11,9 +13,15 @@
 //! - [`app`]: the application manager — runs the service on the master.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
+//! - [`status`]: assembles a node's status from each manager's own part.
+//! - [`switchover`]: a planned switchover in one sequence (check, drain, hand over,
+//!   thaw), called by the control API.
+//! - [`tcp`]: TCP on the wire in one place: header and option parsing, the
+//!   interceptor's peek, writing and rewriting packets.
 //! - [`shutdown`]: the one shutdown path every task listens to.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
+pub mod agent;
 pub mod app;
 pub mod control;
 pub mod events;
@@ -26,6 +34,9 @@ pub mod replication;
 pub mod resources;
 pub mod session;
 pub mod shutdown;
+pub mod status;
+pub mod switchover;
+pub mod tcp;
 pub mod vip;
 
 #[cfg(test)]

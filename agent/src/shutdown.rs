@@ -42,8 +42,8 @@ impl Shutdown {
     }
 }
 
-/// Trips `trigger` on SIGINT or SIGTERM.
-pub async fn trip_on_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
+/// Completes on SIGINT or SIGTERM.
+pub async fn signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -51,6 +51,5 @@ pub async fn trip_on_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    trigger.trigger();
     Ok(())
 }

@@ -377,6 +377,26 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+impl SyncConfig {
+    /// How long a silent peer takes to be declared dead: `heartbeat_ms × misses`.
+    pub fn detection_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_ms.saturating_mul(u64::from(self.misses)))
+    }
+
+    /// How long the fence command may run: 50 heartbeats, at least 5 s.
+    pub fn fence_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_ms.saturating_mul(50))
+            .max(std::time::Duration::from_secs(5))
+    }
+}
+
+impl SessionConfig {
+    /// The longest a planned switchover waits for sessions to drain (`drain_ms`).
+    pub fn drain_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.drain_ms)
+    }
+}
+
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {

@@ -88,6 +88,10 @@ pub enum Fault {
         /// Milliseconds, 1..=10000.
         ms: u64,
     },
+    /// Master only: the next replicated record that carries payload bytes is not
+    /// sent to the backup (it is still stored locally), so the backup meets a gap in
+    /// that session's stream and must ask for a fresh snapshot. One-shot.
+    DropRecord,
     /// Remove every fault this agent injected.
     HealAll,
 }
@@ -112,6 +116,7 @@ impl fmt::Display for Fault {
             Fault::CutSync => write!(f, "cut the sync link"),
             Fault::Loss { link, percent } => write!(f, "{percent}% loss on the {link:?} link"),
             Fault::Delay { link, ms } => write!(f, "{ms} ms delay on the {link:?} link"),
+            Fault::DropRecord => write!(f, "drop the next replicated record with payload"),
             Fault::HealAll => write!(f, "heal everything"),
         }
     }
@@ -278,6 +283,11 @@ pub struct ReplicationView {
     /// Bytes of those queues.
     #[serde(default)]
     pub handed_over_bytes: u64,
+    /// Backup: fresh snapshots asked for because a replicated record did not apply
+    /// (nothing after it was acknowledged until the snapshot came). Master: snapshots
+    /// sent at the backup's request.
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 /// Why a node changed mode.

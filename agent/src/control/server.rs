@@ -8,11 +8,12 @@
 
 use crate::events::EventLog;
 use crate::shutdown::Shutdown;
+use crate::switchover;
 use anyhow::Context;
 use nonstop_shared::auth::{self, Key, NONCE_LEN};
 use nonstop_shared::control::{NodeStatus, Reply, Request, MAX_LINE_LEN};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -40,14 +41,11 @@ pub struct ControlHandle {
     pub commands: mpsc::Sender<ControlCommand>,
     /// The event log to stream from.
     pub events: Arc<EventLog>,
-    /// Lines that could not be parsed, across all connections.
-    pub malformed_lines: Arc<AtomicU64>,
-    /// Connections that failed (or skipped) authentication.
-    pub rejected: Arc<AtomicU64>,
     /// The pre-shared key.
     pub key: Key,
-    /// The session manager's view.
-    pub sessions: Option<crate::session::view::SessionView>,
+    /// Every manager's part of the status (and the control API's own counters:
+    /// malformed lines, rejected connections).
+    pub status: crate::status::StatusSources,
     /// Fault injection on this host.
     pub injector: crate::inject::Injector,
 }
@@ -79,7 +77,7 @@ pub async fn serve(
                     accepted = listener.accept() => match accepted {
                         Ok((mut stream, from)) => {
                             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                                handle.rejected.fetch_add(1, Ordering::Relaxed);
+                                handle.status.control_rejected.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(%from, "too many control connections; refused");
                                 let message = format!("too many control connections (limit {MAX_CONNECTIONS})");
                                 let _ = stream.write_all(Reply::Error { message }.to_line().as_bytes()).await;
@@ -191,7 +189,10 @@ async fn serve_connection(
         },
     };
     if let Err(message) = authenticated {
-        handle.rejected.fetch_add(1, Ordering::Relaxed);
+        handle
+            .status
+            .control_rejected
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(?from, %message, "control connection refused");
         send(&mut write, &Reply::Error { message }).await?;
         return Ok(());
@@ -205,7 +206,10 @@ async fn serve_connection(
             LineRead::Eof => return Ok(()),
             LineRead::Line(line) => line,
             LineRead::TooLong | LineRead::NotUtf8 => {
-                handle.malformed_lines.fetch_add(1, Ordering::Relaxed);
+                handle
+                    .status
+                    .malformed_control_lines
+                    .fetch_add(1, Ordering::Relaxed);
                 let message = if read == LineRead::TooLong {
                     format!("request line longer than {MAX_LINE_LEN} bytes")
                 } else {
@@ -221,7 +225,10 @@ async fn serve_connection(
         let request = match Request::parse_line(&line) {
             Ok(request) => request,
             Err(message) => {
-                handle.malformed_lines.fetch_add(1, Ordering::Relaxed);
+                handle
+                    .status
+                    .malformed_control_lines
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%message, "malformed control line");
                 send(&mut write, &Reply::Error { message }).await?;
                 continue;
@@ -229,47 +236,22 @@ async fn serve_connection(
         };
         match request {
             Request::Status => {
-                let (tx, rx) = oneshot::channel();
-                let reply = match ask(&handle, ControlCommand::Status(tx), rx).await {
-                    Ok(status) => Reply::Status(status),
+                let reply = match switchover::ask(&handle.commands, ControlCommand::Status).await {
+                    Ok(status) => Reply::Status(handle.status.assemble(status)),
                     Err(message) => Reply::Error { message },
                 };
                 send(&mut write, &reply).await?;
             }
             Request::Switchover => {
-                // A planned switchover drains first (design §3): zero loss.
-                // Only when the switchover can happen: master with a live backup.
-                let (tx, rx) = oneshot::channel();
-                let ready = ask(&handle, ControlCommand::Status(tx), rx)
-                    .await
-                    .is_ok_and(|s| {
-                        s.mode == nonstop_shared::Mode::Master
-                            && s.peer.mode == Some(nonstop_shared::Mode::Backup)
-                            && s.missed_heartbeats < s.misses
-                    });
-                let drained = match &handle.sessions {
-                    Some(view) if ready => view.drain_for_switchover().await,
-                    _ => None,
-                };
-                let (tx, rx) = oneshot::channel();
-                let reply = match ask(&handle, ControlCommand::Switchover(tx), rx).await {
-                    Ok(Ok(message)) => Reply::Ack {
-                        message: match &drained {
-                            Some(report) => format!("{}; {message}", report.describe()),
-                            None => message,
-                        },
-                    },
-                    Ok(Err(message)) | Err(message) => {
-                        if let (Some(view), Some(_)) = (&handle.sessions, &drained) {
-                            view.thaw();
-                        }
-                        Reply::Error { message }
-                    }
+                let sessions = handle.status.sessions.as_ref();
+                let reply = match switchover::run(&handle.commands, sessions).await {
+                    Ok(message) => Reply::Ack { message },
+                    Err(message) => Reply::Error { message },
                 };
                 send(&mut write, &reply).await?;
             }
             Request::Sessions => {
-                let reply = match &handle.sessions {
+                let reply = match &handle.status.sessions {
                     Some(view) => Reply::Sessions(view.list().await),
                     None => Reply::Error {
                         message: "the session manager is not running".into(),
@@ -358,19 +340,6 @@ fn hex_encode(bytes: &[u8]) -> String {
 
 async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     write.write_all(reply.to_line().as_bytes()).await
-}
-
-async fn ask<T>(
-    handle: &ControlHandle,
-    command: ControlCommand,
-    rx: oneshot::Receiver<T>,
-) -> Result<T, String> {
-    handle
-        .commands
-        .send(command)
-        .await
-        .map_err(|_| "agent is shutting down".to_owned())?;
-    rx.await.map_err(|_| "agent is shutting down".to_owned())
 }
 
 async fn stream_events<R: AsyncBufRead + Unpin>(

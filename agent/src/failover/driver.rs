@@ -37,22 +37,14 @@ pub struct DriverParts {
     pub events: Arc<EventLog>,
     /// Commands from the control API.
     pub commands: mpsc::Receiver<ControlCommand>,
-    /// Malformed control lines, counted by the control API.
-    pub malformed_control_lines: Arc<AtomicU64>,
     /// The shutdown signal.
     pub shutdown: Shutdown,
     /// Where the driver publishes this node's mode and epoch.
     pub mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
-    /// The session manager's figures for status reports.
-    pub sessions: Option<crate::session::view::SessionView>,
-    /// CPU and memory samples.
-    pub resources: crate::resources::ResourceMonitor,
-    /// The managed service, if any.
-    pub app: Option<crate::app::AppHandle>,
+    /// Replication counters: the acknowledged position goes into heartbeats.
+    pub replication: Option<Arc<crate::replication::stats::ReplicationStats>>,
     /// The pre-shared key (heartbeat authentication).
     pub key: Key,
-    /// Control connections refused for lack of authentication, counted by the control API.
-    pub control_rejected: Arc<AtomicU64>,
 }
 
 /// The running failover driver.
@@ -61,7 +53,6 @@ pub struct Driver {
     machine: Machine,
     events: Arc<EventLog>,
     commands: mpsc::Receiver<ControlCommand>,
-    malformed_control_lines: Arc<AtomicU64>,
     shutdown: Shutdown,
     socket: UdpSocket,
     netlink: Netlink,
@@ -75,11 +66,8 @@ pub struct Driver {
     last_transition: Option<Transition>,
     epoch_file: PathBuf,
     mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
-    sessions: Option<crate::session::view::SessionView>,
-    resources: crate::resources::ResourceMonitor,
-    app: Option<crate::app::AppHandle>,
+    replication: Option<Arc<crate::replication::stats::ReplicationStats>>,
     auth: HeartbeatAuth,
-    control_rejected: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -90,14 +78,10 @@ impl Driver {
             config,
             events,
             commands,
-            malformed_control_lines,
             shutdown,
             mode_tx,
-            sessions,
-            resources,
-            app,
+            replication,
             key,
-            control_rejected,
         } = parts;
         let boot = u64::from_be_bytes(
             nonstop_shared::auth::random_bytes::<8>()
@@ -150,7 +134,6 @@ impl Driver {
             machine,
             events,
             commands,
-            malformed_control_lines,
             shutdown,
             socket,
             netlink,
@@ -164,11 +147,8 @@ impl Driver {
             last_transition: None,
             epoch_file,
             mode_tx,
-            sessions,
-            resources,
-            app,
+            replication,
             auth,
-            control_rejected,
         })
     }
 
@@ -180,8 +160,8 @@ impl Driver {
         link_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
         loop {
-            if let Some(view) = &self.sessions {
-                let acked = view.stats.acked_seq.load(Ordering::Relaxed);
+            if let Some(stats) = &self.replication {
+                let acked = stats.acked_seq.load(Ordering::Relaxed);
                 self.machine.set_repl_pos(acked);
             }
             self.carry_out_actions().await;
@@ -429,8 +409,7 @@ impl Driver {
             return;
         };
         let results = self.fence_results.clone();
-        let limit =
-            Duration::from_millis(self.config.sync.heartbeat_ms * 50).max(Duration::from_secs(5));
+        let limit = self.config.sync.fence_timeout();
         tokio::spawn(async move {
             tracing::info!(%command, "running fence command");
             let run = tokio::process::Command::new("sh")
@@ -448,16 +427,12 @@ impl Driver {
         });
     }
 
+    /// The failover manager's part of the status (mode, epoch, peer, heartbeat
+    /// counters); [`crate::status`] adds the other managers' parts.
     fn status(&self) -> NodeStatus {
         let now = Instant::now();
         let mut counters = self.machine.counters().clone();
-        counters.malformed_control_lines = self.malformed_control_lines.load(Ordering::Relaxed);
         counters.garps_sent = self.garps_sent.load(Ordering::Relaxed);
-        counters.control_rejected = self.control_rejected.load(Ordering::Relaxed);
-        if let Some(view) = &self.sessions {
-            counters.replication_rejected = view.stats.replication_rejected.load(Ordering::Relaxed);
-            counters.replication_replayed = view.stats.replication_replayed.load(Ordering::Relaxed);
-        }
         let missed = if self.machine.mode() == Mode::Startup && !self.machine.peer_alive(now) {
             0
         } else {
@@ -478,13 +453,9 @@ impl Driver {
             pid: std::process::id(),
             last_transition: self.last_transition.clone(),
             counters,
-            replication: self
-                .sessions
-                .as_ref()
-                .map(|v| v.replication_view())
-                .unwrap_or_default(),
-            resources: self.resources.latest(),
-            app: self.app.as_ref().map(|a| a.view()),
+            replication: Default::default(),
+            resources: Default::default(),
+            app: None,
         }
     }
 }

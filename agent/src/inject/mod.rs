@@ -12,6 +12,7 @@
 //! | `cut_sync`, `loss` | nftables table `inet nonstop_fault` ([`firewall`]) |
 //! | `delay` | NFQUEUE `session.queue + 100` served by a delayer thread ([`delayer`]) |
 //! | `kill_app` | SIGKILL of the processes running `service.command` ([`process`]) |
+//! | `drop_record` | the replication sender skips the next record with payload ([`RecordFault`]) |
 //! | `heal_all` | removes all of the above that is still in place |
 //!
 //! Faults that kill, freeze or cut off the agent act 100 ms after `inject` returns,
@@ -51,6 +52,7 @@ pub mod firewall;
 mod links;
 pub mod process;
 
+use crate::replication::sender::RecordFault;
 use delayer::Delayer;
 use firewall::DropFaults;
 use links::Link;
@@ -73,6 +75,7 @@ pub const MAX_DELAY_MS: u64 = 10_000;
 #[derive(Debug, Clone, Default)]
 pub struct Injector {
     inner: Option<Arc<Inner>>,
+    record_fault: RecordFault,
 }
 
 #[derive(Debug)]
@@ -177,7 +180,14 @@ impl Injector {
         }
         Injector {
             inner: Some(Arc::new(inner)),
+            record_fault: RecordFault::default(),
         }
+    }
+
+    /// Connects the `drop_record` fault to the replication sender.
+    pub fn with_record_fault(mut self, fault: RecordFault) -> Injector {
+        self.record_fault = fault;
+        self
     }
 
     /// Checks `fault` ([`validate`]) and carries it out on this host; the message
@@ -187,6 +197,14 @@ impl Injector {
         let Some(inner) = self.inner.clone() else {
             return Err("fault injection is not configured on this agent".into());
         };
+        if *fault == Fault::DropRecord {
+            self.record_fault.arm();
+            return Ok(
+                "the next replicated record that carries payload will not be sent \
+                       to the backup (one-shot)"
+                    .into(),
+            );
+        }
         let fault = fault.clone();
         tokio::task::spawn_blocking(move || inner.apply(&fault))
             .await
@@ -280,6 +298,7 @@ impl Inner {
                     })
             }
             Fault::Delay { link, ms } => self.delay(link, ms),
+            Fault::DropRecord => Err("drop_record is handled by the replication sender".into()),
             Fault::HealAll => self.heal(),
         }
     }

@@ -18,7 +18,8 @@
 //!
 //! Sans-IO: the caller feeds events with its clock and acts on the verdicts.
 
-use super::wire::{self, flags, Tcp};
+use crate::tcp::flags;
+use crate::tcp::wire::{self, Tcp};
 use nonstop_shared::session::{seq_le, seq_lt, SessionKey};
 use std::time::{Duration, Instant};
 
@@ -187,7 +188,7 @@ pub fn reset_to_app(key: &SessionKey, app_rcv_nxt: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::tracker::segment::Segment;
+    use crate::tcp::segment::Segment;
     use std::net::Ipv4Addr;
 
     fn key() -> SessionKey {

@@ -13,7 +13,7 @@
 //! Sans-IO: the service kernel's ACKs and the clock in, IPv4 segments out.
 
 use super::forge::SynAck;
-use super::wire::{self, Tcp};
+use crate::tcp::wire::{self, Tcp};
 use nonstop_shared::session::{seq_lt, SessionState};
 use std::time::{Duration, Instant};
 
@@ -197,7 +197,7 @@ impl Feed {
             dst: (self.key.local_ip, self.key.local_port),
             seq,
             ack: Some(app_ack),
-            flags: wire::flags::PSH,
+            flags: crate::tcp::flags::PSH,
             window: self.peer_window,
             options: ts.as_ref().map_or(&[][..], |o| &o[..]),
             payload,

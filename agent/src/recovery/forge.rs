@@ -21,9 +21,10 @@
 //! be injected with a raw socket. Nothing here checks that the session is worth
 //! restoring (phase, complete `unacked`): that is the caller's decision.
 
-use super::wire::{self, flags, kind, Tcp};
-use crate::session::tracker::segment::Segment;
 use crate::session::tracker::PacketError;
+use crate::tcp::segment::Segment;
+use crate::tcp::wire::{self, Tcp};
+use crate::tcp::{flags, kind};
 use nonstop_shared::session::{seq_lt, SessionState};
 
 /// Largest window scale shift (RFC 7323 §2.3); larger values are taken as 14.

@@ -5,9 +5,9 @@
 //! Sans-IO.
 
 use super::translate::window_update;
-use super::wire::{self, Layout};
-use crate::session::tracker::segment::Segment;
 use crate::session::tracker::PacketError;
+use crate::tcp::segment::Segment;
+use crate::tcp::wire::{self, Layout};
 use nonstop_shared::session::SessionState;
 
 /// Rewrites an outbound segment to announce a zero window (fresh TCP checksum).

@@ -10,6 +10,8 @@
 //!   ACKs, retransmission timer).
 //! - [`divergence`]: proving, right after a restore, that the peer saw nothing the
 //!   replica lacks (async mode), and the resets that end a session when it did.
+//!
+//! Packets are read and written with [`crate::tcp`] (`segment`, `options`, `wire`).
 
 pub mod divergence;
 pub mod feed;
@@ -17,7 +19,6 @@ pub mod forge;
 pub mod freeze;
 pub mod tail;
 pub mod translate;
-mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -47,10 +47,11 @@
 //!   otherwise `[data_end, snd_nxt)` can never be retransmitted. The caller checks.
 
 use super::forge::{SynAck, DEFAULT_MSS};
-use super::wire::{self, flags, kind, ChecksumState, Layout, Tcp};
-use crate::session::tracker::segment::Segment;
 use crate::session::tracker::unacked;
 use crate::session::tracker::PacketError;
+use crate::tcp::segment::Segment;
+use crate::tcp::wire::{self, ChecksumState, Layout, Tcp};
+use crate::tcp::{flags, kind};
 use nonstop_shared::session::{seq_le, seq_lt, seq_max, SessionKey, SessionState};
 
 /// Largest window scale shift (RFC 7323 §2.3).

@@ -9,18 +9,17 @@
 //! a forged or replayed frame is counted and ends the connection, so it can never alter
 //! a session. A snapshot replaces the whole table (at most `session.max_sessions`
 //! records). Acknowledgements are cumulative and sent after each batch read from the
-//! socket, once the records are stored.
+//! socket, once the records are stored; a record that does not apply is never
+//! acknowledged (the backup asks for a fresh snapshot instead). All of that is the
+//! sans-IO [`Follower`]'s; this task moves bytes and flushes the replica.
 
+use crate::replication::follower::Follower;
 use crate::replication::stats::ReplicationStats;
-use crate::replication::wire::Message;
+use crate::replication::stream::StreamError;
 use crate::session::replica::Replica;
 use crate::shutdown::Shutdown;
 use anyhow::{bail, Context};
-use nonstop_shared::auth::{
-    ChannelReceiver, ChannelSender, FrameError, Key, ServerHandshake, CLIENT_FINISH_LEN,
-    CLIENT_HELLO_LEN,
-};
-use nonstop_shared::session::Record;
+use nonstop_shared::auth::Key;
 use nonstop_shared::Mode;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -84,11 +83,10 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
                 let replica = Arc::clone(&parts.replica);
                 let stats = Arc::clone(&parts.stats);
                 let mode = parts.mode.clone();
-                let max_sessions = parts.max_sessions;
                 current = Some(tokio::spawn(async move {
                     let from = ready.from;
                     stats.connected.store(true, Ordering::Relaxed);
-                    if let Err(e) = receive(ready, &replica, &stats, mode, max_sessions).await {
+                    if let Err(e) = receive(ready, &replica, &stats, mode).await {
                         tracing::warn!(%from, error = format!("{e:#}"), "replication stream ended");
                     }
                     stats.connected.store(false, Ordering::Relaxed);
@@ -119,21 +117,20 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
         let key = parts.key.clone();
         let stats = Arc::clone(&parts.stats);
         let ready = ready_tx.clone();
+        let max_sessions = parts.max_sessions;
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &key)).await {
-                Ok(Ok((stream, channel))) => {
-                    let (sender, receiver) = channel.split();
+            let follower = handshake(stream, &key, max_sessions, &stats);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, follower).await {
+                Ok(Ok((stream, follower))) => {
                     let _ = ready
                         .send(Authenticated {
                             stream,
                             from,
-                            sender,
-                            receiver,
+                            follower,
                         })
                         .await;
                 }
                 Ok(Err(e)) => {
-                    stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%from, error = format!("{e:#}"), "replication handshake failed");
                 }
                 Err(_) => {
@@ -149,39 +146,58 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
 struct Authenticated {
     stream: TcpStream,
     from: SocketAddr,
-    sender: ChannelSender,
-    receiver: ChannelReceiver,
+    follower: Follower,
 }
 
 /// The backup's half of the handshake: client hello, server hello, client finish.
+/// Bytes the master sent after its finish stay in the follower. A failure is counted
+/// here: a failed handshake as rejected, a bad frame read along with the finish as
+/// [`ReplicationStats::count_error`] says.
 async fn handshake(
-    mut stream: TcpStream,
+    stream: TcpStream,
     key: &Key,
-) -> anyhow::Result<(TcpStream, nonstop_shared::auth::Channel)> {
-    stream.set_nodelay(true)?;
-    let mut hello = [0u8; CLIENT_HELLO_LEN];
-    stream
-        .read_exact(&mut hello)
-        .await
-        .context("client hello")?;
-    let nonce = nonstop_shared::auth::random_bytes()
-        .map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
-    let (server, reply) = ServerHandshake::respond(key, &hello, nonce)?;
-    stream.write_all(&reply).await.context("server hello")?;
-    let mut finish = [0u8; CLIENT_FINISH_LEN];
-    stream
-        .read_exact(&mut finish)
-        .await
-        .context("client finish")?;
-    let channel = server.finish(&finish)?;
-    Ok((stream, channel))
+    max_sessions: usize,
+    stats: &ReplicationStats,
+) -> anyhow::Result<(TcpStream, Follower)> {
+    let mut follower = None;
+    let result = exchange(stream, key, max_sessions, &mut follower).await;
+    if let Err(e) = &result {
+        match (e.downcast_ref::<StreamError>(), &follower) {
+            (Some(e), Some(f)) if f.is_established() => stats.count_error(e),
+            _ => {
+                stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let stream = result?;
+    let follower = follower.ok_or_else(|| anyhow::anyhow!("handshake state lost"))?;
+    Ok((stream, follower))
 }
 
-/// Snapshot in progress: records still expected and the ones received.
-struct SnapshotInProgress {
-    upto: u64,
-    remaining: u32,
-    records: Vec<Record>,
+async fn exchange(
+    mut stream: TcpStream,
+    key: &Key,
+    max_sessions: usize,
+    slot: &mut Option<Follower>,
+) -> anyhow::Result<TcpStream> {
+    stream.set_nodelay(true)?;
+    let nonce = nonstop_shared::auth::random_bytes()
+        .map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
+    let follower = slot.insert(Follower::new(key, nonce, max_sessions));
+    let mut chunk = [0u8; 4096];
+    while !follower.is_established() {
+        let n = stream.read(&mut chunk).await.context("handshake")?;
+        if n == 0 {
+            bail!("closed during the handshake");
+        }
+        follower.handle_bytes(&chunk[..n])?;
+        stream
+            .write_all(follower.transmit())
+            .await
+            .context("server hello")?;
+        follower.transmitted();
+    }
+    Ok(stream)
 }
 
 async fn receive(
@@ -189,20 +205,38 @@ async fn receive(
     replica: &Mutex<Replica>,
     stats: &ReplicationStats,
     mut mode: watch::Receiver<(Mode, u64)>,
-    max_sessions: usize,
 ) -> anyhow::Result<()> {
     let Authenticated {
         mut stream,
-        mut sender,
-        mut receiver,
+        mut follower,
         ..
     } = conn;
-    let mut raw: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut snapshot: Option<SnapshotInProgress> = None;
-    let mut applied_upto = 0u64;
     loop {
+        // Apply what has arrived (the handshake may have read past its end), then
+        // acknowledge or ask for a snapshot.
+        {
+            let mut replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
+            let progress = follower.process(&mut *replica)?;
+            if progress.stored() {
+                replica.maintain()?;
+            }
+            stats.applied.fetch_add(progress.applied, Ordering::Relaxed);
+            stats
+                .apply_errors
+                .fetch_add(progress.not_applied, Ordering::Relaxed);
+            stats
+                .snapshots
+                .fetch_add(progress.snapshots, Ordering::Relaxed);
+            stats.resyncs.fetch_add(progress.resyncs, Ordering::Relaxed);
+            if let Some(acked) = progress.acked {
+                stats.acked_seq.store(acked, Ordering::Relaxed);
+            }
+        }
+        if !follower.transmit().is_empty() {
+            stream.write_all(follower.transmit()).await?;
+            follower.transmitted();
+        }
         let n = tokio::select! {
             n = stream.read(&mut chunk) => n?,
             _ = mode.changed() => {
@@ -215,99 +249,10 @@ async fn receive(
         if n == 0 {
             return Ok(());
         }
-        raw.extend_from_slice(&chunk[..n]);
-        let mut opened = 0;
-        loop {
-            match receiver.open(&raw[opened..]) {
-                Ok(Some((body, used))) => {
-                    buf.extend_from_slice(&raw[opened..][body]);
-                    opened += used;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let counter = match e {
-                        FrameError::Replayed { .. } => &stats.replication_replayed,
-                        _ => &stats.replication_rejected,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    // Nothing of this frame was decoded or applied.
-                    bail!("{e}");
-                }
-            }
-        }
-        raw.drain(..opened);
-        let mut offset = 0;
-        let mut progressed = false;
-        {
-            let mut replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
-            while let Some((message, used)) = Message::decode(&buf[offset..])? {
-                offset += used;
-                match message {
-                    Message::Hello { epoch, node_id } => {
-                        tracing::info!(%node_id, epoch, "replication from master");
-                    }
-                    Message::Snapshot { upto, count } => {
-                        if count as usize > max_sessions {
-                            bail!(
-                                "snapshot of {count} sessions exceeds session.max_sessions \
-                                 ({max_sessions})"
-                            );
-                        }
-                        snapshot = Some(SnapshotInProgress {
-                            upto,
-                            remaining: count,
-                            records: Vec::new(),
-                        });
-                    }
-                    Message::Record(seq, record) => {
-                        if let Some(snap) = snapshot.as_mut() {
-                            if snap.records.len() >= max_sessions {
-                                bail!("snapshot carries more than session.max_sessions ({max_sessions}) records");
-                            }
-                            snap.records.push(record);
-                            snap.remaining = snap.remaining.saturating_sub(1);
-                        } else {
-                            match replica.apply(seq, &record) {
-                                Ok(()) => {
-                                    stats.applied.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => {
-                                    stats.apply_errors.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(error = format!("{e:#}"), "record not applied");
-                                }
-                            }
-                            applied_upto = seq;
-                            progressed = true;
-                        }
-                    }
-                    Message::Ack(_) => bail!("the master sent an ack"),
-                }
-                if snapshot.as_ref().is_some_and(|s| s.remaining == 0) {
-                    if let Some(snap) = snapshot.take() {
-                        replica.reset_to(snap.upto, &snap.records)?;
-                        stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(
-                            sessions = snap.records.len(),
-                            upto = snap.upto,
-                            "snapshot applied"
-                        );
-                        applied_upto = snap.upto;
-                        progressed = true;
-                    }
-                }
-            }
-            if progressed {
-                replica.maintain()?;
-            }
-        }
-        buf.drain(..offset);
-        if progressed {
-            stats.acked_seq.store(applied_upto, Ordering::Relaxed);
-            let mut ack = Vec::with_capacity(13);
-            Message::Ack(applied_upto).encode(&mut ack);
-            let mut sealed = Vec::with_capacity(64);
-            sender.seal(&ack, &mut sealed);
-            stream.write_all(&sealed).await?;
+        if let Err(e) = follower.handle_bytes(&chunk[..n]) {
+            // Nothing of this frame was decoded or applied.
+            stats.count_error(&e);
+            return Err(e.into());
         }
     }
 }
@@ -317,7 +262,7 @@ mod tests {
     use super::*;
     use crate::replication::wire::Message;
     use nonstop_shared::auth::{ClientHandshake, SERVER_HELLO_LEN};
-    use nonstop_shared::session::SessionKey;
+    use nonstop_shared::session::{Record, SessionKey};
     use std::net::Ipv4Addr;
 
     fn key() -> Key {
@@ -331,6 +276,16 @@ mod tests {
         _mode: watch::Sender<(Mode, u64)>,
         _trigger: crate::shutdown::ShutdownTrigger,
         dir: std::path::PathBuf,
+    }
+
+    impl Backup {
+        /// Sessions in the backup's replica.
+        fn sessions(&self) -> usize {
+            self.replica
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+        }
     }
 
     async fn backup(max_sessions: usize, tag: &str) -> Backup {
@@ -455,13 +410,73 @@ mod tests {
         assert!(closed(&mut stream).await);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(b.stats.replication_rejected.load(Ordering::Relaxed), 3);
-        assert_eq!(
-            b.replica
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
-            0
+        assert_eq!(b.sessions(), 0);
+        let _ = std::fs::remove_dir_all(&b.dir);
+    }
+
+    /// Reads the backup's messages until `want` of them arrived (or 3 s passed).
+    async fn replies(
+        stream: &mut TcpStream,
+        channel: &mut nonstop_shared::auth::Channel,
+        want: usize,
+    ) -> Vec<Message> {
+        let mut raw = Vec::new();
+        let mut plain = Vec::new();
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while out.len() < want {
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+            let Ok(Ok(n)) = read else { break };
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            while let Some((body, used)) = channel.open(&raw).expect("authentic") {
+                plain.extend_from_slice(&raw[body]);
+                raw.drain(..used);
+            }
+            while let Some((m, used)) = Message::decode(&plain).expect("valid") {
+                out.push(m);
+                plain.drain(..used);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_apply_is_not_acknowledged() {
+        let b = backup(10, "gap").await;
+        let (mut stream, mut channel) = connect(b.addr).await;
+        let mut plain = Vec::new();
+        Message::Snapshot { upto: 1, count: 0 }.encode(&mut plain);
+        // A sync for a session the backup does not know: it cannot apply.
+        let s = crate::test_support::records::full(1, 1000);
+        let sync = crate::test_support::records::sync_of(&s, 1001, b"data");
+        Message::Record(2, Record::Sync(sync)).encode(&mut plain);
+        let mut sealed = Vec::new();
+        channel.seal(&plain, &mut sealed);
+        stream.write_all(&sealed).await.expect("send");
+        let got = replies(&mut stream, &mut channel, 2).await;
+        assert!(
+            !got.contains(&Message::Ack(2)),
+            "the backup acknowledged a record it did not apply: {got:?}"
         );
+        assert!(got.contains(&Message::Resync), "no resync request: {got:?}");
+        // Once the session is known (a fresh snapshot), acknowledging resumes.
+        let mut plain = Vec::new();
+        Message::Snapshot { upto: 2, count: 1 }.encode(&mut plain);
+        Message::Record(2, Record::Full(s)).encode(&mut plain);
+        let mut sealed = Vec::new();
+        channel.seal(&plain, &mut sealed);
+        stream.write_all(&sealed).await.expect("send");
+        assert_eq!(
+            replies(&mut stream, &mut channel, 1).await,
+            vec![Message::Ack(2)]
+        );
+        assert_eq!(b.stats.resyncs.load(Ordering::Relaxed), 1);
+        assert_eq!(b.stats.apply_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(b.sessions(), 1);
         let _ = std::fs::remove_dir_all(&b.dir);
     }
 }

@@ -10,24 +10,24 @@
 //! Each connection first runs the authenticated handshake
 //! ([`nonstop_shared::auth::ClientHandshake`]); every batch then travels in frames
 //! tagged with the connection's session key and counter, and every ack from the
-//! backup is checked the same way.
+//! backup is checked the same way. All of that, and what a snapshot covers, is the
+//! sans-IO [`Leader`]'s; this task only moves bytes, records and acks. When the backup
+//! asks for a fresh snapshot (a record did not apply there), it gets one on the same
+//! connection; until then it acknowledges nothing and held packets stay held.
 
+use crate::replication::leader::{Leader, LeaderEvent};
 use crate::replication::stats::ReplicationStats;
-use crate::replication::wire::Message;
 use crate::session::interceptor::{InterceptorHandle, QueueCommand, Sequenced};
 use crate::session::replica::Replica;
 use crate::shutdown::Shutdown;
 use anyhow::Context;
-use nonstop_shared::auth::{
-    ChannelSender, ClientHandshake, FrameError, Key, CLIENT_HELLO_LEN, SERVER_HELLO_LEN,
-};
+use nonstop_shared::auth::Key;
 use nonstop_shared::Mode;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -56,17 +56,54 @@ pub struct SenderParts {
     pub shutdown: Shutdown,
     /// The pre-shared key.
     pub key: Key,
+    /// The `drop_record` fault, armed by the injector.
+    pub fault: RecordFault,
+}
+
+/// The `drop_record` fault: when armed, the next record that carries payload bytes is
+/// not sent to the backup (it is still stored here), so the backup finds a gap. Cheap
+/// to clone; clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFault(Arc<AtomicBool>);
+
+impl RecordFault {
+    /// Arms the fault for the next such record.
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Disarms it; true if it was armed.
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// How long the backup gets to answer the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One connection to the backup.
 struct Connection {
-    writer: OwnedWriteHalf,
-    channel: ChannelSender,
-    snapshot_upto: u64,
-    buffer: Vec<u8>,
-    sealed: Vec<u8>,
+    stream: TcpStream,
+    leader: Leader,
+}
+
+impl Connection {
+    /// Writes what the leader has queued.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.leader.transmit().is_empty() {
+            self.stream.write_all(self.leader.transmit()).await?;
+            self.leader.transmitted();
+        }
+        Ok(())
+    }
+}
+
+/// Reads from the connection, or waits forever without one.
+async fn read_some(conn: &mut Option<Connection>, chunk: &mut [u8]) -> std::io::Result<usize> {
+    match conn {
+        Some(c) => c.stream.read(chunk).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs until shutdown.
@@ -82,9 +119,10 @@ pub async fn run(parts: SenderParts) {
         stats,
         mut shutdown,
         key,
+        fault,
     } = parts;
-    let (acks_tx, mut acks) = mpsc::unbounded_channel::<Option<u64>>();
     let mut conn: Option<Connection> = None;
+    let mut chunk = vec![0u8; 4096];
     let mut retry = tokio::time::interval(Duration::from_millis(100));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -101,23 +139,31 @@ pub async fn run(parts: SenderParts) {
                 }
                 store_batch(&replica, &batch, &stats);
                 if let Some(c) = conn.as_mut() {
-                    if let Err(e) = send_batch(c, &batch, &stats).await {
-                        tracing::warn!(error = %e, "replication connection lost");
-                        disconnect(&mut conn, &stats);
+                    if fault.take() {
+                        c.leader.drop_next_payload_record();
+                    }
+                    if let Some(last) = c.leader.send_records(&batch) {
+                        if let Err(e) = c.flush().await {
+                            tracing::warn!(error = %e, "replication connection lost");
+                            disconnect(&mut conn, &stats);
+                        } else {
+                            stats.sent(last);
+                        }
                     }
                 }
             }
-            ack = acks.recv() => match ack {
-                Some(Some(seq)) => {
-                    stats.acked(seq);
-                    interceptor.send(QueueCommand::Acked(seq));
-                }
-                Some(None) => {
-                    tracing::warn!(%peer, "replication connection closed by the backup");
+            read = read_some(&mut conn, &mut chunk) => {
+                let Some(c) = conn.as_mut() else { continue };
+                let result = match read {
+                    Ok(0) => Err(anyhow::anyhow!("closed by the backup")),
+                    Ok(n) => on_bytes(c, &chunk[..n], &interceptor, &stats).await,
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(%peer, error = format!("{e:#}"), "replication connection ended");
                     disconnect(&mut conn, &stats);
                 }
-                None => return,
-            },
+            }
             changed = mode.changed() => {
                 if changed.is_err() { return; }
                 if mode.borrow().0 != Mode::Master && conn.is_some() {
@@ -127,14 +173,59 @@ pub async fn run(parts: SenderParts) {
             }
             _ = retry.tick(), if conn.is_none() && mode.borrow().0 == Mode::Master => {
                 let epoch = mode.borrow().1;
-                let link = Link { peer, local, key: &key };
-                match connect(link, &node_id, epoch, &interceptor, &stats, acks_tx.clone()).await {
+                let link = Link { peer, local, key: &key, node_id: &node_id, epoch };
+                match connect(link, &interceptor, &stats, &mut chunk).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => tracing::debug!(%peer, error = format!("{e:#}"), "replication connect failed"),
                 }
             }
         }
     }
+}
+
+/// Feeds bytes from the backup to the leader and acts on what they carried.
+async fn on_bytes(
+    conn: &mut Connection,
+    bytes: &[u8],
+    interceptor: &InterceptorHandle,
+    stats: &ReplicationStats,
+) -> anyhow::Result<()> {
+    if let Err(e) = conn.leader.handle_bytes(bytes) {
+        stats.count_error(&e);
+        return Err(e.into());
+    }
+    while let Some(event) = conn.leader.poll_event() {
+        match event {
+            LeaderEvent::Established => {}
+            LeaderEvent::Acked(seq) => {
+                stats.acked(seq);
+                interceptor.send(QueueCommand::Acked(seq));
+            }
+            LeaderEvent::SnapshotRequested => {
+                let sessions = send_snapshot(conn, interceptor, stats).await?;
+                stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sessions, "the backup asked for a fresh snapshot; sent");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends a snapshot of the tracker's table; returns its number of sessions.
+async fn send_snapshot(
+    conn: &mut Connection,
+    interceptor: &InterceptorHandle,
+    stats: &ReplicationStats,
+) -> anyhow::Result<usize> {
+    let (upto, snapshot) = interceptor
+        .snapshot()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("interceptor gone"))?;
+    conn.leader.send_snapshot(upto, &snapshot);
+    conn.flush().await?;
+    stats.sent(upto);
+    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+    Ok(snapshot.len())
 }
 
 fn disconnect(conn: &mut Option<Connection>, stats: &ReplicationStats) {
@@ -171,163 +262,61 @@ fn store_batch(replica: &Mutex<Replica>, batch: &[Sequenced], stats: &Replicatio
     }
 }
 
-async fn send_batch(
-    conn: &mut Connection,
-    batch: &[Sequenced],
-    stats: &ReplicationStats,
-) -> std::io::Result<()> {
-    conn.buffer.clear();
-    let mut last = None;
-    for (seq, record) in batch {
-        if *seq <= conn.snapshot_upto {
-            continue;
-        }
-        Message::Record(*seq, record.clone()).encode(&mut conn.buffer);
-        last = Some(*seq);
-    }
-    if let Some(last) = last {
-        conn.sealed.clear();
-        conn.channel.seal(&conn.buffer, &mut conn.sealed);
-        conn.writer.write_all(&conn.sealed).await?;
-        stats.sent(last);
-    }
-    Ok(())
-}
-
-/// Where to connect and with which key.
+/// Where to connect, with which key, as whom.
 struct Link<'a> {
     peer: SocketAddr,
     local: SocketAddr,
     key: &'a Key,
+    node_id: &'a str,
+    epoch: u64,
 }
 
+/// Connects, runs the handshake and sends the first snapshot.
 async fn connect(
     link: Link<'_>,
-    node_id: &str,
-    epoch: u64,
     interceptor: &InterceptorHandle,
-    stats: &Arc<ReplicationStats>,
-    acks: mpsc::UnboundedSender<Option<u64>>,
+    stats: &ReplicationStats,
+    chunk: &mut [u8],
 ) -> anyhow::Result<Connection> {
-    let Link { peer, local, key } = link;
+    let Link {
+        peer,
+        local,
+        key,
+        node_id,
+        epoch,
+    } = link;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(local.ip(), 0))?;
-    let mut stream: TcpStream =
+    let stream: TcpStream =
         tokio::time::timeout(Duration::from_millis(500), socket.connect(peer)).await??;
     stream.set_nodelay(true)?;
     let nonce = nonstop_shared::auth::random_bytes()
         .map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
-    let (handshake, hello) = ClientHandshake::start(key, nonce);
-    let mut server_hello = [0u8; SERVER_HELLO_LEN];
+    let mut conn = Connection {
+        stream,
+        leader: Leader::new(key, nonce, epoch, node_id),
+    };
     let exchange = async {
-        stream.write_all(&hello).await?;
-        stream.read_exact(&mut server_hello).await?;
-        Ok::<_, std::io::Error>(())
+        conn.flush().await?;
+        while !conn.leader.is_established() {
+            let n = conn.stream.read(chunk).await?;
+            if n == 0 {
+                anyhow::bail!("closed by the backup");
+            }
+            if let Err(e) = conn.leader.handle_bytes(&chunk[..n]) {
+                stats.count_error(&e);
+                tracing::warn!(%peer, error = %e, "replication peer failed authentication");
+                return Err(e.into());
+            }
+        }
+        Ok(())
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .context("replication handshake timed out")?
         .context("replication handshake")?;
-    let (finish, channel) = match handshake.finish(&server_hello) {
-        Ok(done) => done,
-        Err(e) => {
-            stats.replication_rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, error = %e, "replication peer failed authentication");
-            return Err(e.into());
-        }
-    };
-    stream.write_all(&finish).await?;
-    debug_assert_eq!(hello.len(), CLIENT_HELLO_LEN);
-    let (mut sender, mut receiver) = channel.split();
-    let (mut reader, mut writer) = stream.into_split();
-    let (upto, snapshot) = interceptor
-        .snapshot()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("interceptor gone"))?;
-    let mut buffer = Vec::new();
-    Message::Hello {
-        epoch,
-        node_id: node_id.to_owned(),
-    }
-    .encode(&mut buffer);
-    Message::Snapshot {
-        upto,
-        count: snapshot.len() as u32,
-    }
-    .encode(&mut buffer);
-    for record in &snapshot {
-        Message::Record(upto, record.clone()).encode(&mut buffer);
-    }
-    let mut sealed = Vec::with_capacity(buffer.len() + 64);
-    sender.seal(&buffer, &mut sealed);
-    writer.write_all(&sealed).await?;
-    stats.sent(upto);
-    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+    let sessions = send_snapshot(&mut conn, interceptor, stats).await?;
     stats.connected.store(true, Ordering::Relaxed);
-    tracing::info!(%peer, sessions = snapshot.len(), upto, "replication connected; snapshot sent");
-    let stats_for_acks = Arc::clone(stats);
-    tokio::spawn(async move {
-        let mut raw = Vec::with_capacity(4096);
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            raw.extend_from_slice(&chunk[..n]);
-            let mut opened = 0;
-            loop {
-                match receiver.open(&raw[opened..]) {
-                    Ok(Some((body, used))) => {
-                        buf.extend_from_slice(&raw[opened..][body]);
-                        opened += used;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let counter = match e {
-                            FrameError::Replayed { .. } => &stats_for_acks.replication_replayed,
-                            _ => &stats_for_acks.replication_rejected,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "unauthenticated ack frame from the backup");
-                        let _ = acks.send(None);
-                        return;
-                    }
-                }
-            }
-            raw.drain(..opened);
-            let mut offset = 0;
-            loop {
-                match Message::decode(&buf[offset..]) {
-                    Ok(Some((Message::Ack(seq), used))) => {
-                        offset += used;
-                        if acks.send(Some(seq)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Some((other, _))) => {
-                        tracing::warn!(?other, "unexpected message from the backup");
-                        let _ = acks.send(None);
-                        return;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bad message from the backup");
-                        let _ = acks.send(None);
-                        return;
-                    }
-                }
-            }
-            buf.drain(..offset);
-        }
-        let _ = acks.send(None);
-    });
-    Ok(Connection {
-        writer,
-        channel: sender,
-        snapshot_upto: upto,
-        buffer: Vec::new(),
-        sealed: Vec::new(),
-    })
+    tracing::info!(%peer, sessions, "replication connected; snapshot sent");
+    Ok(conn)
 }

@@ -20,6 +20,9 @@ pub struct ReplicationStats {
     pub applied: AtomicU64,
     /// Backup: records that did not apply (unknown session, gap).
     pub apply_errors: AtomicU64,
+    /// Backup: fresh snapshots asked for because a record did not apply. Master:
+    /// snapshots sent at the backup's request.
+    pub resyncs: AtomicU64,
     /// Records written to the local store.
     pub stored: AtomicU64,
     /// Store write failures.
@@ -50,6 +53,17 @@ impl ReplicationStats {
             while q.front().is_some_and(|(s, _)| *s <= seq) {
                 q.pop_front();
             }
+        }
+    }
+
+    /// Counts a stream error that is the other side's fault: a failed handshake or
+    /// forged frame (`replication_rejected`) or a replayed frame
+    /// (`replication_replayed`). Other errors are not counted here.
+    pub fn count_error(&self, error: &crate::replication::stream::StreamError) {
+        if error.is_replay() {
+            self.replication_replayed.fetch_add(1, Ordering::Relaxed);
+        } else if error.is_rejection() {
+            self.replication_rejected.fetch_add(1, Ordering::Relaxed);
         }
     }
 

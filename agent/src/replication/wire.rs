@@ -8,6 +8,7 @@
 //! | 2 | master → backup | snapshot: `upto` u64 (sequence number the snapshot is current at), `count` u32 full records follow |
 //! | 3 | master → backup | one record frame (see `nonstop_shared::record`) |
 //! | 4 | backup → master | ack: every record up to `seq` u64 is applied and stored |
+//! | 5 | backup → master | resync: a record did not apply; send a fresh snapshot (empty body) |
 //!
 //! Bodies are limited to [`MAX_BODY`]; anything else is a protocol error that closes
 //! the connection (the master reconnects and sends a fresh snapshot).
@@ -40,6 +41,9 @@ pub enum Message {
     Record(u64, Record),
     /// Acknowledgement of every record up to this sequence number.
     Ack(u64),
+    /// The backup could not apply a record and asks for a fresh snapshot; it sends no
+    /// acknowledgement until that snapshot is applied.
+    Resync,
 }
 
 /// A stream that is not speaking this protocol.
@@ -62,15 +66,14 @@ pub enum WireError {
 impl Message {
     /// Appends the encoded message to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
         let kind = match self {
             Message::Hello { .. } => 1,
             Message::Snapshot { .. } => 2,
             Message::Record(..) => 3,
             Message::Ack(_) => 4,
+            Message::Resync => 5,
         };
-        out.push(kind);
-        out.extend_from_slice(&[0; 4]);
+        let start = begin(kind, out);
         match self {
             Message::Hello { epoch, node_id } => {
                 out.extend_from_slice(&epoch.to_be_bytes());
@@ -82,9 +85,17 @@ impl Message {
             }
             Message::Record(seq, record) => encode_record(*seq, record, out),
             Message::Ack(seq) => out.extend_from_slice(&seq.to_be_bytes()),
+            Message::Resync => {}
         }
-        let len = (out.len() - start - 5) as u32;
-        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        finish(start, out);
+    }
+
+    /// Appends `Record(seq, record)` without copying the record (the hot path: every
+    /// record the master streams goes through here).
+    pub fn encode_record(seq: u64, record: &Record, out: &mut Vec<u8>) {
+        let start = begin(3, out);
+        encode_record(seq, record, out);
+        finish(start, out);
     }
 
     /// Decodes one message from the front of `buf`: `Ok(None)` if more bytes are
@@ -98,7 +109,7 @@ impl Message {
         if len > MAX_BODY {
             return Err(WireError::BadLength(len));
         }
-        if !(1..=4).contains(&kind) {
+        if !(1..=5).contains(&kind) {
             return Err(WireError::UnknownKind(kind));
         }
         if buf.len() < 5 + len {
@@ -137,15 +148,35 @@ impl Message {
                 }
                 Message::Record(seq, record)
             }
-            _ => {
+            4 => {
                 if len != 8 {
                     return Err(WireError::BadLength(len));
                 }
                 Message::Ack(u64_at(body))
             }
+            _ => {
+                if len != 0 {
+                    return Err(WireError::BadLength(len));
+                }
+                Message::Resync
+            }
         };
         Ok(Some((message, 5 + len)))
     }
+}
+
+/// Writes a message header with a placeholder length; returns where it starts.
+fn begin(kind: u8, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.push(kind);
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+/// Fills in the length of the message that starts at `start`.
+fn finish(start: usize, out: &mut [u8]) {
+    let len = (out.len() - start - 5) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -174,6 +205,7 @@ mod tests {
             Message::Snapshot { upto: 99, count: 2 },
             Message::Record(100, Record::Delete(key())),
             Message::Ack(100),
+            Message::Resync,
         ];
         let mut buf = Vec::new();
         for m in &messages {
@@ -196,6 +228,11 @@ mod tests {
             offset += used;
         }
         assert_eq!(decoded, messages);
+        let mut by_ref = Vec::new();
+        Message::encode_record(100, &Record::Delete(key()), &mut by_ref);
+        let mut owned = Vec::new();
+        Message::Record(100, Record::Delete(key())).encode(&mut owned);
+        assert_eq!(by_ref, owned);
     }
 
     #[test]
@@ -215,6 +252,14 @@ mod tests {
         assert!(matches!(
             Message::decode(&[1, 0, 0, 0, 2, 1, 2]),
             Err(WireError::BadLength(2))
+        ));
+        assert!(matches!(
+            Message::decode(&[5, 0, 0, 0, 1, 0]),
+            Err(WireError::BadLength(1))
+        ));
+        assert!(matches!(
+            Message::decode(&[6, 0, 0, 0, 0]),
+            Err(WireError::UnknownKind(6))
         ));
     }
 

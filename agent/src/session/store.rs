@@ -11,7 +11,7 @@
 //! # Startup ([`Store::open`])
 //! Load the snapshot, then replay the log into a [`SessionTable`]. Replay stops at the
 //! first frame that is incomplete (a torn last write) or damaged; the log is truncated
-//! there, and what was discarded is counted in [`Recovery`] and logged. The store never
+//! there, and what was discarded is counted in [`Loaded`] and logged. The store never
 //! refuses to start because of its own files' content. Records that decode but do not
 //! apply (e.g. a sync for a session lost with a damaged snapshot) are counted and
 //! skipped.
@@ -143,9 +143,10 @@ impl Damage {
     }
 }
 
-/// What [`Store::open`] found on disk.
+/// What [`Store::open`] loaded from disk ("load": from disk; "restore": into a
+/// service).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recovery {
+pub struct Loaded {
     /// Frames loaded from the snapshot.
     pub snapshot_records: usize,
     /// Frames replayed from the log.
@@ -174,7 +175,7 @@ pub struct Store {
     last_sync: Instant,
     broken: bool,
     scratch: Vec<u8>,
-    recovery: Recovery,
+    loaded: Loaded,
     compactions: u64,
 }
 
@@ -194,14 +195,14 @@ impl Store {
         }
 
         let mut table = SessionTable::new();
-        let mut recovery = Recovery::default();
+        let mut loaded = Loaded::default();
 
         let snapshot = replay_file(&snapshot_path, &mut table)?;
         let snapshot_len = snapshot.valid_len + snapshot.damage_len();
-        recovery.snapshot_records = snapshot.records;
-        recovery.apply_errors += snapshot.apply_errors;
-        recovery.snapshot_damage = snapshot.damage;
-        if let Some(d) = &recovery.snapshot_damage {
+        loaded.snapshot_records = snapshot.records;
+        loaded.apply_errors += snapshot.apply_errors;
+        loaded.snapshot_damage = snapshot.damage;
+        if let Some(d) = &loaded.snapshot_damage {
             tracing::error!(
                 path = %d.path.display(), offset = d.offset, discarded = d.discarded_bytes,
                 error = %d.error, "session snapshot damaged: sessions after this point are lost"
@@ -209,16 +210,16 @@ impl Store {
         }
 
         let log = replay_file(&log_path, &mut table)?;
-        recovery.log_records = log.records;
-        recovery.apply_errors += log.apply_errors;
-        recovery.log_damage = log.damage;
+        loaded.log_records = log.records;
+        loaded.apply_errors += log.apply_errors;
+        loaded.log_damage = log.damage;
 
         let log_file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(|e| StoreError::io("open", &log_path, e))?;
-        if let Some(d) = &recovery.log_damage {
+        if let Some(d) = &loaded.log_damage {
             if d.is_torn_tail() {
                 tracing::warn!(
                     path = %d.path.display(), offset = d.offset, discarded = d.discarded_bytes,
@@ -239,9 +240,9 @@ impl Store {
                     .map_err(|e| StoreError::io("fsync", &log_path, e))?;
             }
         }
-        if recovery.apply_errors > 0 {
+        if loaded.apply_errors > 0 {
             tracing::warn!(
-                count = recovery.apply_errors,
+                count = loaded.apply_errors,
                 "stored records that did not apply were skipped"
             );
         }
@@ -260,10 +261,10 @@ impl Store {
             last_sync: Instant::now(),
             broken: false,
             scratch: Vec::new(),
-            recovery,
+            loaded,
             compactions: 0,
         };
-        if store.recovery.snapshot_damage.is_some() {
+        if store.loaded.snapshot_damage.is_some() {
             // Replace the damaged snapshot with what could be read.
             store.compact(&table)?;
         }
@@ -271,8 +272,8 @@ impl Store {
     }
 
     /// What [`Store::open`] found.
-    pub fn recovery(&self) -> &Recovery {
-        &self.recovery
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
     }
 
     /// The store's directory.
@@ -565,7 +566,7 @@ fn replay_file(path: &Path, table: &mut SessionTable) -> Result<Replayed, StoreE
 mod tests {
     use super::*;
     use nonstop_shared::record::encode_record;
-    use nonstop_shared::session::{Negotiated, Phase, SessionKey, SessionState, SessionSync};
+    use nonstop_shared::session::{Negotiated, Phase, SessionKey, SessionState};
     use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -643,25 +644,7 @@ mod tests {
         s.snd_una = s.snd_una.wrapping_add(ack);
         s.bytes_out += data.len() as u64;
         s.rcv_nxt = s.rcv_nxt.wrapping_add(1);
-        Record::Sync(SessionSync {
-            key: s.key,
-            phase: s.phase,
-            rcv_nxt: s.rcv_nxt,
-            peer_seq_max: s.peer_seq_max,
-            snd_nxt: s.snd_nxt,
-            snd_una: s.snd_una,
-            peer_window: s.peer_window,
-            our_window: s.our_window,
-            peer_tsval: s.peer_tsval,
-            our_tsval: s.our_tsval,
-            our_fin: s.our_fin,
-            peer_fin: s.peer_fin,
-            data_seq,
-            data: data.to_vec(),
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            last_activity_ms: s.last_activity_ms,
-        })
+        Record::Sync(crate::test_support::records::sync_of(s, data_seq, data))
     }
 
     /// A workload over three sessions: fulls, data, acks, one delete.
@@ -737,9 +720,9 @@ mod tests {
         }
         let (store, table) = Store::open(&tmp.sessions(), FsyncPolicy::Always).expect("reopen");
         assert_same(&table, &expected);
-        assert_eq!(store.recovery().log_records, records.len());
-        assert_eq!(store.recovery().log_damage, None);
-        assert_eq!(store.recovery().apply_errors, 0);
+        assert_eq!(store.loaded().log_records, records.len());
+        assert_eq!(store.loaded().log_damage, None);
+        assert_eq!(store.loaded().apply_errors, 0);
         assert_eq!(
             store.log_len(),
             *frame_offsets(&records).last().expect("offsets")
@@ -784,7 +767,7 @@ mod tests {
             let (mut store, mut table) =
                 Store::open(&tmp.sessions(), FsyncPolicy::Never).expect("open torn");
             assert_same(&table, &before_last);
-            let rec = store.recovery().clone();
+            let rec = store.loaded().clone();
             assert_eq!(rec.log_records, n - 1);
             if cut == last_start {
                 assert_eq!(rec.log_damage, None, "a cut at a frame boundary is clean");
@@ -795,7 +778,7 @@ mod tests {
                 assert_eq!(d.discarded_bytes, cut - last_start);
             }
             assert_eq!(fs::metadata(&log).expect("stat").len(), last_start);
-            // Appending after recovery gives a readable log again.
+            // Appending after loading gives a readable log again.
             let (seq, last) = &records[n - 1];
             table.apply(*seq, last).expect("applies");
             store.append(*seq, last).expect("append");
@@ -823,17 +806,13 @@ mod tests {
         fs::write(&log, &bytes).expect("write");
         let (store, table) = Store::open(&tmp.sessions(), FsyncPolicy::Never).expect("open");
         assert_same(&table, &table_of(&records[..k]));
-        let d = store
-            .recovery()
-            .log_damage
-            .clone()
-            .expect("damage reported");
+        let d = store.loaded().log_damage.clone().expect("damage reported");
         assert!(!d.is_torn_tail());
         assert!(matches!(d.error, RecordError::BadCrc { .. }));
         assert_eq!(d.offset, offsets[k]);
         assert_eq!(d.discarded_bytes, offsets[records.len()] - offsets[k]);
         assert_eq!(d.path, log);
-        assert_eq!(store.recovery().log_records, k);
+        assert_eq!(store.loaded().log_records, k);
         assert_eq!(fs::metadata(&log).expect("stat").len(), offsets[k]);
     }
 
@@ -865,8 +844,8 @@ mod tests {
         drop(store);
         let (store, reopened) = Store::open(&tmp.sessions(), FsyncPolicy::Always).expect("reopen");
         assert_same(&reopened, &table);
-        assert_eq!(store.recovery().snapshot_records, 2);
-        assert_eq!(store.recovery().log_records, 1);
+        assert_eq!(store.loaded().snapshot_records, 2);
+        assert_eq!(store.loaded().log_records, 1);
         assert!(!tmp.sessions().join(SNAPSHOT_TMP_FILE).exists());
     }
 
@@ -969,14 +948,14 @@ mod tests {
         bytes[last] ^= 1; // inside the second (last) session
         fs::write(&snap, &bytes).expect("write");
         let (store, table) = Store::open(&tmp.sessions(), FsyncPolicy::Never).expect("open");
-        let d = store.recovery().snapshot_damage.clone().expect("reported");
+        let d = store.loaded().snapshot_damage.clone().expect("reported");
         assert_eq!(d.path, snap);
-        assert_eq!(store.recovery().snapshot_records, 1);
+        assert_eq!(store.loaded().snapshot_records, 1);
         assert_eq!(table.len(), expected.len() - 1);
         assert_eq!(store.compactions(), 1, "rewritten at once");
         drop(store);
         let (store, again) = Store::open(&tmp.sessions(), FsyncPolicy::Never).expect("reopen");
-        assert_eq!(store.recovery().snapshot_damage, None);
+        assert_eq!(store.loaded().snapshot_damage, None);
         assert_eq!(again.len(), table.len());
     }
 
@@ -1032,7 +1011,7 @@ mod tests {
         }
         let (store, table) = Store::open(&tmp.sessions(), FsyncPolicy::Never).expect("open");
         assert!(table.is_empty());
-        assert_eq!(store.recovery().apply_errors, store.recovery().log_records);
-        assert_eq!(store.recovery().log_damage, None);
+        assert_eq!(store.loaded().apply_errors, store.loaded().log_records);
+        assert_eq!(store.loaded().log_damage, None);
     }
 }

@@ -1,3 +1,4 @@
 //! Helpers shared by the crate's unit tests.
 
+pub mod records;
 pub mod segment;

@@ -28,6 +28,8 @@ pub enum FaultKind {
     Loss,
     /// Delay every packet on `--link` by `--ms`.
     Delay,
+    /// Master: do not replicate the next record that carries payload (a gap).
+    DropRecord,
     /// Remove every fault on the node (same as `heal --node`).
     HealAll,
 }
@@ -103,6 +105,7 @@ impl InjectArgs {
                 percent: self.percent,
             },
             FaultKind::Delay => Fault::Delay { link, ms: self.ms },
+            FaultKind::DropRecord => Fault::DropRecord,
             FaultKind::HealAll => Fault::HealAll,
         }
     }

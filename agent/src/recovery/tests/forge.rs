@@ -4,8 +4,8 @@ use super::*;
 use crate::recovery::forge::{
     forged_ack, forged_syn, parse_synack, syn_seq, ForgeError, SynAck, DEFAULT_MSS,
 };
-use crate::session::tracker::options::{OptionError, TcpOptions, Timestamps};
 use crate::session::tracker::PacketError;
+use crate::tcp::options::{OptionError, TcpOptions, Timestamps};
 use crate::test_support::segment::{seg, PEER, PEER_PORT, PORT, VIP};
 
 fn peer() -> (Ipv4Addr, u16) {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::recovery::freeze::{freeze_ack, zero_window};
-use crate::recovery::wire::{self, Layout};
+use crate::tcp::wire::{self, Layout};
 
 #[test]
 fn the_freeze_ack_is_a_valid_pure_ack_with_a_zero_window() {

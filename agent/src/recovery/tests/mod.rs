@@ -194,8 +194,8 @@ fn view(packet: &[u8]) -> View {
 
 /// The options of a viewed packet, read by the tracker's own parser.
 #[track_caller]
-fn options_of(v: &View) -> crate::session::tracker::options::TcpOptions {
-    crate::session::tracker::options::parse(&v.options).expect("valid options")
+fn options_of(v: &View) -> crate::tcp::options::TcpOptions {
+    crate::tcp::options::parse(&v.options).expect("valid options")
 }
 
 /// Replaces the TCP checksum with the pseudo-header sum only, as Linux leaves it for

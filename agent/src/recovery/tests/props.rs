@@ -16,7 +16,7 @@
 use super::*;
 use crate::recovery::forge::{parse_synack, SynAck};
 use crate::recovery::translate::{retransmit_segments, TranslateError, Translator, Verdict};
-use crate::session::tracker::segment::Segment;
+use crate::tcp::segment::Segment;
 use crate::test_support::segment::{seg, Seg};
 use nonstop_shared::session::{seq_le, seq_lt};
 use proptest::prelude::*;

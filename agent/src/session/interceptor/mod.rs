@@ -13,33 +13,42 @@
 //! thread, which `poll`s the queue's netlink socket and the eventfd together. `nfq`
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
+//!
+//! # Layout
+//! - `mod.rs`: the thread (queue, eventfd, poll loop) and the packet path: track,
+//!   hold, translate, verdict.
+//! - `holding`: record numbering and the packets held for the backup's ack (sans-IO).
+//! - `restores`: pacing of forged handshakes: parked, queued, in flight (sans-IO).
+//! - `barrier`: peers' input held until a restored batch is accepted (sans-IO).
+//! - `close_quarantine`: the service's closes held in case it is dying (sans-IO).
+//! - `restore`: the restore work of the worker (handshakes, tails, probation, freeze).
+//! - `raw`: the raw socket. Header fields come from [`crate::tcp`] (`peek`).
 
+mod barrier;
 mod close_quarantine;
-mod peek;
+mod holding;
+pub mod machine;
 mod raw;
-mod recovery;
+mod restore;
+mod restores;
+#[cfg(test)]
+mod tests;
 
-use self::close_quarantine::CloseQuarantine;
-use self::peek::Peek;
+use self::machine::CoreConfig;
+pub use self::machine::{Decision, Interceptor, Output, Packet};
 use self::raw::RawSender;
+pub use self::restores::{HANDSHAKE_RETRY, HANDSHAKE_TRIES, MAX_HANDSHAKES};
+use crate::events::unix_ms;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
-use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
-use crate::recovery::feed::Feed;
-use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
-use crate::recovery::freeze::{freeze_ack, zero_window};
-use crate::recovery::tail::Tail;
-use crate::recovery::translate::TranslateError;
-use crate::recovery::translate::{duplicate_acks, probe, window_update, Translator, Verdict};
+use crate::session::proc_tcp;
 use crate::session::queue_rules;
-use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
+use crate::session::tracker::TrackerLimits;
 use anyhow::{bail, Context};
-use nonstop_shared::session::{Phase, SessionKey};
 use nonstop_shared::session::{Record, SessionState};
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,23 +114,23 @@ pub enum QueueCommand {
     /// This node is not master and owns no session: forget the tracked ones (a
     /// restarted agent seeds its tracker from disk, for a resume as master only).
     ForgetSessions,
-    /// A planned switchover hands over the service's unsent output
-    /// ([`crate::session::handover`]): append each chunk (session, sequence number of
-    /// its first byte, bytes) to the session's replicated stream; keep `stopped` (the
-    /// service's processes, stopped for the read) until this node stops serving or the
-    /// switchover is called off. Replies with the sessions that could not take theirs.
+    /// A planned switchover hands over what the service's sockets hold
+    /// ([`crate::session::handover`]): each session's unsent output and unread input
+    /// go into its replicated state; `stopped` (the service's processes, stopped for
+    /// the read) are continued once this node stops serving or the switchover is
+    /// called off. Replies with the sessions that could not take theirs.
     HandOver {
         /// What each session's socket held.
         chunks: Vec<crate::session::handover::Taken>,
         /// Processes to continue later (`SIGCONT`).
         stopped: Vec<i32>,
-        /// The sessions whose output could not be handed over.
-        reply: tokio::sync::oneshot::Sender<Vec<SessionKey>>,
+        /// The sessions whose queues could not be handed over.
+        reply: tokio::sync::oneshot::Sender<Vec<nonstop_shared::session::SessionKey>>,
     },
     /// Reset these sessions cleanly on both sides (RST to the peer, deleted here and on
-    /// the backup, counted, an event): a planned switchover could not hand over their
-    /// unsent output, and a hole is never an option.
-    ResetUnsent(Vec<SessionKey>),
+    /// the backup, counted, an event): a planned switchover could not hand over what
+    /// their sockets held, and a hole is never an option.
+    ResetUnsent(Vec<nonstop_shared::session::SessionKey>),
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
     /// Stop: release held packets, remove the table, end the thread.
@@ -273,95 +282,41 @@ pub fn spawn(
     ))
 }
 
-struct Held {
-    required: u64,
-    message: nfq::Message,
-}
-
 struct Worker {
     queue: nfq::Queue,
     queue_fd: RawFd,
-    tracker: Tracker,
     records: tokio::sync::mpsc::UnboundedSender<Sequenced>,
     commands: mpsc::Receiver<QueueCommand>,
     wake: Arc<EventFd>,
-    stats: Arc<InterceptorStats>,
-    next_seq: u64,
-    acked: u64,
-    holding: bool,
-    held: VecDeque<Held>,
-    master: bool,
-    vip: Ipv4Addr,
-    ports: Vec<u16>,
     raw: RawSender,
-    /// Forged SYN sent, waiting for the app kernel's SYN-ACK.
-    restoring: HashMap<SessionKey, Restoring>,
-    /// Sessions waiting for a handshake slot (see [`MAX_HANDSHAKES`]).
-    restore_queue: VecDeque<SessionKey>,
-    queued: HashMap<SessionKey, SessionState>,
-    /// Forged ACK sent (value: the ACK number it carries), to let it through once.
-    forged_acks: HashMap<SessionKey, u32>,
-    translators: HashMap<SessionKey, Translator>,
-    /// Restored sessions whose replicated tail the peer has not acknowledged yet.
-    tails: HashMap<SessionKey, Tail>,
-    /// When the tails' timers were last looked at.
-    tails_checked: Option<Instant>,
-    /// Restored sessions whose handed-over input the service has not taken yet.
-    feeds: HashMap<SessionKey, Feed>,
-    restore_began: Option<Instant>,
-    /// Counters at the start of the current restore, for its report.
-    restored_before: u64,
-    failed_before: u64,
-    events: Option<Arc<crate::events::EventLog>>,
-    /// The service's closes, held a moment in case it is dying.
-    closing: CloseQuarantine<nfq::Message>,
-    /// Sessions of a dead service, waiting for it to listen again.
-    awaiting_app: Vec<SessionKey>,
-    /// Restored sessions (async mode) whose peer has not yet proven it is in step.
-    probations: HashMap<SessionKey, Probation>,
-    /// Sessions this node reset, and when: the app's late packets are dropped.
-    reset_recently: HashMap<SessionKey, Instant>,
-    /// Per-session restore times (µs) of the restore under way.
-    restore_times_us: Vec<u64>,
-    /// Peers are frozen: every outbound segment announces a zero window.
-    frozen: bool,
-    /// This node just became master and the replicated sessions are not parked yet
-    /// ([`QueueCommand::Park`] or [`QueueCommand::ServiceReady`] ends it).
-    awaiting_park: bool,
-    /// The service's processes, stopped while a planned switchover read their unsent
-    /// output: continued once this node stops serving or the freeze ends.
-    stopped: Vec<i32>,
     /// Packets to inject that the raw socket could not take yet (see [`Worker::inject`]).
     outbox: VecDeque<Vec<u8>>,
-    /// Peers' input to restored sessions, held until the whole batch is restored
-    /// and the service has accepted every connection of it.
-    barrier: VecDeque<nfq::Message>,
-    /// The batch is restored; the barrier waits (until this deadline at most) for the
-    /// service to drain its accept queue.
-    barrier_until: Option<Instant>,
-    /// When the barrier last looked at the accept queue.
-    barrier_checked: Option<Instant>,
-    /// The promotion (or service death) the restore under way answers.
-    restore_origin: Option<Instant>,
+    /// Every decision.
+    core: Interceptor<nfq::Message>,
 }
 
-/// A forged handshake in flight.
-struct Restoring {
-    state: SessionState,
-    /// First forged SYN.
-    started: Instant,
-    /// Latest forged SYN.
-    sent_at: Instant,
-    tries: u32,
+impl Packet for nfq::Message {
+    fn payload(&self) -> &[u8] {
+        self.get_payload()
+    }
+
+    fn set_payload(&mut self, packet: Vec<u8>) {
+        nfq::Message::set_payload(self, packet);
+    }
+
+    fn mark(&self) -> u32 {
+        self.get_nfmark()
+    }
 }
 
-/// Forged handshakes in flight at once: the app kernel's SYN queue is small (128 by
-/// default in a fresh namespace) and an overflow would turn on SYN cookies.
-pub const MAX_HANDSHAKES: usize = 32;
-/// A forged SYN unanswered this long is sent again.
-pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(300);
-/// Forged SYNs per session before the restore is given up.
-pub const HANDSHAKE_TRIES: u32 = 10;
+/// The restore barrier's look at the service: no connection waits in the accept
+/// queue of `ports` (an unreadable `/proc/net/tcp` counts as empty).
+fn accept_queue_empty(ports: &[u16]) -> bool {
+    std::fs::File::open(proc_tcp::PATH)
+        .and_then(proc_tcp::read_listeners)
+        .map(|listeners| proc_tcp::accept_backlog(&listeners, ports) == 0)
+        .unwrap_or(true)
+}
 
 /// The `p` quantile (0..=1) of sorted values, nearest rank; 0 if empty.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -413,86 +368,56 @@ impl Worker {
         queue.set_recv_gso(config.queue, false)?;
         queue.set_nonblocking(true);
         queue_rules::install(config.vip, &config.ports, config.queue)?;
-        let mut tracker = Tracker::new(config.vip, &config.ports, config.limits);
-        tracker.restore(restored);
-        stats
-            .sessions
-            .store(tracker.len() as u64, Ordering::Relaxed);
-        tracing::info!(queue = config.queue, vip = %config.vip, ports = ?config.ports, sessions = tracker.len(), "intercepting service traffic");
+        let core = Interceptor::new(
+            CoreConfig {
+                vip: config.vip,
+                ports: config.ports.clone(),
+                limits: config.limits,
+                restored,
+                first_seq,
+            },
+            stats,
+            Box::new(accept_queue_empty),
+            Instant::now(),
+        );
+        tracing::info!(queue = config.queue, vip = %config.vip, ports = ?config.ports, sessions = core.sessions(), "intercepting service traffic");
         Ok(Worker {
             queue,
             queue_fd,
-            tracker,
             records,
             commands,
             wake,
-            stats,
-            next_seq: first_seq,
-            acked: first_seq.saturating_sub(1),
-            holding: false,
-            held: VecDeque::new(),
-            master: false,
-            vip: config.vip,
-            ports: config.ports.clone(),
             raw: RawSender::open().context("raw socket for restores")?,
-            restoring: HashMap::new(),
-            restore_queue: VecDeque::new(),
-            queued: HashMap::new(),
-            forged_acks: HashMap::new(),
-            translators: HashMap::new(),
-            tails: HashMap::new(),
-            tails_checked: None,
-            feeds: HashMap::new(),
-            restore_began: None,
-            restored_before: 0,
-            failed_before: 0,
-            events: None,
-            closing: CloseQuarantine::new(close_quarantine::CLOSE_GRACE),
-            awaiting_app: Vec::new(),
-            probations: HashMap::new(),
-            reset_recently: HashMap::new(),
-            restore_times_us: Vec::new(),
-            frozen: false,
-            awaiting_park: false,
-            stopped: Vec::new(),
-            barrier: VecDeque::new(),
             outbox: VecDeque::new(),
-            barrier_until: None,
-            barrier_checked: None,
-            restore_origin: None,
+            core,
         })
     }
 
+    /// The thread: commands first (a role change must apply before the packets that
+    /// follow it), then everything the queue has, then the core's timers; everything
+    /// the core decided is carried out after each input.
     fn run(&mut self) {
         let mut last_error_log = Instant::now() - Duration::from_secs(10);
-        let mut last_expiry = Instant::now();
         loop {
-            if last_expiry.elapsed() >= Duration::from_secs(1) {
-                last_expiry = Instant::now();
-                let now_ms = crate::events::unix_ms();
-                for record in self
-                    .tracker
-                    .expire(now_ms, HANDSHAKE_IDLE_MS, ESTABLISHED_IDLE_MS)
-                {
-                    tracing::info!(session = %record.key(), "idle session expired");
-                    self.issue(record);
-                }
-            }
-            // Commands first (a role change must apply before the packets that follow
-            // it), then everything the socket has.
             loop {
                 match self.commands.try_recv() {
                     Ok(QueueCommand::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
                         self.stop();
                         return;
                     }
-                    Ok(command) => self.on_command(command),
+                    Ok(command) => {
+                        self.core.handle_command(command, Instant::now(), unix_ms());
+                        self.carry_out();
+                    }
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
             loop {
                 match self.queue.recv() {
-                    Ok(message) => self.on_packet(message),
+                    Ok(message) => {
+                        self.core.handle_packet(message, Instant::now(), unix_ms());
+                        self.carry_out();
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // A rejected verdict of an earlier packet shows up here.
@@ -504,25 +429,14 @@ impl Worker {
                     }
                 }
             }
-            self.release();
             self.flush_outbox();
-            self.release_closes();
-            self.check_probations();
-            self.check_tails();
-            self.check_barrier();
-            if !self.restoring.is_empty() {
-                self.pump_restores();
+            self.core.handle_timeout(Instant::now(), unix_ms());
+            self.carry_out();
+            let mut timeout = self.core.poll_timeout(Instant::now());
+            if !self.outbox.is_empty() {
+                timeout = timeout.min(Duration::from_millis(1));
             }
-            let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
-            if self.barrier_until.is_some() || !self.outbox.is_empty() {
-                timeout_ms = 1;
-            }
-            if !self.tails.is_empty() || !self.feeds.is_empty() {
-                timeout_ms = timeout_ms.min(TAIL_POLL.as_millis() as i32);
-            }
-            if let Some(due) = self.closing.next_due(Instant::now()) {
-                timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
-            }
+            let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), timeout_ms) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(1));
@@ -531,379 +445,30 @@ impl Worker {
         }
     }
 
-    fn on_packet(&mut self, mut message: nfq::Message) {
-        let Some(peek) = Peek::of(message.get_payload(), self.vip) else {
-            // Not IPv4/TCP as we expect: let the tracker count it, pass it on.
-            self.track(message.get_payload());
-            message.set_verdict(nfq::Verdict::Accept);
-            self.verdict(message);
-            return;
-        };
-        let counter = if peek.outbound {
-            &self.stats.packets_out
-        } else {
-            &self.stats.packets_in
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        // Our own forged handshake and fed input into the local stack: deliver
-        // untouched, untracked.
-        if !peek.outbound && (self.is_forged_inbound(&peek) || self.is_fed(&peek)) {
-            message.set_verdict(nfq::Verdict::Accept);
-            self.verdict(message);
-            return;
+    /// Carries out what the core decided: records to replication, then verdicts and
+    /// injections in the order they were decided.
+    fn carry_out(&mut self) {
+        while let Some(record) = self.core.poll_record() {
+            let _ = self.records.send(record);
         }
-        // Our own retransmissions to the peer: already in the peer's sequence space.
-        if peek.outbound && message.get_nfmark() == INJECT_MARK {
-            self.track(message.get_payload());
-            message.set_verdict(nfq::Verdict::Accept);
-            self.verdict(message);
-            return;
-        }
-        // Peers' packets of sessions this node does not track, while it is not master
-        // or has just become master and not yet parked the replicated sessions (the
-        // VIP is added before the promotion reaches this thread): the kernel has no
-        // socket for them and would reset them. TCP retransmits.
-        if !peek.outbound
-            && (!self.master || (self.awaiting_park && !peek.syn))
-            && self.tracker.session(&peek.key).is_none()
-        {
-            self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
-            message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(message);
-            return;
-        }
-        if peek.outbound && !self.master {
-            self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
-            message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(message);
-            return;
-        }
-        if self.restoring.contains_key(&peek.key) || self.queued.contains_key(&peek.key) {
-            if peek.outbound && peek.syn && peek.ack {
-                self.complete_restore(peek.key, message.get_payload());
-            } else if !peek.outbound {
-                // The peer, before the restored socket exists: note it, drop it;
-                // the peer retransmits.
-                self.track(message.get_payload());
-            }
-            message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(message);
-            return;
-        }
-        if peek.outbound
-            && (self.closing.holds(&peek.key)
-                || ((peek.fin || peek.rst) && self.tracker.session(&peek.key).is_some()))
-        {
-            self.closing.hold(peek.key, message, Instant::now());
-            self.stats
-                .closes_waiting
-                .store(self.closing.len() as u64, Ordering::Relaxed);
-            return;
-        }
-        self.forward(message, peek);
-    }
-
-    /// Translates (restored sessions), tracks and passes on or holds a packet.
-    fn forward(&mut self, mut message: nfq::Message, peek: Peek) {
-        if self.frozen && peek.outbound {
-            let mut packet = message.get_payload().to_vec();
-            if zero_window(&mut packet).is_ok() {
-                message.set_payload(packet);
-            }
-        }
-        if peek.outbound && self.reset_recently.contains_key(&peek.key) {
-            self.verdict_with(message, nfq::Verdict::Drop);
-            return;
-        }
-        if self.translators.contains_key(&peek.key) {
-            let mut packet = message.get_payload().to_vec();
-            if peek.outbound {
-                if let Some(probation) = self.probations.get_mut(&peek.key) {
-                    if peek.ack {
-                        probation.app_acked(peek.ack_no);
-                    }
-                    if !probation.verified() && (peek.payload_len > 0 || peek.fin) {
-                        // Not before the peer has shown where it stands; the app
-                        // kernel retransmits.
-                        self.verdict_with(message, nfq::Verdict::Drop);
-                        return;
-                    }
-                    if probation.finished() {
-                        self.probations.remove(&peek.key);
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Verdict(mut message, decision) => {
+                    message.set_verdict(match decision {
+                        Decision::Accept => nfq::Verdict::Accept,
+                        Decision::Drop => nfq::Verdict::Drop,
+                    });
+                    if let Err(e) = self.queue.verdict(message) {
+                        tracing::warn!(error = %e, "NFQUEUE verdict failed");
                     }
                 }
-                let Some(translator) = self.translators.get_mut(&peek.key) else {
-                    self.verdict_with(message, nfq::Verdict::Drop);
-                    return;
-                };
-                match translator.outbound(&mut packet) {
-                    Ok(Verdict::Accept) => {
-                        self.track(&packet);
-                        self.feed_input(&peek);
-                        message.set_payload(packet);
-                        self.hold_or_accept(message);
-                    }
-                    Ok(Verdict::Drop) | Err(_) => {
-                        message.set_verdict(nfq::Verdict::Drop);
-                        self.verdict(message);
-                    }
+                Output::Inject(packet) => self.inject(packet),
+                Output::ForgetInjections => self.outbox.clear(),
+                Output::Continue(pids) => {
+                    crate::session::handover::signal_all(&pids, libc::SIGCONT);
                 }
-            } else {
-                self.forward_inbound_translated(message, peek, packet);
-            }
-            return;
-        }
-        self.track(message.get_payload());
-        if peek.outbound {
-            self.hold_or_accept(message);
-        } else {
-            message.set_verdict(nfq::Verdict::Accept);
-            self.verdict(message);
-        }
-    }
-
-    /// A peer's segment of a restored session: checked against the kernel's rules in
-    /// the peer's sequence space first (RFC 5961: a segment the kernel would refuse
-    /// passes on untouched — never translated, whose clamping could make a forged ACK
-    /// acceptable — and changes nothing), then translated into the service's space.
-    fn forward_inbound_translated(
-        &mut self,
-        mut message: nfq::Message,
-        peek: Peek,
-        mut packet: Vec<u8>,
-    ) {
-        let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
-        if batch_open
-            && (peek.payload_len > 0 || peek.fin)
-            && self.tracker.rejection(&packet).is_none()
-        {
-            // The restore barrier: no peer's input reaches the new service
-            // before every session of the batch is connected to it, so a
-            // service that relays between clients (chat) misses no one.
-            if self.barrier.len() < MAX_HELD {
-                self.barrier.push_back(message);
-            } else {
-                self.verdict_with(message, nfq::Verdict::Drop);
-            }
-            return;
-        }
-        if let Some(rejection) = self.track(&packet) {
-            if rejection == Rejection::UnsentAck && self.unsent_ack_proves_divergence(&peek) {
-                self.verdict_with(message, nfq::Verdict::Drop);
-                self.reset_diverged(peek.key, Some(peek.ack_no), Divergence::AckBeyondSent);
-            } else {
-                self.verdict_with(message, nfq::Verdict::Accept);
-            }
-            return;
-        }
-        self.feed_tail(&peek);
-        let translator = self.translators.get_mut(&peek.key);
-        match translator.map(|t| t.inbound(&mut packet)) {
-            Some(Ok(Verdict::Accept)) => {
-                if let Some(probation) = self.probations.get_mut(&peek.key) {
-                    let ack = peek.ack.then_some(peek.ack_no);
-                    probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
-                }
-                message.set_payload(packet);
-                message.set_verdict(nfq::Verdict::Accept);
-            }
-            Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
-                message.set_verdict(nfq::Verdict::Drop);
-                self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
-            }
-            _ => message.set_verdict(nfq::Verdict::Drop),
-        }
-        self.verdict(message);
-    }
-
-    /// An acceptable peer segment whose ACK covers bytes the replica never saw sent:
-    /// in async mode (a session on probation) the proof that the peer saw more than
-    /// the replica — when it cannot be a blind forgery: its sequence number is exactly
-    /// where the peer stands, or the same ACK came twice ([`Probation::unsent_ack`]).
-    fn unsent_ack_proves_divergence(&mut self, peek: &Peek) -> bool {
-        let exact = self
-            .tracker
-            .session(&peek.key)
-            .is_some_and(|s| peek.seq == s.rcv_nxt || peek.seq == s.peer_seq_max);
-        self.probations
-            .get_mut(&peek.key)
-            .is_some_and(|p| p.unsent_ack(peek.ack_no, exact))
-    }
-
-    /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
-    /// records; a peer's segment the kernel would refuse changes nothing and is
-    /// counted ([`Rejection`]).
-    fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
-        match self.tracker.on_packet(packet, crate::events::unix_ms()) {
-            Ok(outcome) => {
-                if let Some(rejection) = outcome.rejected {
-                    self.stats
-                        .segments_out_of_window
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(session = %outcome.key, ?rejection, "peer segment refused");
-                }
-                for record in outcome.records {
-                    self.issue(record);
-                }
-                outcome.rejected
-            }
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "packet not tracked");
-                None
             }
         }
-    }
-
-    /// In sync mode an outbound packet waits until the backup has acknowledged the
-    /// record current now (and everything held before it).
-    fn hold_or_accept(&mut self, mut message: nfq::Message) {
-        let required = self.next_seq - 1;
-        if self.holding && (required > self.acked || !self.held.is_empty()) {
-            if self.held.len() >= MAX_HELD {
-                self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
-                message.set_verdict(nfq::Verdict::Drop);
-                self.verdict(message);
-                return;
-            }
-            self.held.push_back(Held { required, message });
-            self.stats
-                .held
-                .store(self.held.len() as u64, Ordering::Relaxed);
-            return;
-        }
-        message.set_verdict(nfq::Verdict::Accept);
-        self.verdict(message);
-    }
-
-    /// Numbers a record and hands it to replication.
-    fn issue(&mut self, record: Record) {
-        if let Record::Delete(key) = &record {
-            self.translators.remove(key);
-            self.tails.remove(key);
-            self.feeds.remove(key);
-            self.restoring.remove(key);
-            self.queued.remove(key);
-            self.forged_acks.remove(key);
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let _ = self.records.send((seq, record));
-        self.stats.last_seq.store(seq, Ordering::Relaxed);
-        self.stats
-            .sessions
-            .store(self.tracker.len() as u64, Ordering::Relaxed);
-    }
-
-    fn on_command(&mut self, command: QueueCommand) {
-        match command {
-            QueueCommand::Acked(seq) => {
-                self.acked = self.acked.max(seq);
-                self.stats.acked_seq.store(self.acked, Ordering::Relaxed);
-            }
-            QueueCommand::SetHolding(on) => {
-                if self.holding != on {
-                    tracing::info!(holding = on, "outbound holding changed");
-                }
-                self.holding = on;
-                self.stats.holding.store(on, Ordering::Relaxed);
-                if !on {
-                    self.release_all();
-                }
-            }
-            QueueCommand::ForgetSessions => {
-                if !self.master {
-                    self.forget_reign();
-                }
-            }
-            QueueCommand::SetRole(master) => {
-                if self.master && !master {
-                    self.forget_reign();
-                }
-                self.awaiting_park = master && (self.awaiting_park || !self.master);
-                self.master = master;
-                if !master {
-                    // Every outbound packet is dropped from now on: the stopped
-                    // service may go on.
-                    self.continue_stopped();
-                }
-            }
-            QueueCommand::HandOver {
-                chunks,
-                stopped,
-                reply,
-            } => {
-                self.stopped.extend(stopped);
-                let failed = self.hand_over(chunks);
-                let _ = reply.send(failed);
-            }
-            QueueCommand::ResetUnsent(keys) => {
-                for key in keys {
-                    self.reset_unsent(key);
-                }
-            }
-            QueueCommand::Park {
-                states,
-                promoted_at,
-            } => {
-                self.restore_origin = Some(promoted_at);
-                self.awaiting_park = false;
-                self.park(states);
-            }
-            QueueCommand::AppDied => self.on_app_died(),
-            QueueCommand::ServiceReady => {
-                self.awaiting_park = false;
-                self.restore_parked();
-            }
-            QueueCommand::Freeze(on) => {
-                self.freeze(on);
-                if !on {
-                    self.continue_stopped();
-                }
-            }
-            QueueCommand::SetEventLog(events) => self.events = Some(events),
-            QueueCommand::Snapshot(reply) => {
-                let _ = reply.send((self.next_seq - 1, self.tracker.snapshot()));
-            }
-            QueueCommand::Sessions(reply) => {
-                let _ = reply.send(self.tracker.sessions().cloned().collect());
-            }
-            QueueCommand::Stop => {}
-        }
-    }
-
-    /// The end of this node's reign: held packets and waiting closes dropped (never
-    /// acknowledged by the backup; the new master retransmits from its replica), every
-    /// restore and translation abandoned, the tracker emptied.
-    fn forget_reign(&mut self) {
-        // Whatever is held was never acknowledged by the backup; the new
-        // master retransmits from its replica.
-        while let Some(mut held) = self.held.pop_front() {
-            held.message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(held.message);
-        }
-        self.stats.held.store(0, Ordering::Relaxed);
-        self.drop_closes();
-        self.drop_barrier();
-        self.barrier_until = None;
-        self.outbox.clear();
-        self.restore_began = None;
-        self.frozen = false;
-        self.awaiting_app.clear();
-        self.restoring.clear();
-        self.restore_queue.clear();
-        self.queued.clear();
-        self.forged_acks.clear();
-        self.translators.clear();
-        self.tails.clear();
-        self.feeds.clear();
-        self.probations.clear();
-        self.stats.restore_pending.store(0, Ordering::Relaxed);
-        // The sessions now live on the other node; if this node becomes
-        // master again it restores them afresh from its replica.
-        let limits = self.tracker.limits();
-        self.tracker = Tracker::new(self.vip, &self.ports, limits);
-        self.stats.sessions.store(0, Ordering::Relaxed);
     }
 
     /// Sends a forged or retransmitted packet from the raw socket, in order after any
@@ -941,108 +506,11 @@ impl Worker {
         }
     }
 
-    /// Drops the peers' input held at the restore barrier (they retransmit).
-    fn drop_barrier(&mut self) {
-        for message in std::mem::take(&mut self.barrier) {
-            self.verdict_with(message, nfq::Verdict::Drop);
-        }
-    }
-
-    /// Releases, in order, every held packet the backup's acknowledgement covers.
-    fn release(&mut self) {
-        while self.held.front().is_some_and(|h| h.required <= self.acked) {
-            if let Some(mut held) = self.held.pop_front() {
-                held.message.set_verdict(nfq::Verdict::Accept);
-                self.verdict(held.message);
-            }
-        }
-        self.stats
-            .held
-            .store(self.held.len() as u64, Ordering::Relaxed);
-    }
-
-    fn release_all(&mut self) {
-        while let Some(mut held) = self.held.pop_front() {
-            held.message.set_verdict(nfq::Verdict::Accept);
-            self.verdict(held.message);
-        }
-        self.stats.held.store(0, Ordering::Relaxed);
-    }
-
-    fn verdict_with(&mut self, mut message: nfq::Message, verdict: nfq::Verdict) {
-        message.set_verdict(verdict);
-        self.verdict(message);
-    }
-
-    fn verdict(&mut self, message: nfq::Message) {
-        if let Err(e) = self.queue.verdict(message) {
-            tracing::warn!(error = %e, "NFQUEUE verdict failed");
-        }
-    }
-
     /// Shutdown: held packets are dropped, not released (their state may never reach
     /// the backup; TCP retransmits them), and the table goes with the agent.
-    /// Continues the service processes a switchover stopped.
-    fn continue_stopped(&mut self) {
-        if !self.stopped.is_empty() {
-            tracing::info!(pids = ?self.stopped, "service processes continued");
-            crate::session::handover::signal_all(&self.stopped, libc::SIGCONT);
-            self.stopped.clear();
-        }
-    }
-
-    /// Appends handed-over output to the tracked sessions and issues their records;
-    /// the sessions that could not take it.
-    fn hand_over(&mut self, chunks: Vec<crate::session::handover::Taken>) -> Vec<SessionKey> {
-        let mut failed = Vec::new();
-        for taken in chunks {
-            let output = taken.output.as_ref().map(|(seq, b)| (*seq, &b[..]));
-            let input = taken.input.as_ref().map(|(end, b)| (*end, &b[..]));
-            match self.tracker.hand_over(&taken.key, output, input) {
-                Ok(record) => {
-                    let bytes =
-                        output.map_or(0, |(_, b)| b.len()) + input.map_or(0, |(_, b)| b.len());
-                    self.stats.handed_over.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .handed_over_bytes
-                        .fetch_add(bytes as u64, Ordering::Relaxed);
-                    tracing::debug!(
-                        session = %taken.key,
-                        output = output.map_or(0, |(_, b)| b.len()),
-                        input = input.map_or(0, |(_, b)| b.len()),
-                        "socket queues handed over"
-                    );
-                    self.issue(record);
-                }
-                Err(e) => {
-                    tracing::warn!(session = %taken.key, error = %e, "socket queues not handed over");
-                    failed.push(taken.key);
-                }
-            }
-        }
-        failed
-    }
-
-    /// Resets a session whose unsent output could not be handed over: RSTs to the peer
-    /// at both ends of what it may have received, deleted everywhere, counted.
-    fn reset_unsent(&mut self, key: SessionKey) {
-        let Some((snd_una, snd_nxt)) = self.tracker.session(&key).map(|s| (s.snd_una, s.snd_nxt))
-        else {
-            return;
-        };
-        if snd_una != snd_nxt {
-            self.inject(reset_to_peer(&key, snd_una));
-        }
-        self.reset_diverged(key, Some(snd_nxt), Divergence::UnsentOutput);
-    }
-
     fn stop(&mut self) {
-        while let Some(mut held) = self.held.pop_front() {
-            held.message.set_verdict(nfq::Verdict::Drop);
-            self.verdict(held.message);
-        }
-        self.drop_closes();
-        self.drop_barrier();
+        self.core.stop();
+        self.carry_out();
         if let Err(e) = queue_rules::remove() {
             tracing::error!(error = %e, "could not remove the queue rules");
         }

@@ -5,10 +5,9 @@
 //! # Layout
 //! - this file: [`Tracker`] (the session table, [`Tracker::on_packet`]), its limits,
 //!   statistics and errors.
-//! - [`segment`]: an IPv4 packet read into the TCP fields the tracker needs.
+//! - [`crate::tcp`]: reading a packet's TCP fields and options (shared with restore).
 //! - [`acceptance`]: whether the kernel accepts a peer's segment (RFC 793, RFC 5961);
 //!   a segment it would refuse changes nothing here.
-//! - [`options`]: a small parser over the raw TCP option bytes.
 //! - `session`: one session's state machine (handshake, data, ACKs, close).
 //! - [`unacked`]: the rules of the `unacked` buffer (which bytes it holds, how ACKs
 //!   trim it, whether it is complete); the backup's table applies the same rules.
@@ -24,19 +23,18 @@
 //! All sequence arithmetic is modulo 2^32.
 
 pub mod acceptance;
-pub mod options;
-pub mod segment;
 mod session;
 pub mod unacked;
 
 #[cfg(test)]
 mod tests;
 
+use crate::tcp::segment::Segment;
+pub use crate::tcp::PacketError;
 pub use acceptance::Rejection;
 use nonstop_shared::record::{MAX_INPUT, MAX_PAYLOAD};
 use nonstop_shared::session::seq_lt;
 use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
-use segment::Segment;
 use serde::Serialize;
 use session::{Entry, Step};
 use std::collections::HashMap;
@@ -89,35 +87,6 @@ pub struct Outcome {
     /// A peer's segment of a tracked session that the kernel would refuse: it changed
     /// nothing. Callers pass it on untouched (never translated, never acted on).
     pub rejected: Option<Rejection>,
-}
-
-/// Why a packet was not tracked. The driver accepts such packets unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PacketError {
-    /// Not an IPv4 packet.
-    #[error("not an IPv4 packet")]
-    NotIpv4,
-    /// Shorter than its headers or its IPv4 total length say.
-    #[error("truncated packet")]
-    Truncated,
-    /// Not TCP.
-    #[error("not a TCP packet")]
-    NotTcp,
-    /// An IPv4 fragment: the TCP header cannot be read as a whole.
-    #[error("IPv4 fragment")]
-    Fragmented,
-    /// Neither to nor from VIP:service port.
-    #[error("not to or from the service")]
-    NotOurs,
-    /// An IPv4 or TCP header field is invalid.
-    #[error("bad header: {0}")]
-    BadHeader(String),
-    /// The TCP options are malformed.
-    #[error("bad TCP options: {0}")]
-    BadOption(#[from] options::OptionError),
-    /// A new session would exceed [`TrackerLimits::max_sessions`].
-    #[error("too many sessions")]
-    TooManySessions,
 }
 
 /// Why output could not be handed over ([`Tracker::hand_over`]).

@@ -1,10 +1,10 @@
 //! One tracked session: how each segment, inbound or outbound, changes its state.
 
 use super::acceptance::{self, Rejection};
-use super::options::TcpOptions;
-use super::segment::Segment;
 use super::unacked::{self, advance_snd_una, append_unacked};
 use super::TrackerStats;
+use crate::tcp::options::TcpOptions;
+use crate::tcp::segment::Segment;
 use nonstop_shared::session::{
     seq_le, seq_lt, Negotiated, Phase, SessionKey, SessionState, SessionSync,
 };

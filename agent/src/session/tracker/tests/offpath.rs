@@ -420,8 +420,10 @@ mod blind {
             h.feed(seg().seq(peer_isn.wrapping_add(1)).ack(our_isn.wrapping_add(1)).build());
             let (rcv, snd) = (peer_isn.wrapping_add(1), our_isn.wrapping_add(1));
             h.feed(seg().from_us().seq(snd).ack(rcv).win(window).payload(&vec![1; sent]).build());
-            // The peer's max window: 65,535 from its SYN, or a restored session's bound.
-            let max_window = 65_535u32;
+            // The peer's max window: 65,535 from its SYN, or its third ACK's 1,024
+            // scaled by its shift, whichever is larger (found by proptest: a boundary
+            // ACK at exactly snd_una − 65,536 with shift 6).
+            let max_window = 65_535u32.max(1024 << wscale.unwrap_or(0));
             for f in &spray {
                 let Some(before) = h.t.session(&key()).cloned() else { break };
                 let seq = resolve(&f.seq, &before);

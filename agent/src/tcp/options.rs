@@ -6,16 +6,7 @@
 //! SACK blocks. Unknown kinds are skipped by their length byte; a missing or impossible
 //! length, or a known kind with the wrong length, is an error (never a panic).
 
-/// TCP option kinds the tracker reads.
-mod kind {
-    pub const END: u8 = 0;
-    pub const NOP: u8 = 1;
-    pub const MSS: u8 = 2;
-    pub const WSCALE: u8 = 3;
-    pub const SACK_PERMITTED: u8 = 4;
-    pub const SACK: u8 = 5;
-    pub const TIMESTAMPS: u8 = 8;
-}
+use super::kind;
 
 /// The timestamps option (kind 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

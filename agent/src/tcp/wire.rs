@@ -1,52 +1,20 @@
-//! Byte-level helpers shared by [`super::forge`] and [`super::translate`]: writing a
+//! Writing and rewriting packets (used by the restore core, `crate::recovery`): a
 //! whole IPv4 + TCP packet, RFC 1071 checksums, the layout of a packet already read by
-//! the tracker's [`Segment::parse`](crate::session::tracker::segment::Segment::parse),
-//! and a walk over option bytes that the tracker's
-//! [`options::parse`](crate::session::tracker::options::parse) has already accepted
-//! (the tracker's parser returns values, not offsets; rewriting needs offsets).
+//! [`Segment::parse`](super::segment::Segment::parse), and a walk over option bytes
+//! that [`options::parse`](super::options::parse) has already accepted (that parser
+//! returns values, not offsets; rewriting needs offsets).
 
+use super::{flags, kind};
 use std::net::Ipv4Addr;
 
-/// TCP flag bits (byte 13 of the TCP header).
-pub(super) mod flags {
-    /// FIN.
-    pub const FIN: u8 = 0x01;
-    /// SYN.
-    pub const SYN: u8 = 0x02;
-    /// RST.
-    pub const RST: u8 = 0x04;
-    /// PSH.
-    pub const PSH: u8 = 0x08;
-    /// ACK.
-    pub const ACK: u8 = 0x10;
-}
-
-/// TCP option kinds written or rewritten here.
-pub(super) mod kind {
-    /// End of option list.
-    pub const END: u8 = 0;
-    /// No-operation (padding).
-    pub const NOP: u8 = 1;
-    /// Maximum segment size.
-    pub const MSS: u8 = 2;
-    /// Window scale.
-    pub const WSCALE: u8 = 3;
-    /// SACK permitted.
-    pub const SACK_PERMITTED: u8 = 4;
-    /// SACK blocks.
-    pub const SACK: u8 = 5;
-    /// Timestamps.
-    pub const TIMESTAMPS: u8 = 8;
-}
-
 /// Length of an IPv4 header without options.
-pub(super) const IPV4_LEN: usize = 20;
+pub(crate) const IPV4_LEN: usize = 20;
 /// Length of a TCP header without options.
-pub(super) const TCP_LEN: usize = 20;
+pub(crate) const TCP_LEN: usize = 20;
 /// Length of the timestamps option (kind, length, TSval, TSecr).
-pub(super) const TS_OPTION_LEN: usize = 10;
+pub(crate) const TS_OPTION_LEN: usize = 10;
 /// TTL of the packets we write (Linux's default).
-pub(super) const TTL: u8 = 64;
+pub(crate) const TTL: u8 = 64;
 /// Offset of the TCP checksum inside the TCP header.
 const TCP_CHECKSUM_AT: usize = 16;
 /// Offset of the IPv4 header checksum inside the IPv4 header.
@@ -58,7 +26,7 @@ const PROTO_TCP: u8 = 6;
 
 /// One TCP segment to write as a whole IPv4 packet.
 #[derive(Debug, Clone)]
-pub(super) struct Tcp<'a> {
+pub(crate) struct Tcp<'a> {
     /// Source address and port.
     pub src: (Ipv4Addr, u16),
     /// Destination address and port.
@@ -80,7 +48,7 @@ pub(super) struct Tcp<'a> {
 /// Writes `t` as an IPv4 packet: no IP options, ID 0, DF set, TTL 64, TOS 0, correct
 /// IPv4 and TCP checksums. Option bytes beyond 40 and payload beyond what a 65535-byte
 /// packet holds are not written (callers never come near either limit).
-pub(super) fn build(t: &Tcp<'_>) -> Vec<u8> {
+pub(crate) fn build(t: &Tcp<'_>) -> Vec<u8> {
     let options = &t.options[..t.options.len().min(40)];
     let options_len = options.len().div_ceil(4) * 4;
     let header_len = IPV4_LEN + TCP_LEN + options_len;
@@ -120,7 +88,7 @@ pub(super) fn build(t: &Tcp<'_>) -> Vec<u8> {
 /// Where the parts of an IPv4 + TCP packet are. Built only by [`Layout::of`], which
 /// checks every offset against the packet, so slicing with it cannot panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Layout {
+pub(crate) struct Layout {
     /// IPv4 header length (start of the TCP header).
     pub ip_len: usize,
     /// IPv4 total length (end of the TCP payload).
@@ -205,7 +173,7 @@ fn tcp_checksum(packet: &[u8], ip_len: usize, total: usize) -> u16 {
 
 /// Writes the TCP checksum of `packet[ip_len..total]` (full recompute, RFC 1071).
 /// The caller guarantees `ip_len >= 20` and `ip_len + 20 <= total <= packet.len()`.
-pub(super) fn set_tcp_checksum(packet: &mut [u8], ip_len: usize, total: usize) {
+pub(crate) fn set_tcp_checksum(packet: &mut [u8], ip_len: usize, total: usize) {
     let sum = tcp_checksum(packet, ip_len, total);
     let at = ip_len + TCP_CHECKSUM_AT;
     packet[at..at + 2].copy_from_slice(&sum.to_be_bytes());
@@ -213,7 +181,7 @@ pub(super) fn set_tcp_checksum(packet: &mut [u8], ip_len: usize, total: usize) {
 
 /// Writes the IPv4 header checksum (header length from the IHL field; the caller
 /// guarantees the header is inside `packet`).
-pub(super) fn set_ipv4_checksum(packet: &mut [u8]) {
+pub(crate) fn set_ipv4_checksum(packet: &mut [u8]) {
     let len = usize::from(packet[0] & 0x0f) * 4;
     let acc = ones_sum(&packet[..IPV4_CHECKSUM_AT], 0);
     let acc = ones_sum(&packet[IPV4_CHECKSUM_AT + 2..len], acc);
@@ -223,7 +191,7 @@ pub(super) fn set_ipv4_checksum(packet: &mut [u8]) {
 
 /// What the TCP checksum field of a packet holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ChecksumState {
+pub(crate) enum ChecksumState {
     /// A correct checksum.
     Valid,
     /// Only the pseudo-header sum (Linux `CHECKSUM_PARTIAL`: the payload was never on
@@ -234,7 +202,7 @@ pub(super) enum ChecksumState {
 }
 
 /// Classifies the TCP checksum of a packet with layout `l`.
-pub(super) fn checksum_state(packet: &[u8], l: &Layout) -> ChecksumState {
+pub(crate) fn checksum_state(packet: &[u8], l: &Layout) -> ChecksumState {
     let (src, dst) = addresses(packet);
     let segment = &packet[l.ip_len..l.total];
     let pseudo = pseudo_sum(src, dst, segment.len());
@@ -254,7 +222,7 @@ pub(super) fn checksum_state(packet: &[u8], l: &Layout) -> ChecksumState {
 /// Calls `f(kind, offset, len)` for each option in `raw` other than NOP, stopping at
 /// END. Meant for option bytes the tracker's parser has accepted; anything it would
 /// reject ends the walk quietly.
-pub(super) fn walk_options(raw: &[u8], mut f: impl FnMut(u8, usize, usize)) {
+pub(crate) fn walk_options(raw: &[u8], mut f: impl FnMut(u8, usize, usize)) {
     let mut offset = 0;
     while let Some(&k) = raw.get(offset) {
         match k {
@@ -276,22 +244,22 @@ pub(super) fn walk_options(raw: &[u8], mut f: impl FnMut(u8, usize, usize)) {
 }
 
 /// Reads a big-endian u32 at `at` (caller guarantees 4 bytes).
-pub(super) fn get_u32(bytes: &[u8], at: usize) -> u32 {
+pub(crate) fn get_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// Writes a big-endian u32 at `at` (caller guarantees 4 bytes).
-pub(super) fn put_u32(bytes: &mut [u8], at: usize, value: u32) {
+pub(crate) fn put_u32(bytes: &mut [u8], at: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }
 
 /// Writes a big-endian u16 at `at` (caller guarantees 2 bytes).
-pub(super) fn put_u16(bytes: &mut [u8], at: usize, value: u16) {
+pub(crate) fn put_u16(bytes: &mut [u8], at: usize, value: u16) {
     bytes[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
 /// The timestamps option preceded by two NOPs (aligned, as Linux writes it).
-pub(super) fn ts_option(tsval: u32, tsecr: u32) -> [u8; 12] {
+pub(crate) fn ts_option(tsval: u32, tsecr: u32) -> [u8; 12] {
     let mut o = [0; 12];
     o[..4].copy_from_slice(&[kind::NOP, kind::NOP, kind::TIMESTAMPS, 10]);
     o[4..8].copy_from_slice(&tsval.to_be_bytes());

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 /// The few header fields the interceptor decides on before the tracker runs.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Peek {
+pub(crate) struct Peek {
     /// The session the packet belongs to.
     pub key: SessionKey,
     /// From the VIP to a peer.
@@ -64,10 +64,10 @@ impl Peek {
         Some(Peek {
             key,
             outbound,
-            syn: flags & 0x02 != 0,
-            ack: flags & 0x10 != 0,
-            fin: flags & 0x01 != 0,
-            rst: flags & 0x04 != 0,
+            syn: flags & super::flags::SYN != 0,
+            ack: flags & super::flags::ACK != 0,
+            fin: flags & super::flags::FIN != 0,
+            rst: flags & super::flags::RST != 0,
             seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
             ack_no: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
             payload_len: tcp.len().saturating_sub(data_offset),

@@ -1,19 +1,23 @@
-//! The interceptor's recovery work (design §4): restoring sessions into the local
+//! The interceptor's restore work (design §4): restoring sessions into the local
 //! service (forged handshakes, paced), holding and dropping a dying service's closes,
 //! the async-mode probation and resets, and the zero-window freeze of a planned
-//! switchover's drain. Methods of the same worker as `mod.rs`, split out by concern.
+//! switchover's drain. Methods of the sans-IO [`Interceptor`] (`core.rs`), split out by concern.
 
-use super::*;
-use crate::session::proc_tcp;
+use super::machine::{Decision, Interceptor, Packet};
+use super::restores;
+use super::{percentile, RESET_QUIET, TAIL_POLL};
+use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
+use crate::recovery::feed::Feed;
+use crate::recovery::forge::{forged_ack, parse_synack};
+use crate::recovery::freeze::freeze_ack;
+use crate::recovery::tail::Tail;
+use crate::recovery::translate::{duplicate_acks, probe, window_update, Translator};
+use crate::tcp::peek::Peek;
+use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-/// Longest the restore barrier waits for the service to accept the restored
-/// connections after the last handshake.
-pub const BARRIER_ACCEPT_WAIT: Duration = Duration::from_secs(2);
-
-/// How often the barrier looks at the service's accept queue.
-const BARRIER_POLL: Duration = Duration::from_millis(5);
-
-impl Worker {
+impl<M: Packet> Interceptor<M> {
     /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
     /// a zero window (or the window reopened).
     pub(super) fn freeze(&mut self, on: bool) {
@@ -53,7 +57,7 @@ impl Worker {
         let shift = state.negotiated.peer_wscale.unwrap_or(0).min(14);
         let window = u32::from(state.peer_window) << shift;
         let has_data = peek.payload_len > 0 || peek.fin;
-        let packets = tail.on_ack(peek.ack_no, window, has_data, state.rcv_nxt, Instant::now());
+        let packets = tail.on_ack(peek.ack_no, window, has_data, state.rcv_nxt, self.now);
         if tail.done() {
             self.tails.remove(&peek.key);
         }
@@ -87,7 +91,7 @@ impl Worker {
         let window = u32::from(state.our_window) << shift;
         let app_ack = t.app_ack(t.peer_acked());
         feed.set_peer_tsval(state.peer_tsval);
-        let packets = feed.on_app_ack(peek.ack_no, window, app_ack, Instant::now());
+        let packets = feed.on_app_ack(peek.ack_no, window, app_ack, self.now);
         if feed.done() {
             self.feeds.remove(&peek.key);
             tracing::debug!(session = %peek.key, "handed-over input delivered");
@@ -103,7 +107,7 @@ impl Worker {
     /// The tails' retransmission and the feeds' refeed timers (rate-limited: this
     /// runs on the packet thread).
     pub(super) fn check_tails(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         if (self.tails.is_empty() && self.feeds.is_empty())
             || self.tails_checked.is_some_and(|at| now < at + TAIL_POLL)
         {
@@ -139,7 +143,7 @@ impl Worker {
         if self.probations.is_empty() && self.reset_recently.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = self.now;
         self.reset_recently
             .retain(|_, at| now.saturating_duration_since(*at) < RESET_QUIET);
         let diverged: Vec<(SessionKey, Option<u32>, Divergence)> = self
@@ -176,7 +180,7 @@ impl Worker {
         if let Some(record) = self.tracker.remove(&key) {
             self.issue(record);
         }
-        self.reset_recently.insert(key, Instant::now());
+        self.reset_recently.insert(key, self.now);
         for packet in packets {
             self.inject(packet);
         }
@@ -195,10 +199,10 @@ impl Worker {
         if self.closing.is_empty() {
             return;
         }
-        for message in self.closing.due(Instant::now()) {
-            match Peek::of(message.get_payload(), self.vip) {
+        for message in self.closing.due(self.now) {
+            match Peek::of(message.payload(), self.vip) {
                 Some(peek) => self.forward(message, peek),
-                None => self.verdict_with(message, nfq::Verdict::Accept),
+                None => self.verdict_with(message, Decision::Accept),
             }
         }
         self.stats
@@ -214,7 +218,7 @@ impl Worker {
             .closes_dropped
             .fetch_add(dropped.len() as u64, Ordering::Relaxed);
         for message in dropped {
-            self.verdict_with(message, nfq::Verdict::Drop);
+            self.verdict_with(message, Decision::Drop);
         }
         self.stats.closes_waiting.store(0, Ordering::Relaxed);
     }
@@ -224,7 +228,7 @@ impl Worker {
     /// restarted service listens.
     pub(super) fn on_app_died(&mut self) {
         self.drop_closes();
-        self.restore_origin = Some(Instant::now());
+        self.restore_origin = Some(self.now);
         self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
         let parked: Vec<SessionState> = self
             .tracker
@@ -245,37 +249,24 @@ impl Worker {
             self.translators.remove(&state.key);
             self.tails.remove(&state.key);
             self.feeds.remove(&state.key);
-            self.restoring.remove(&state.key);
             self.forged_acks.remove(&state.key);
-            self.awaiting_app.push(state.key);
-            self.queued.insert(state.key, state);
+            self.restores.park(state);
         }
-        self.stats.restore_pending.store(
-            (self.restoring.len() + self.queued.len()) as u64,
-            Ordering::Relaxed,
-        );
+        self.stats
+            .restore_pending
+            .store(self.restores.pending() as u64, Ordering::Relaxed);
     }
 
     /// The restarted service listens: restore the parked sessions into it, from
     /// their latest tracked state.
     pub(super) fn restore_parked(&mut self) {
-        let keys = std::mem::take(&mut self.awaiting_app);
-        let mut count = 0;
-        for key in keys {
-            if !self.queued.contains_key(&key) {
-                continue; // ended meanwhile (the peer reset it)
-            }
-            if let Some(state) = self.tracker.session(&key) {
-                self.queued.insert(key, state.clone());
-            }
-            self.restore_queue.push_back(key);
-            count += 1;
-        }
+        let tracker = &self.tracker;
+        let count = self.restores.unpark(|key| tracker.session(key).cloned());
         if count == 0 {
             return;
         }
         tracing::info!(sessions = count, "restoring sessions into the service");
-        self.restore_began = Some(Instant::now());
+        self.restore_began = Some(self.now);
         self.restored_before = self.stats.restored.load(Ordering::Relaxed);
         self.failed_before = self.stats.restore_failed.load(Ordering::Relaxed);
         self.pump_restores();
@@ -283,7 +274,7 @@ impl Worker {
 
     pub(super) fn is_forged_inbound(&mut self, peek: &Peek) -> bool {
         if peek.syn && !peek.ack {
-            return self.restoring.contains_key(&peek.key);
+            return self.restores.in_flight(&peek.key);
         }
         match self.forged_acks.get(&peek.key) {
             Some(&ack) if peek.ack && !peek.syn && peek.payload_len == 0 && peek.ack_no == ack => {
@@ -324,128 +315,72 @@ impl Worker {
             self.issue(Record::Full(state.clone()));
         }
         for state in fresh {
-            self.awaiting_app.push(state.key);
-            self.queued.insert(state.key, state);
+            self.restores.park(state);
         }
         self.stats
             .sessions
             .store(self.tracker.len() as u64, Ordering::Relaxed);
-        self.stats.restore_pending.store(
-            (self.restoring.len() + self.queued.len()) as u64,
-            Ordering::Relaxed,
-        );
+        self.stats
+            .restore_pending
+            .store(self.restores.pending() as u64, Ordering::Relaxed);
     }
 
     /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
-    /// re-sends forged SYNs that went unanswered.
+    /// re-sends forged SYNs that went unanswered ([`Restores::pump`]).
     pub(super) fn pump_restores(&mut self) {
-        let mut retry = Vec::new();
-        for (key, r) in &self.restoring {
-            if r.sent_at.elapsed() >= HANDSHAKE_RETRY {
-                retry.push(*key);
-            }
+        let pumped = self.restores.pump(self.now);
+        for key in &pumped.given_up {
+            self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
         }
-        for key in retry {
-            let Some(r) = self.restoring.get_mut(&key) else {
-                continue;
-            };
-            if r.tries >= HANDSHAKE_TRIES {
-                self.restoring.remove(&key);
-                self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
-                continue;
-            }
-            r.tries += 1;
-            r.sent_at = Instant::now();
-            let syn = forged_syn(&r.state);
+        self.stats
+            .restore_started
+            .fetch_add(pumped.started, Ordering::Relaxed);
+        for syn in pumped.syns {
             self.inject(syn);
         }
-        while self.restoring.len() < MAX_HANDSHAKES {
-            let Some(key) = self.restore_queue.pop_front() else {
-                break;
-            };
-            let Some(state) = self.queued.remove(&key) else {
-                continue;
-            };
-            self.stats.restore_started.fetch_add(1, Ordering::Relaxed);
-            self.inject(forged_syn(&state));
-            self.restoring.insert(
-                key,
-                Restoring {
-                    state,
-                    started: Instant::now(),
-                    sent_at: Instant::now(),
-                    tries: 1,
-                },
-            );
-        }
-        let pending = (self.restoring.len() + self.queued.len()) as u64;
+        let pending = self.restores.pending() as u64;
         self.stats.restore_pending.store(pending, Ordering::Relaxed);
         if pending == 0 {
             if let Some(began) = self.restore_began.take() {
                 self.report_restore(began);
-                self.barrier_until = Some(Instant::now() + BARRIER_ACCEPT_WAIT);
+                self.barrier.batch_restored(self.now);
                 self.check_barrier();
             }
         }
     }
 
-    /// Once the batch is restored, every forged ACK has gone through, and the service
-    /// has accepted every connection of it (its listening sockets' accept queues are
-    /// empty) — or after
-    /// [`BARRIER_ACCEPT_WAIT`] — the peers' input held at the barrier goes on.
+    /// Opens the restore barrier when it is time ([`Barrier::check`]): the peers'
+    /// input held there goes on, in order.
     pub(super) fn check_barrier(&mut self) {
-        let Some(until) = self.barrier_until else {
+        let acks_in_flight = !self.forged_acks.is_empty();
+        let (probe, ports) = (&mut self.accept_probe, &self.ports);
+        let Some(opened) = self
+            .barrier
+            .check(self.now, acks_in_flight, || probe(ports))
+        else {
             return;
         };
-        // Every forged ACK must have reached the kernel (completing its handshake)
-        // before an empty accept queue means "all accepted".
-        if !self.forged_acks.is_empty() && Instant::now() < until {
-            return;
-        }
-        // Rate-limited: this runs on the packet thread.
-        let now = Instant::now();
-        if self
-            .barrier_checked
-            .is_some_and(|at| now.saturating_duration_since(at) < BARRIER_POLL)
-            && now < until
-        {
-            return;
-        }
-        self.barrier_checked = Some(now);
-        let accepted = std::fs::File::open(proc_tcp::PATH)
-            .and_then(proc_tcp::read_listeners)
-            .map(|listeners| proc_tcp::accept_backlog(&listeners, &self.ports) == 0)
-            .unwrap_or(true);
-        if !accepted && Instant::now() < until {
-            return;
-        }
-        if !accepted {
+        if !opened.accepted {
             tracing::warn!("the service did not accept every restored connection in time");
         }
-        self.barrier_until = None;
-        self.barrier_checked = None;
-        self.release_barrier();
-    }
-
-    /// The peers' input held at the barrier goes on, in order.
-    fn release_barrier(&mut self) {
-        let held = std::mem::take(&mut self.barrier);
-        if !held.is_empty() {
-            tracing::debug!(packets = held.len(), "restore barrier released");
+        if !opened.held.is_empty() {
+            tracing::debug!(packets = opened.held.len(), "restore barrier released");
         }
-        for message in held {
-            match Peek::of(message.get_payload(), self.vip) {
+        for message in opened.held {
+            match Peek::of(message.payload(), self.vip) {
                 Some(peek) => self.forward(message, peek),
-                None => self.verdict_with(message, nfq::Verdict::Accept),
+                None => self.verdict_with(message, Decision::Accept),
             }
         }
     }
 
     /// Reports a finished restore in the event log and the counters.
     pub(super) fn report_restore(&mut self, began: Instant) {
-        let elapsed = began.elapsed();
-        let since_promotion = self.restore_origin.take().unwrap_or(began).elapsed();
+        let elapsed = self.now.saturating_duration_since(began);
+        let since_promotion = self
+            .now
+            .saturating_duration_since(self.restore_origin.take().unwrap_or(began));
         let mut times = std::mem::take(&mut self.restore_times_us);
         times.sort_unstable();
         let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
@@ -483,11 +418,11 @@ impl Worker {
     /// with a forged ACK, then kick the peer (retransmit the replicated tail, duplicate
     /// ACKs) and translate from now on.
     pub(super) fn complete_restore(&mut self, key: SessionKey, synack_packet: &[u8]) {
-        let Some(Restoring { state, started, .. }) = self.restoring.remove(&key) else {
+        let Some(restores::InFlight { state, started, .. }) = self.restores.answered(&key) else {
             return;
         };
         self.restore_times_us
-            .push(started.elapsed().as_micros() as u64);
+            .push(self.now.saturating_duration_since(started).as_micros() as u64);
         let synack = match parse_synack(synack_packet, &state) {
             Ok(synack) => synack,
             Err(e) => {
@@ -503,32 +438,80 @@ impl Worker {
         // Handed-over input first, right behind the handshake (into the local stack).
         if let Some(mut feed) = Feed::new(&state, &synack, 1460) {
             let app_ack = translator.app_ack(translator.peer_acked());
-            packets.extend(feed.start(app_ack, Instant::now()));
+            packets.extend(feed.start(app_ack, self.now));
             self.feeds.insert(key, feed);
         }
         if let Some(mut tail) = Tail::new(&state, 1460) {
-            packets.extend(tail.start(state.rcv_nxt, Instant::now()));
+            packets.extend(tail.start(state.rcv_nxt, self.now));
             self.tails.insert(key, tail);
         }
         packets.extend(duplicate_acks(&state, 4));
-        if !self.holding {
+        if !self.holding.is_on() {
             packets.push(probe(&state));
         }
         for packet in packets {
             self.inject(packet);
         }
         self.translators.insert(key, translator);
-        if !self.holding {
+        if !self.holding.is_on() {
             // Async replication: the replica may be behind what the peer saw.
             self.probations.insert(key, Probation::new(state.rcv_nxt));
         }
         self.stats.restored.fetch_add(1, Ordering::Relaxed);
         if let Some(began) = self.restore_began {
-            self.stats
-                .restore_last_us
-                .store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.stats.restore_last_us.store(
+                self.now.saturating_duration_since(began).as_micros() as u64,
+                Ordering::Relaxed,
+            );
         }
         tracing::debug!(session = %key, "session restored");
         self.pump_restores();
+    }
+
+    /// Appends what the service's sockets held (a planned switchover's hand-over) to
+    /// the tracked sessions and issues their records; the sessions that could not
+    /// take it.
+    pub(super) fn hand_over(
+        &mut self,
+        chunks: Vec<crate::session::handover::Taken>,
+    ) -> Vec<SessionKey> {
+        let mut failed = Vec::new();
+        for taken in chunks {
+            let output = taken.output.as_ref().map(|(seq, b)| (*seq, &b[..]));
+            let input = taken.input.as_ref().map(|(end, b)| (*end, &b[..]));
+            match self.tracker.hand_over(&taken.key, output, input) {
+                Ok(record) => {
+                    let (out_len, in_len) = (
+                        output.map_or(0, |(_, b)| b.len()),
+                        input.map_or(0, |(_, b)| b.len()),
+                    );
+                    self.stats.handed_over.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .handed_over_bytes
+                        .fetch_add((out_len + in_len) as u64, Ordering::Relaxed);
+                    tracing::debug!(session = %taken.key, output = out_len, input = in_len, "socket queues handed over");
+                    self.issue(record);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %taken.key, error = %e, "socket queues not handed over");
+                    failed.push(taken.key);
+                }
+            }
+        }
+        self.handed_over = true;
+        failed
+    }
+
+    /// Resets a session whose socket queues could not be handed over: RSTs to the
+    /// peer at both ends of what it may have received, deleted everywhere, counted.
+    pub(super) fn reset_unsent(&mut self, key: SessionKey) {
+        let Some((snd_una, snd_nxt)) = self.tracker.session(&key).map(|s| (s.snd_una, s.snd_nxt))
+        else {
+            return;
+        };
+        if snd_una != snd_nxt {
+            self.inject(reset_to_peer(&key, snd_una));
+        }
+        self.reset_diverged(key, Some(snd_nxt), Divergence::UnsentOutput);
     }
 }
