@@ -9,6 +9,8 @@
 //! - [`replication`]: records master → backup over TCP on the sync link, with acks.
 //! - [`recovery`]: restoring replicated sessions into an unmodified server (sans-IO core).
 //! - [`app`]: the application manager — runs the service on the master.
+//! - [`sockets`]: the service's TCP sockets through netlink sock_diag (IPv4 and
+//!   dual-stack IPv6): listeners, queues, destruction.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
@@ -26,6 +28,7 @@ pub mod replication;
 pub mod resources;
 pub mod session;
 pub mod shutdown;
+pub mod sockets;
 pub mod vip;
 
 #[cfg(test)]
