@@ -186,6 +186,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         stats,
         mode: mode_rx,
         ports: config.service.ports.clone(),
+        vip: config.service.vip.addr,
         drain_limit: std::time::Duration::from_millis(config.session.drain_ms),
     };
 

@@ -6,7 +6,6 @@
 //! the state the peers and the old service agreed on.
 
 use crate::session::interceptor::{InterceptorHandle, QueueCommand};
-use crate::session::proc_tcp;
 use nonstop_shared::session::Phase;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,12 +13,16 @@ use std::time::{Duration, Instant};
 /// How often the drain conditions are checked.
 const POLL: Duration = Duration::from_millis(5);
 
+/// `unread_bytes` when the service's receive queues could not be read.
+pub const UNKNOWN: u64 = u64::MAX;
+
 /// What a drain achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     /// Established sessions frozen.
     pub sessions: usize,
-    /// Bytes the service had not read yet when the drain ended.
+    /// Bytes the service had not read yet when the drain ended ([`UNKNOWN`] when its
+    /// sockets could not be read).
     pub unread_bytes: u64,
     /// Sessions with output the peer had not acknowledged when the drain ended.
     pub unacked_sessions: usize,
@@ -49,7 +52,11 @@ impl DrainReport {
                  {} sessions with unacknowledged output, backup {} records behind)",
                 self.elapsed.as_millis(),
                 self.sessions,
-                self.unread_bytes,
+                if self.unread_bytes == UNKNOWN {
+                    "unknown (socket diagnostics failed)".to_owned()
+                } else {
+                    self.unread_bytes.to_string()
+                },
                 self.unacked_sessions,
                 self.replication_behind
             )
@@ -60,7 +67,12 @@ impl DrainReport {
 /// Freezes the peers and waits at most `limit` for the drain; the peers stay frozen
 /// (the new master reopens their windows; call [`thaw`] if the switchover does not
 /// happen).
-pub async fn drain(interceptor: &InterceptorHandle, ports: &[u16], limit: Duration) -> DrainReport {
+pub async fn drain(
+    interceptor: &InterceptorHandle,
+    vip: std::net::Ipv4Addr,
+    ports: &[u16],
+    limit: Duration,
+) -> DrainReport {
     let began = Instant::now();
     interceptor.send(QueueCommand::Freeze(true));
     loop {
@@ -73,11 +85,13 @@ pub async fn drain(interceptor: &InterceptorHandle, ports: &[u16], limit: Durati
             .iter()
             .filter(|s| s.snd_una != s.snd_nxt)
             .count();
-        let unread_bytes = match tokio::fs::read_to_string(proc_tcp::PATH).await {
-            Ok(table) => proc_tcp::unread_input(&table, ports),
+        let owned = ports.to_vec();
+        let unread_bytes = match crate::sockets::query(move |d| d.unread_input(vip, &owned)).await {
+            Ok(bytes) => bytes,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read /proc/net/tcp");
-                0
+                // Not knowing is not "nothing unread": wait on until the limit.
+                tracing::warn!(error = %e, "cannot read the service's receive queues");
+                UNKNOWN
             }
         };
         let stats = &interceptor.stats;
@@ -131,5 +145,7 @@ mod tests {
         r.unread_bytes = 5;
         assert!(!r.complete());
         assert!(r.describe().contains("5 bytes unread"), "{}", r.describe());
+        r.unread_bytes = UNKNOWN;
+        assert!(r.describe().contains("unknown (socket"), "{}", r.describe());
     }
 }

@@ -4,7 +4,6 @@
 //! switchover's drain. Methods of the same worker as `mod.rs`, split out by concern.
 
 use super::*;
-use crate::session::proc_tcp;
 
 /// Longest the restore barrier waits for the service to accept the restored
 /// connections after the last handshake.
@@ -313,9 +312,11 @@ impl Worker {
             return;
         }
         self.barrier_checked = Some(now);
-        let accepted = std::fs::File::open(proc_tcp::PATH)
-            .and_then(proc_tcp::read_listeners)
-            .map(|listeners| proc_tcp::accept_backlog(&listeners, &self.ports) == 0)
+        // Listeners only (IPv4 and dual-stack IPv6): the kernel walks its listening
+        // hash, not the thousands of connections just restored.
+        let accepted = crate::sockets::diag::Diag::open()
+            .and_then(|mut diag| diag.accept_backlog(self.vip, &self.ports))
+            .map(|backlog| backlog == 0)
             .unwrap_or(true);
         if !accepted && Instant::now() < until {
             return;
