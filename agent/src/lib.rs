@@ -13,6 +13,7 @@
 //!   dual-stack IPv6): listeners, queues, destruction.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
+//! - [`host`]: fitting the host — logging, SIGHUP reload, notify hooks, health check.
 //! - [`shutdown`]: the one shutdown path every task listens to.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
@@ -21,6 +22,7 @@ pub mod control;
 pub mod events;
 pub mod failover;
 pub mod fuzzing;
+pub mod host;
 pub mod inject;
 pub mod nfqueue;
 pub mod recovery;

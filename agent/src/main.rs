@@ -40,20 +40,24 @@ struct Args {
     /// Only validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Log line format on stderr: `text` (ANSI colours only on a terminal) or `json`.
+    #[arg(long, default_value = "text")]
+    log_format: nonstop_agent::host::logging::LogFormat,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("nonstop-agent: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let log = match nonstop_agent::host::logging::init(args.log_format, &config.log.level) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("nonstop-agent: log.level: {e}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -80,7 +84,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, key)) {
+    let reloader =
+        nonstop_agent::host::reload::Reloader::new(args.config, config.clone(), Some(log));
+    match runtime.block_on(run(config, key, reloader)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -90,9 +96,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
+async fn run(
+    config: AgentConfig,
+    key: Key,
+    reloader: nonstop_agent::host::reload::Reloader,
+) -> anyhow::Result<()> {
+    // First: SIGHUP's default action would kill the agent.
+    let live = reloader.subscribe();
+    reloader.spawn().context("SIGHUP handler")?;
     let (trigger, shutdown) = shutdown::channel();
     let events = EventLog::new(&config.node_id);
+    // Notify hooks follow the event log from the start (they never block the driver).
+    let hook_stats = Arc::new(nonstop_agent::host::hooks::HookStats::default());
+    let hooks = tokio::spawn(nonstop_agent::host::hooks::run(
+        Arc::clone(&events),
+        live.clone(),
+        config.node_id.clone(),
+        config.service.vip.to_string(),
+        Arc::clone(&hook_stats),
+        shutdown.clone(),
+    ));
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(64);
     let malformed = Arc::new(AtomicU64::new(0));
     let control_rejected = Arc::new(AtomicU64::new(0));
@@ -229,6 +252,11 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         key: key.clone(),
         control_rejected: Arc::clone(&control_rejected),
     })?;
+    let injector = nonstop_agent::inject::Injector::new(&config);
+    nonstop_agent::host::reload::follow(live.clone(), {
+        let injector = injector.clone();
+        move |live| injector.set_enabled(live.inject.enabled)
+    });
     let handle = ControlHandle {
         commands: commands_tx,
         events,
@@ -236,7 +264,8 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         rejected: control_rejected,
         key,
         sessions: Some(view),
-        injector: nonstop_agent::inject::Injector::new(&config),
+        injector: injector.clone(),
+        hooks: Arc::clone(&hook_stats),
     };
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();
@@ -263,6 +292,9 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
     }
     interceptor.send(QueueCommand::Stop);
     let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
+    // The `stop` hook, bounded by its timeout.
+    let hook_limit = std::time::Duration::from_millis(live.borrow().notify.timeout_ms + 1000);
+    let _ = tokio::time::timeout(hook_limit, hooks).await;
     result
 }
 

@@ -421,6 +421,13 @@ pub struct Counters {
     /// Control connections or requests refused for lack of authentication.
     #[serde(default)]
     pub control_rejected: u64,
+    /// `inject` requests refused because fault injection is off (`[inject]`).
+    #[serde(default)]
+    pub inject_refused: u64,
+    /// Notify hooks that failed (non-zero exit, could not start, killed at the
+    /// timeout).
+    #[serde(default)]
+    pub hooks_failed: u64,
 }
 
 /// Answer to `status`.

@@ -50,6 +50,8 @@ pub struct ControlHandle {
     pub sessions: Option<crate::session::view::SessionView>,
     /// Fault injection on this host.
     pub injector: crate::inject::Injector,
+    /// Notify hook counters.
+    pub hooks: Arc<crate::host::hooks::HookStats>,
 }
 
 /// Listens on every address and serves connections until shutdown.
@@ -231,7 +233,12 @@ async fn serve_connection(
             Request::Status => {
                 let (tx, rx) = oneshot::channel();
                 let reply = match ask(&handle, ControlCommand::Status(tx), rx).await {
-                    Ok(status) => Reply::Status(status),
+                    Ok(mut status) => {
+                        status.counters.inject_refused = handle.injector.refused();
+                        status.counters.hooks_failed =
+                            handle.hooks.failures.load(Ordering::Relaxed);
+                        Reply::Status(status)
+                    }
                     Err(message) => Reply::Error { message },
                 };
                 send(&mut write, &reply).await?;
