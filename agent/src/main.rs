@@ -257,6 +257,7 @@ async fn run(
         let injector = injector.clone();
         move |live| injector.set_enabled(live.inject.enabled)
     });
+    let (check_view, _) = watch::channel(None);
     let handle = ControlHandle {
         commands: commands_tx,
         events,
@@ -266,7 +267,19 @@ async fn run(
         sessions: Some(view),
         injector: injector.clone(),
         hooks: Arc::clone(&hook_stats),
+        check: Some(check_view.subscribe()),
     };
+    tokio::spawn(nonstop_agent::host::check::run(
+        nonstop_agent::host::check::CheckParts {
+            live: live.clone(),
+            ports: config.service.ports.clone(),
+            on_backup: config.service.on_backup,
+            mode: mode_rx_for_app.clone(),
+            control: handle.clone(),
+            view: check_view,
+            shutdown: shutdown.clone(),
+        },
+    ));
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();
     let control =

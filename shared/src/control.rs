@@ -383,6 +383,9 @@ pub struct PeerView {
     pub last_heard_ms: Option<u64>,
     /// Last measured heartbeat round-trip time, microseconds.
     pub rtt_us: Option<u64>,
+    /// Whether its service passed its health check, as its heartbeats say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 /// Counters of things worth alarming on.
@@ -470,6 +473,24 @@ pub struct NodeStatus {
     /// The managed service, if the agent manages one.
     #[serde(default)]
     pub app: Option<AppView>,
+    /// The service's health check (`[service.check]`), if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckView>,
+}
+
+/// The service's health check as the agent runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    /// What is checked: `command: …` or `tcp 127.0.0.1:7000`.
+    pub probe: String,
+    /// `None` until `rise` or `fall` results in a row decided it.
+    pub healthy: Option<bool>,
+    /// Successes (positive) or failures (negative) in a row.
+    pub streak: i64,
+    /// The last result in words.
+    pub last: String,
+    /// Handovers this node started because its check failed.
+    pub handovers: u64,
 }
 
 /// The managed service as the application manager sees it.
@@ -583,6 +604,13 @@ pub enum EventKind {
     Injected {
         /// What.
         fault: Fault,
+    },
+    /// The service's health check changed its verdict.
+    Check {
+        /// Whether the service is healthy now.
+        healthy: bool,
+        /// The last result and what the agent does about it.
+        detail: String,
     },
     /// Something failed that the operator should know about.
     Error {

@@ -547,3 +547,95 @@ fn inject_is_refused_and_counted_unless_enabled() {
     .unwrap_or_else(|e| panic!("inject still refused after the reload: {e}\n{}", logs(&lab)));
     inject_fault(&lab, Node::Master, Fault::HealAll).expect("heal");
 }
+
+/// Acceptance 3: a master whose health check starts failing hands over (drained)
+/// with its sessions intact; a failing backup does not take over while the master is
+/// healthy, and a switchover to it is refused.
+#[test]
+fn a_failing_health_check_hands_over_only_to_a_healthy_backup() {
+    if !require_root() {
+        return;
+    }
+    let lab = managed_lab_configured("hlth", |node, c| {
+        let sick = c
+            .data_dir
+            .parent()
+            .expect("lab dir")
+            .join(format!("{node}-sick"));
+        c.service.check = Some(nonstop_shared::config::CheckConfig {
+            command: Some(format!("test ! -e {}", sick.display())),
+            tcp: false,
+            tcp_port: None,
+            interval_ms: 100,
+            timeout_ms: 100,
+            rise: 2,
+            fall: 2,
+        });
+    });
+    let sick = |node: Node| lab.dir().join(format!("{node}-sick"));
+    let checked = |node: Node, healthy: bool| {
+        wait_for(Duration::from_secs(5), || {
+            (status_of(&lab, node)?.check?.healthy == Some(healthy)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{node}: check never {healthy}: {e}\n{}", logs(&lab)))
+    };
+    checked(Node::Master, true);
+    checked(Node::Backup, true);
+    let mut clients = EchoClients::connect(&lab, 8).expect("sessions");
+    for _ in 0..3 {
+        clients.round().expect("round");
+    }
+    wait_replicated(&lab, &clients).expect("replicated");
+    let ports = clients.ports();
+    let counters = peer_tcp_counters(&lab);
+
+    // The backup's service fails: it is not handed over to and does not take over.
+    std::fs::write(sick(Node::Backup), b"").expect("make the backup sick");
+    checked(Node::Backup, false);
+    wait_for(Duration::from_secs(2), || {
+        (status_of(&lab, Node::Master)?.peer.healthy == Some(false)).then_some(())
+    })
+    .expect("the master hears of it");
+    let (ok, out) = console(&lab, &["switchover"]);
+    assert!(!ok, "a switchover to a failing backup was accepted: {out}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        status_of(&lab, Node::Master).map(|s| s.mode),
+        Some(Mode::Master),
+        "{}",
+        logs(&lab)
+    );
+    clients.round().expect("round while the backup is sick");
+
+    // The backup recovers; the master's service fails: it hands over, drained.
+    std::fs::remove_file(sick(Node::Backup)).expect("heal the backup");
+    checked(Node::Backup, true);
+    std::fs::write(sick(Node::Master), b"").expect("make the master sick");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&lab, Node::Backup)?.mode == Mode::Master).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("no handover from the sick master: {e}\n{}", logs(&lab)));
+    let view = status_of(&lab, Node::Master)
+        .and_then(|s| s.check)
+        .expect("check view");
+    assert_eq!((view.healthy, view.handovers), (Some(false), 1), "{view:?}");
+    for round in 0..5 {
+        clients
+            .round()
+            .unwrap_or_else(|e| panic!("round {round} after the handover: {e:#}\n{}", logs(&lab)));
+    }
+    assert_eq!(clients.ports(), ports, "same sockets");
+    assert_eq!(peer_tcp_counters(&lab), counters, "no reset, no reconnect");
+    let events = events(&lab).expect("events");
+    assert!(
+        events.iter().any(|e| matches!(
+            &e.kind,
+            nonstop_shared::control::EventKind::Check { healthy: false, detail }
+                if detail.contains("handing over")
+        )),
+        "no handover event"
+    );
+    // The sick old master is not handed back to.
+    let (ok, out) = console(&lab, &["switchover"]);
+    assert!(!ok, "handed back to a failing node: {out}");
+}

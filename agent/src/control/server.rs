@@ -31,6 +31,8 @@ pub enum ControlCommand {
     Status(oneshot::Sender<NodeStatus>),
     /// Start a planned switchover; the reply says what happens or why not.
     Switchover(oneshot::Sender<Result<String, String>>),
+    /// The service's health check verdict (carried in heartbeats).
+    SetHealth(bool),
 }
 
 /// What every connection task shares.
@@ -52,6 +54,42 @@ pub struct ControlHandle {
     pub injector: crate::inject::Injector,
     /// Notify hook counters.
     pub hooks: Arc<crate::host::hooks::HookStats>,
+    /// The health check's view (`None` inside when none is configured).
+    pub check: Option<tokio::sync::watch::Receiver<Option<nonstop_shared::control::CheckView>>>,
+}
+
+/// A planned switchover, drained first (design §3: zero loss) when it can happen —
+/// master with a live backup; the peers are thawed again if it is refused. Used by
+/// the `switchover` request and by the health check's handover.
+pub async fn switchover(handle: &ControlHandle) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let ready = ask(handle, ControlCommand::Status(tx), rx)
+        .await
+        .is_ok_and(|s| {
+            s.mode == nonstop_shared::Mode::Master
+                && s.peer.mode == Some(nonstop_shared::Mode::Backup)
+                && s.peer.healthy != Some(false)
+                && s.missed_heartbeats < s.misses
+        });
+    let drained = match &handle.sessions {
+        Some(view) if ready => view.drain_for_switchover().await,
+        _ => None,
+    };
+    let (tx, rx) = oneshot::channel();
+    match ask(handle, ControlCommand::Switchover(tx), rx).await {
+        Ok(Ok(message)) => Reply::Ack {
+            message: match &drained {
+                Some(report) => format!("{}; {message}", report.describe()),
+                None => message,
+            },
+        },
+        Ok(Err(message)) | Err(message) => {
+            if let (Some(view), Some(_)) = (&handle.sessions, &drained) {
+                view.thaw();
+            }
+            Reply::Error { message }
+        }
+    }
 }
 
 /// Listens on every address and serves connections until shutdown.
@@ -237,6 +275,7 @@ async fn serve_connection(
                         status.counters.inject_refused = handle.injector.refused();
                         status.counters.hooks_failed =
                             handle.hooks.failures.load(Ordering::Relaxed);
+                        status.check = handle.check.as_ref().and_then(|c| c.borrow().clone());
                         Reply::Status(status)
                     }
                     Err(message) => Reply::Error { message },
@@ -244,35 +283,7 @@ async fn serve_connection(
                 send(&mut write, &reply).await?;
             }
             Request::Switchover => {
-                // A planned switchover drains first (design §3): zero loss.
-                // Only when the switchover can happen: master with a live backup.
-                let (tx, rx) = oneshot::channel();
-                let ready = ask(&handle, ControlCommand::Status(tx), rx)
-                    .await
-                    .is_ok_and(|s| {
-                        s.mode == nonstop_shared::Mode::Master
-                            && s.peer.mode == Some(nonstop_shared::Mode::Backup)
-                            && s.missed_heartbeats < s.misses
-                    });
-                let drained = match &handle.sessions {
-                    Some(view) if ready => view.drain_for_switchover().await,
-                    _ => None,
-                };
-                let (tx, rx) = oneshot::channel();
-                let reply = match ask(&handle, ControlCommand::Switchover(tx), rx).await {
-                    Ok(Ok(message)) => Reply::Ack {
-                        message: match &drained {
-                            Some(report) => format!("{}; {message}", report.describe()),
-                            None => message,
-                        },
-                    },
-                    Ok(Err(message)) | Err(message) => {
-                        if let (Some(view), Some(_)) = (&handle.sessions, &drained) {
-                            view.thaw();
-                        }
-                        Reply::Error { message }
-                    }
-                };
+                let reply = switchover(&handle).await;
                 send(&mut write, &reply).await?;
             }
             Request::Sessions => {
@@ -367,7 +378,8 @@ async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> 
     write.write_all(reply.to_line().as_bytes()).await
 }
 
-async fn ask<T>(
+/// Sends `command` to the failover driver and waits for its reply.
+pub async fn ask<T>(
     handle: &ControlHandle,
     command: ControlCommand,
     rx: oneshot::Receiver<T>,

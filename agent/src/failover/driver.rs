@@ -272,6 +272,9 @@ impl Driver {
             ControlCommand::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            ControlCommand::SetHealth(healthy) => {
+                self.machine.set_healthy(healthy, Instant::now());
+            }
             ControlCommand::Switchover(reply) => {
                 let peer = self.config.sync.peer;
                 let result = self
@@ -485,6 +488,8 @@ impl Driver {
                 .unwrap_or_default(),
             resources: self.resources.latest(),
             app: self.app.as_ref().map(|a| a.view()),
+            // Filled in by the control server from the health check's own view.
+            check: None,
         }
     }
 }

@@ -264,6 +264,7 @@ impl Machine {
                 epoch: Some(p.epoch),
                 last_heard_ms: Some(now.saturating_duration_since(p.last_heard).as_millis() as u64),
                 rtt_us: p.rtt.map(|d| d.as_micros() as u64),
+                healthy: Some(!p.unhealthy),
             },
         }
     }

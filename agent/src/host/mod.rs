@@ -2,6 +2,7 @@
 //! ([`reload`]), notify hooks ([`hooks`]) and the service's health check
 //! ([`check`]).
 
+pub mod check;
 pub mod hooks;
 pub mod logging;
 pub mod reload;

@@ -108,6 +108,10 @@ fn print_event(event: &AgentEvent, json: bool) {
             format!("session {peer} reset: {reason}")
         }
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
+        EventKind::Check { healthy, detail } => format!(
+            "health check {}: {detail}",
+            if *healthy { "passes" } else { "FAILS" }
+        ),
         EventKind::Error { detail } => format!("error: {detail}"),
     };
     println!(

@@ -73,6 +73,9 @@ pub fn status_table(reports: &[AgentReport]) -> String {
             if let Some(line) = recovery_line(r) {
                 let _ = writeln!(out, "{}: {line}", s.node_id);
             }
+            if let Some(c) = &s.check {
+                let _ = writeln!(out, "{}: {}", s.node_id, check_line(c));
+            }
         }
     }
     for report in reports {
@@ -90,6 +93,19 @@ pub fn status_table(reports: &[AgentReport]) -> String {
         }
     }
     out
+}
+
+/// The health check in one line.
+pub fn check_line(c: &nonstop_shared::control::CheckView) -> String {
+    let verdict = match c.healthy {
+        Some(true) => "healthy",
+        Some(false) => "FAILING",
+        None => "undecided",
+    };
+    format!(
+        "health check {verdict} ({}; streak {}; last: {}; {} handovers)",
+        c.probe, c.streak, c.last, c.handovers
+    )
 }
 
 /// The recovery figures, once there are any: sessions restored, pending, failed and

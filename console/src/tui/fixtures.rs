@@ -40,6 +40,7 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             epoch: Some(epoch),
             last_heard_ms: Some(42),
             rtt_us: Some(183),
+            healthy: None,
         },
         uptime_ms: 754_000,
         pid: if node == "master" { 4242 } else { 4243 },
@@ -90,6 +91,7 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             restarts: 0,
             last_exit: None,
         }),
+        check: None,
     }
 }
 
