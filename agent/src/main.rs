@@ -251,6 +251,7 @@ async fn run(
         app: app_handle,
         key: key.clone(),
         control_rejected: Arc::clone(&control_rejected),
+        live: Some(live.clone()),
     })?;
     let injector = nonstop_agent::inject::Injector::new(&config);
     nonstop_agent::host::reload::follow(live.clone(), {

@@ -362,6 +362,9 @@ fn hooks_mark_every_transition_and_sighup_reloads_them_under_traffic() {
         rewrite_config(&lab, node, |c| {
             let hook = c.notify.notify.take().expect("hook");
             c.notify.notify = Some(hook.replace("v1", "v2"));
+            // The next GARP burst follows the reload too.
+            c.garp.count = 2;
+            c.garp.interval_ms = 100;
         });
     }
     let pids = [sighup(&lab, Node::Master), sighup(&lab, Node::Backup)];
@@ -402,6 +405,12 @@ fn hooks_mark_every_transition_and_sighup_reloads_them_under_traffic() {
     wait_marker_after(&lab, Node::Master, 1, "v2 backup master");
     wait_marker_after(&lab, Node::Backup, 1, "v2 master backup");
     clients.round().expect("round after the switchover");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        status_of(&lab, Node::Backup).map(|s| s.counters.garps_sent),
+        Some(2),
+        "the reloaded burst of 2 (not the default 5)"
+    );
     // Crash of the new master: the old one promotes.
     lab.kill_all("backup").expect("crash");
     wait_marker_after(&lab, Node::Master, 2, "v2 master master");

@@ -53,6 +53,8 @@ pub struct DriverParts {
     pub key: Key,
     /// Control connections refused for lack of authentication, counted by the control API.
     pub control_rejected: Arc<AtomicU64>,
+    /// The config's live part (SIGHUP): the GARP burst follows it.
+    pub live: Option<tokio::sync::watch::Receiver<crate::host::reload::Live>>,
 }
 
 /// The running failover driver.
@@ -80,6 +82,7 @@ pub struct Driver {
     app: Option<crate::app::AppHandle>,
     auth: HeartbeatAuth,
     control_rejected: Arc<AtomicU64>,
+    live: Option<tokio::sync::watch::Receiver<crate::host::reload::Live>>,
 }
 
 impl Driver {
@@ -98,6 +101,7 @@ impl Driver {
             app,
             key,
             control_rejected,
+            live,
         } = parts;
         let boot = u64::from_be_bytes(
             nonstop_shared::auth::random_bytes::<8>()
@@ -169,6 +173,7 @@ impl Driver {
             app,
             auth,
             control_rejected,
+            live,
         })
     }
 
@@ -396,8 +401,12 @@ impl Driver {
         let sender = GarpSender::open(self.link.index)
             .with_context(|| format!("raw socket on {}", self.config.service.interface))?;
         let frame = garp_frame(self.link.mac, self.config.service.vip.addr);
-        let count = self.config.garp.count;
-        let interval = Duration::from_millis(self.config.garp.interval_ms);
+        let garp = self.live.as_ref().map_or_else(
+            || self.config.garp.clone(),
+            |live| live.borrow().garp.clone(),
+        );
+        let count = garp.count;
+        let interval = Duration::from_millis(garp.interval_ms);
         let events = Arc::clone(&self.events);
         let sent = Arc::clone(&self.garps_sent);
         if let Some(task) = self.garp_task.take() {

@@ -1,11 +1,11 @@
 //! SIGHUP: the agent re-reads its config file and applies what can change safely
 //! while it runs — notify hooks, the health check, the log level, fault injection's
-//! switch — and logs each key that only a restart applies. A file that does not
+//! switch, the gratuitous ARP burst — and logs each key that only a restart applies. A file that does not
 //! load (syntax, validation) is logged and ignored: the agent never dies of a
 //! reload, and keeps its mode, its VIP and its sessions.
 
 use super::logging::LogControl;
-use nonstop_shared::config::{AgentConfig, CheckConfig, InjectConfig, NotifyConfig};
+use nonstop_shared::config::{AgentConfig, CheckConfig, GarpConfig, InjectConfig, NotifyConfig};
 use std::path::PathBuf;
 use tokio::sync::watch;
 
@@ -20,6 +20,8 @@ pub struct Live {
     pub log_level: String,
     /// `[inject]`.
     pub inject: InjectConfig,
+    /// `[garp]` (the next burst uses it).
+    pub garp: GarpConfig,
 }
 
 impl Live {
@@ -30,6 +32,7 @@ impl Live {
             check: config.service.check.clone(),
             log_level: config.log.level.clone(),
             inject: config.inject.clone(),
+            garp: config.garp.clone(),
         }
     }
 }
@@ -51,7 +54,6 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
     differ("service", a != b);
     differ("sync", old.sync != new.sync);
     differ("control", old.control != new.control);
-    differ("garp", old.garp != new.garp);
     differ("session", old.session != new.session);
     differ("security", old.security != new.security);
     keys
@@ -80,6 +82,9 @@ pub fn live_changes(old: &Live, new: &Live) -> Vec<&'static str> {
     }
     if old.inject != new.inject {
         changed.push("inject");
+    }
+    if old.garp != new.garp {
+        changed.push("garp");
     }
     changed
 }
@@ -132,6 +137,7 @@ impl Reloader {
         kept.service.check = new.service.check;
         kept.log = new.log;
         kept.inject = new.inject;
+        kept.garp = new.garp;
         self.current = kept;
         Ok(Outcome { applied, restart })
     }
@@ -226,13 +232,16 @@ key_file = "/etc/nonstop/key"
             "[notify]\nmaster = \"true\"\n[inject]\nenabled = true\n[log]\nlevel = \"debug\"\n",
         );
         moved.priority = 7;
+        moved.garp.count = 9;
         moved.sync.heartbeat_ms = 50;
         moved.service.ports = vec![7001];
         let outcome = reloader.apply(moved.clone()).expect("applies");
-        assert!(outcome.applied.is_empty());
+        assert_eq!(outcome.applied, vec!["garp"]);
+        assert_eq!(live.borrow().garp.count, 9);
         assert_eq!(outcome.restart, vec!["priority", "service", "sync"]);
         // Still reported next time: the agent runs with the old values.
-        assert_eq!(reloader.apply(moved).expect("applies").restart.len(), 3);
+        let again = reloader.apply(moved).expect("applies");
+        assert_eq!((again.applied.len(), again.restart.len()), (0, 3));
     }
 
     #[test]
