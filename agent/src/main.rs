@@ -306,8 +306,8 @@ async fn run(
     }
     interceptor.send(QueueCommand::Stop);
     let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
-    // The `stop` hook, bounded by its timeout.
-    let hook_limit = std::time::Duration::from_millis(live.borrow().notify.timeout_ms + 1000);
+    // The hooks of shutdown's own transition, then the `stop` hook, each bounded.
+    let hook_limit = std::time::Duration::from_millis(2 * live.borrow().notify.timeout_ms + 2000);
     let _ = tokio::time::timeout(hook_limit, hooks).await;
     result
 }

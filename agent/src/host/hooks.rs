@@ -7,7 +7,9 @@
 //! the `backup` hook never lands before the `master` one of the transition before),
 //! each with `sh -c`, killed after `[notify] timeout_ms`. Failures and timeouts are
 //! logged, emitted as events and counted ([`HookStats`]). The `stop` hook runs when
-//! the agent shuts down, and the agent waits for it (at most the timeout).
+//! the agent shuts down — after the hooks of the transitions shutdown causes (a
+//! master hands over and becomes backup) — and the agent waits for it (at most the
+//! timeout).
 //!
 //! Environment of every hook: `NONSTOP_NODE`, `NONSTOP_STATE` (`master`, `backup`,
 //! `fault`, `stop`), `NONSTOP_PREVIOUS`, `NONSTOP_EPOCH`, `NONSTOP_VIP`,
@@ -23,6 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Longest the hooks follow events once shutdown has started.
+const SHUTDOWN_EVENTS: Duration = Duration::from_secs(1);
+/// Shutdown's transitions are over once no event came for this long.
+const SHUTDOWN_QUIET: Duration = Duration::from_millis(200);
 
 /// Counters of hook runs.
 #[derive(Debug, Default)]
@@ -128,10 +135,25 @@ pub async fn run(
 ) {
     let (_, mut stream) = events.subscribe();
     let mut last = "startup";
+    // After shutdown starts, the transitions it causes (a master's handover) still
+    // get their hooks: events are taken until none came for a moment.
+    let mut stopping: Option<tokio::time::Instant> = None;
     loop {
-        let event = tokio::select! {
-            received = stream.recv() => received,
-            _ = shutdown.wait() => break,
+        let event = match stopping {
+            None => tokio::select! {
+                received = stream.recv() => received,
+                _ = shutdown.wait() => {
+                    stopping = Some(tokio::time::Instant::now() + SHUTDOWN_EVENTS);
+                    continue;
+                }
+            },
+            Some(until) => {
+                let quiet = tokio::time::Instant::now() + SHUTDOWN_QUIET;
+                match tokio::time::timeout_at(quiet.min(until), stream.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => break,
+                }
+            }
         };
         let transition = match event {
             Ok(event) => match event.kind {
@@ -263,6 +285,63 @@ mod tests {
             vec!["notify"]
         );
         assert!(Change::of(&transition(Mode::Backup, Mode::Startup)).is_none());
+    }
+
+    #[tokio::test]
+    async fn shutdown_runs_the_hooks_of_its_own_transitions_then_stop() {
+        let dir = std::env::temp_dir().join(format!("nonstop-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("markers");
+        let config = nonstop_shared::config::AgentConfig::from_toml(&format!(
+            r#"
+node_id = "n1"
+data_dir = "/tmp/nonstop-hooks-test"
+[service]
+interface = "eth0"
+vip = "198.18.1.100/24"
+ports = [7000]
+[sync]
+address = "198.19.1.1:7701"
+peer = "198.19.1.2:7701"
+[security]
+key_file = "/k"
+[notify]
+notify = "echo $1 >> {}"
+"#,
+            file.display()
+        ))
+        .expect("config");
+        let reloader = super::super::reload::Reloader::new(dir.join("x.toml"), config, None);
+        let events = EventLog::new("n1");
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let task = tokio::spawn(run(
+            Arc::clone(&events),
+            reloader.subscribe(),
+            "n1".into(),
+            "198.18.1.100/24".into(),
+            Arc::new(HookStats::default()),
+            shutdown,
+        ));
+        tokio::task::yield_now().await;
+        events.emit(EventKind::ModeChanged(transition(
+            Mode::Startup,
+            Mode::Master,
+        )));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        trigger.trigger();
+        // The driver's handover comes just after the shutdown started.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        events.emit(EventKind::ModeChanged(transition(
+            Mode::Master,
+            Mode::Backup,
+        )));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("hooks end")
+            .expect("task");
+        let text = std::fs::read_to_string(&file).expect("markers");
+        assert_eq!(text, "master\nbackup\nstop\n");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[tokio::test]
