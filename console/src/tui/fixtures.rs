@@ -281,6 +281,27 @@ pub fn under_blind_attack() -> Model {
     model
 }
 
+/// The master's service fails its health check; the backup's passes.
+pub fn failing_check() -> Model {
+    let mut model = Model::new(&names(), NOW);
+    startup_events(&mut model);
+    feed_statuses(&mut model, |tick| {
+        let check = |healthy| nonstop_shared::control::CheckView {
+            probe: "tcp 127.0.0.1:7000".into(),
+            healthy: Some(healthy),
+            streak: if healthy { 12 } else { -3 },
+            last: "ok".into(),
+            handovers: 0,
+        };
+        let mut master = healthy_status(0, tick, 16);
+        master.check = Some(check(false));
+        let mut backup = healthy_status(1, tick, 16);
+        backup.check = Some(check(true));
+        [Some(master), Some(backup)]
+    });
+    model
+}
+
 /// The master's agent died 4.2 s ago; the backup took over.
 pub fn unreachable() -> Model {
     let mut model = healthy(12);
