@@ -49,6 +49,8 @@ pub struct Agent {
     driver: oneshot::Receiver<anyhow::Result<()>>,
     control: JoinHandle<anyhow::Result<()>>,
     app: Option<JoinHandle<()>>,
+    /// The notify hooks' task, and how long shutdown waits for it.
+    hooks: (JoinHandle<()>, Duration),
 }
 
 impl std::fmt::Debug for Agent {
@@ -58,10 +60,29 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// Starts every component of the agent for `config`, authenticated with `key`.
-    pub async fn start(config: AgentConfig, key: Key) -> anyhow::Result<Agent> {
+    /// Starts every component of the agent for `config`, authenticated with `key`;
+    /// `reloader` re-reads the config on SIGHUP.
+    pub async fn start(
+        config: AgentConfig,
+        key: Key,
+        reloader: crate::host::reload::Reloader,
+    ) -> anyhow::Result<Agent> {
+        // First: SIGHUP's default action would kill the agent.
+        let live = reloader.subscribe();
+        reloader.spawn().context("SIGHUP handler")?;
         let (trigger, shutdown) = shutdown::channel();
         let events = EventLog::new(&config.node_id);
+        // Notify hooks follow the event log from the start (they never block the driver).
+        let hook_stats = Arc::new(crate::host::hooks::HookStats::default());
+        let hooks = tokio::spawn(crate::host::hooks::run(
+            Arc::clone(&events),
+            live.clone(),
+            config.node_id.clone(),
+            config.service.vip.to_string(),
+            Arc::clone(&hook_stats),
+            shutdown.clone(),
+        ));
+        let hook_limit = Duration::from_millis(2 * live.borrow().notify.timeout_ms + 2000);
         let (mode_tx, mode) = watch::channel((Mode::Startup, 0u64));
 
         // Session manager: the persisted copy seeds the tracker, then interception.
@@ -141,6 +162,7 @@ impl Agent {
             stats,
             mode: mode.clone(),
             ports: config.service.ports.clone(),
+            vip: config.service.vip.addr,
             drain_limit: config.session.drain_limit(),
         };
 
@@ -180,7 +202,14 @@ impl Agent {
             mode_tx,
             replication: Some(Arc::clone(&view.stats)),
             key: key.clone(),
+            live: Some(live.clone()),
         })?;
+        let injector = crate::inject::Injector::new(&config).with_record_fault(record_fault);
+        crate::host::reload::follow(live.clone(), {
+            let injector = injector.clone();
+            move |live| injector.set_enabled(live.inject.enabled)
+        });
+        let (check_view, _) = watch::channel(None);
         let handle = ControlHandle {
             commands: commands_tx,
             events,
@@ -192,8 +221,19 @@ impl Agent {
                 malformed_control_lines: Arc::new(AtomicU64::new(0)),
                 control_rejected: Arc::new(AtomicU64::new(0)),
             },
-            injector: crate::inject::Injector::new(&config).with_record_fault(record_fault),
+            injector,
+            hooks: Arc::clone(&hook_stats),
+            check: Some(check_view.subscribe()),
         };
+        tokio::spawn(crate::host::check::run(crate::host::check::CheckParts {
+            live: live.clone(),
+            ports: config.service.ports.clone(),
+            on_backup: config.service.on_backup,
+            mode: mode.clone(),
+            control: handle.clone(),
+            view: check_view,
+            shutdown: shutdown.clone(),
+        }));
         let listen = config.control.listen.clone();
         let control = tokio::spawn(async move { control::serve(&listen, handle, shutdown).await });
         Ok(Agent {
@@ -203,6 +243,7 @@ impl Agent {
             driver,
             control,
             app,
+            hooks: (hooks, hook_limit),
         })
     }
 
@@ -220,6 +261,7 @@ impl Agent {
             mut driver,
             control,
             app,
+            hooks,
         } = self;
         let on_signal = trigger.clone();
         tokio::spawn(async move {
@@ -247,6 +289,8 @@ impl Agent {
         }
         interceptor.send(QueueCommand::Stop);
         let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
+        // The hooks of shutdown's own transition, then the `stop` hook, each bounded.
+        let _ = tokio::time::timeout(hooks.1, hooks.0).await;
         result
     }
 }

@@ -104,6 +104,9 @@ fn log_event(event: &AgentEvent) {
             tracing::warn!(%peer, %reason, "restored session reset")
         }
         EventKind::Injected { fault } => tracing::warn!(%fault, "fault injected"),
+        EventKind::Check { healthy, detail } => {
+            tracing::warn!(healthy, %detail, "service health check changed")
+        }
         EventKind::Error { detail } => tracing::warn!(%detail, "error"),
     }
 }

@@ -303,6 +303,7 @@ mod tests {
                 mode: nonstop_shared::Mode::Master,
                 priority: 100,
                 handover: false,
+        unhealthy: false,
                 seq: 9,
                 sent_us: 1,
                 echo_us: 2,

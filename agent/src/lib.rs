@@ -11,6 +11,8 @@
 //! - [`replication`]: records master → backup over TCP on the sync link, with acks.
 //! - [`recovery`]: restoring replicated sessions into an unmodified server (sans-IO core).
 //! - [`app`]: the application manager — runs the service on the master.
+//! - [`sockets`]: the service's TCP sockets through netlink sock_diag (IPv4 and
+//!   dual-stack IPv6): listeners, queues, destruction.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`status`]: assembles a node's status from each manager's own part.
@@ -18,6 +20,7 @@
 //!   thaw), called by the control API.
 //! - [`tcp`]: TCP on the wire in one place: header and option parsing, the
 //!   interceptor's peek, writing and rewriting packets.
+//! - [`host`]: fitting the host — logging, SIGHUP reload, notify hooks, health check.
 //! - [`shutdown`]: the one shutdown path every task listens to.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
@@ -27,6 +30,7 @@ pub mod control;
 pub mod events;
 pub mod failover;
 pub mod fuzzing;
+pub mod host;
 pub mod inject;
 pub mod nfqueue;
 pub mod recovery;
@@ -34,6 +38,7 @@ pub mod replication;
 pub mod resources;
 pub mod session;
 pub mod shutdown;
+pub mod sockets;
 pub mod status;
 pub mod switchover;
 pub mod tcp;

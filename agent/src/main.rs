@@ -6,6 +6,7 @@
 
 use clap::Parser;
 use nonstop_agent::agent::Agent;
+use nonstop_agent::host::reload::Reloader;
 use nonstop_agent::shutdown;
 use nonstop_shared::auth::Key;
 use nonstop_shared::config::AgentConfig;
@@ -26,20 +27,24 @@ struct Args {
     /// Only validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Log line format on stderr: `text` (ANSI colours only on a terminal) or `json`.
+    #[arg(long, default_value = "text")]
+    log_format: nonstop_agent::host::logging::LogFormat,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("nonstop-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = match nonstop_agent::host::logging::init(args.log_format, &config.log.level) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("nonstop-agent: log.level: {e}");
             return ExitCode::from(2);
         }
     };
@@ -66,8 +71,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let reloader = Reloader::new(args.config, config.clone(), Some(log));
     let result = runtime.block_on(async {
-        let agent = Agent::start(config, key).await?;
+        let agent = Agent::start(config, key, reloader).await?;
         agent.run(shutdown::signal()).await
     });
     match result {

@@ -23,6 +23,7 @@ pub async fn run(
         .is_ok_and(|s: NodeStatus| {
             s.mode == Mode::Master
                 && s.peer.mode == Some(Mode::Backup)
+                && s.peer.healthy != Some(false)
                 && s.missed_heartbeats < s.misses
         });
     let drained = match sessions {

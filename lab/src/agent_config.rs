@@ -84,6 +84,7 @@ pub fn agent_config(
             ports: vec![SERVICE_PORT],
             command: knobs.service.clone(),
             on_backup: Default::default(),
+            check: None,
         },
         sync: SyncConfig {
             address: sync(node),
@@ -102,6 +103,10 @@ pub fn agent_config(
         security: SecurityConfig {
             key_file: key_path(dir),
         },
+        log: Default::default(),
+        notify: Default::default(),
+        // The lab is where faults are injected.
+        inject: nonstop_shared::config::InjectConfig { enabled: true },
     };
     config.validate().with_context(|| {
         format!(

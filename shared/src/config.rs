@@ -70,6 +70,15 @@ pub struct AgentConfig {
     pub session: SessionConfig,
     /// Authentication of heartbeats, replication and the control API.
     pub security: SecurityConfig,
+    /// Logging (the level is reloaded on SIGHUP).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Notify hooks run on every mode change (keepalived's `notify_*`).
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    /// Fault injection through the control API (off unless enabled).
+    #[serde(default)]
+    pub inject: InjectConfig,
 }
 
 /// The pre-shared key that authenticates every channel (see `nonstop_shared::auth`).
@@ -202,6 +211,9 @@ pub struct ServiceConfig {
     /// `park` (keep it running, listening, ready for restored sessions).
     #[serde(default)]
     pub on_backup: OnBackup,
+    /// Health check of the service (`[service.check]`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckConfig>,
 }
 
 /// What the application manager does with the service on a node that is not master.
@@ -546,8 +558,191 @@ impl AgentConfig {
                 "must not be a wildcard address (0.0.0.0): list localhost and the sync-link address",
             ));
         }
+        self.validate_host()
+    }
+
+    /// Checks the `[log]`, `[notify]`, `[inject]` and `[service.check]` sections.
+    fn validate_host(&self) -> Result<(), ConfigError> {
+        if self.log.level.trim().is_empty() || self.log.level.len() > 1024 {
+            return Err(invalid(
+                "log.level",
+                "must be a level or filter (e.g. `info`)",
+            ));
+        }
+        let hooks = [
+            ("notify.master", &self.notify.master),
+            ("notify.backup", &self.notify.backup),
+            ("notify.fault", &self.notify.fault),
+            ("notify.stop", &self.notify.stop),
+            ("notify.notify", &self.notify.notify),
+        ];
+        for (key, hook) in hooks {
+            if hook.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty when given"));
+            }
+        }
+        if !(1..=600_000).contains(&self.notify.timeout_ms) {
+            return Err(invalid(
+                "notify.timeout_ms",
+                format!("must be in 1..=600000, got {}", self.notify.timeout_ms),
+            ));
+        }
+        if let Some(check) = &self.service.check {
+            match (&check.command, check.tcp) {
+                (Some(c), false) if !c.trim().is_empty() => {}
+                (None, true) => {}
+                _ => {
+                    return Err(invalid(
+                        "service.check",
+                        "needs exactly one of `command = \"...\"` or `tcp = true`",
+                    ))
+                }
+            }
+            if check.tcp_port.is_some_and(|p| p == 0) {
+                return Err(invalid(
+                    "service.check.tcp_port",
+                    "port 0 is not a service port",
+                ));
+            }
+            if !(10..=600_000).contains(&check.interval_ms) {
+                return Err(invalid(
+                    "service.check.interval_ms",
+                    format!("must be in 10..=600000, got {}", check.interval_ms),
+                ));
+            }
+            if check.timeout_ms == 0 || check.timeout_ms > check.interval_ms {
+                return Err(invalid(
+                    "service.check.timeout_ms",
+                    format!(
+                        "must be in 1..=interval_ms ({}), got {}",
+                        check.interval_ms, check.timeout_ms
+                    ),
+                ));
+            }
+            if !(1..=100).contains(&check.rise) || !(1..=100).contains(&check.fall) {
+                return Err(invalid(
+                    "service.check.rise",
+                    "rise and fall must be in 1..=100",
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// `[log]`: what the agent logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level or `tracing` filter (`info`, `debug`, `info,nonstop_agent=debug`);
+    /// `RUST_LOG` overrides it. Reloaded on SIGHUP.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// `[notify]`: commands run (with `sh -c`) when this node changes mode, as
+/// keepalived's `notify_master`/`notify_backup`/`notify_fault`/`notify_stop` and
+/// `notify`. Each gets the environment `NONSTOP_NODE`, `NONSTOP_STATE`,
+/// `NONSTOP_EPOCH`, `NONSTOP_VIP`, `NONSTOP_REASON` (and `notify` also the state as
+/// its first argument). They run in the background, killed after `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Run on becoming master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Run on becoming backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Run on entering `fault`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// Run when the agent stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Run on every change, with the new state as its first argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// Longest a hook may run before it is killed.
+    #[serde(default = "default_notify_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            master: None,
+            backup: None,
+            fault: None,
+            stop: None,
+            notify: None,
+            timeout_ms: default_notify_timeout_ms(),
+        }
+    }
+}
+
+fn default_notify_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[inject]`: fault injection through the control API (`inject`, `heal`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// Whether `inject` commands are carried out; refused (and counted) otherwise.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// `[service.check]`: the service's health check — a command (exit 0 = healthy) or a
+/// TCP connect to the service port — every `interval_ms`; `fall` failures in a row
+/// make the service unhealthy, `rise` successes in a row healthy again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Command run with `sh -c`; healthy when it exits 0 within `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Check by connecting to the service port on the local host instead.
+    #[serde(default)]
+    pub tcp: bool,
+    /// Port for `tcp` (default: the first service port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    /// Milliseconds between checks.
+    #[serde(default = "default_check_interval_ms")]
+    pub interval_ms: u64,
+    /// Longest one check may take.
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Successes in a row that make the service healthy.
+    #[serde(default = "default_check_count")]
+    pub rise: u32,
+    /// Failures in a row that make it unhealthy.
+    #[serde(default = "default_check_count")]
+    pub fall: u32,
+}
+
+fn default_check_interval_ms() -> u64 {
+    1000
+}
+fn default_check_timeout_ms() -> u64 {
+    1000
+}
+fn default_check_count() -> u32 {
+    3
 }
 
 #[cfg(test)]
@@ -670,6 +865,47 @@ key_file = "/etc/nonstop/key"
         let err = AgentConfig::load(&path).expect_err("too big").to_string();
         assert!(err.contains("limit"), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn host_sections_default_off_and_are_checked() {
+        let config = AgentConfig::from_toml(GOOD).expect("valid");
+        assert!(!config.inject.enabled);
+        assert_eq!(config.log.level, "info");
+        assert_eq!(config.notify, NotifyConfig::default());
+        assert!(config.service.check.is_none());
+        let text = GOOD.replace(
+            "ports = [7000]",
+            "ports = [7000]\n[service.check]\ntcp = true\nrise = 2\nfall = 2\ninterval_ms = 200\ntimeout_ms = 100",
+        ) + "[inject]\nenabled = true\n[notify]\nmaster = \"touch /tmp/m\"\ntimeout_ms = 500\n[log]\nlevel = \"debug\"\n";
+        let config = AgentConfig::from_toml(&text).expect("valid");
+        assert!(config.inject.enabled);
+        assert_eq!(config.notify.master.as_deref(), Some("touch /tmp/m"));
+        assert_eq!(
+            config.service.check.as_ref().map(|c| (c.rise, c.tcp)),
+            Some((2, true))
+        );
+        assert_eq!(
+            AgentConfig::from_toml(&config.to_toml()).expect("round trip"),
+            config
+        );
+        for (from, to, key) in [
+            ("tcp = true", "tcp = false", "service.check"),
+            (
+                "timeout_ms = 100",
+                "timeout_ms = 300",
+                "service.check.timeout_ms",
+            ),
+            ("rise = 2", "rise = 0", "service.check.rise"),
+            ("timeout_ms = 500", "timeout_ms = 0", "notify.timeout_ms"),
+            ("\"touch /tmp/m\"", "\" \"", "notify.master"),
+            ("\"debug\"", "\"\"", "log.level"),
+        ] {
+            let err = AgentConfig::from_toml(&text.replace(from, to))
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -406,6 +406,9 @@ pub struct PeerView {
     pub last_heard_ms: Option<u64>,
     /// Last measured heartbeat round-trip time, microseconds.
     pub rtt_us: Option<u64>,
+    /// Whether its service passed its health check, as its heartbeats say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 /// Counters of things worth alarming on.
@@ -444,6 +447,13 @@ pub struct Counters {
     /// Control connections or requests refused for lack of authentication.
     #[serde(default)]
     pub control_rejected: u64,
+    /// `inject` requests refused because fault injection is off (`[inject]`).
+    #[serde(default)]
+    pub inject_refused: u64,
+    /// Notify hooks that failed (non-zero exit, could not start, killed at the
+    /// timeout).
+    #[serde(default)]
+    pub hooks_failed: u64,
 }
 
 /// Answer to `status`.
@@ -486,6 +496,24 @@ pub struct NodeStatus {
     /// The managed service, if the agent manages one.
     #[serde(default)]
     pub app: Option<AppView>,
+    /// The service's health check (`[service.check]`), if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckView>,
+}
+
+/// The service's health check as the agent runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    /// What is checked: `command: …` or `tcp 127.0.0.1:7000`.
+    pub probe: String,
+    /// `None` until `rise` or `fall` results in a row decided it.
+    pub healthy: Option<bool>,
+    /// Successes (positive) or failures (negative) in a row.
+    pub streak: i64,
+    /// The last result in words.
+    pub last: String,
+    /// Handovers this node started because its check failed.
+    pub handovers: u64,
 }
 
 /// The managed service as the application manager sees it.
@@ -599,6 +627,13 @@ pub enum EventKind {
     Injected {
         /// What.
         fault: Fault,
+    },
+    /// The service's health check changed its verdict.
+    Check {
+        /// Whether the service is healthy now.
+        healthy: bool,
+        /// The last result and what the agent does about it.
+        detail: String,
     },
     /// Something failed that the operator should know about.
     Error {

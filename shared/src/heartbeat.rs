@@ -7,7 +7,8 @@
 //! | 0      | 4    | magic `NSHB`                                                 |
 //! | 4      | 1    | version (1)                                                  |
 //! | 5      | 1    | mode code (see [`Mode::code`])                               |
-//! | 6      | 1    | flags: bit 0 = handover (sender yields mastership to peer)  |
+//! | 6      | 1    | flags: bit 0 = handover (sender yields mastership to peer); |
+//! |        |      | bit 1 = unhealthy (sender's service fails its health check) |
 //! | 7      | 1    | priority                                                     |
 //! | 8      | 8    | epoch (term; +1 on every promotion)                          |
 //! | 16     | 8    | sequence number of this heartbeat                            |
@@ -37,6 +38,8 @@ pub const FIXED_LEN: usize = 53;
 pub const MAX_NODE_ID_LEN: usize = 64;
 /// Flag bit: the sender is handing mastership over to the receiver.
 pub const FLAG_HANDOVER: u8 = 0b0000_0001;
+/// Flag bit: the sender's service fails its health check (`[service.check]`).
+pub const FLAG_UNHEALTHY: u8 = 0b0000_0010;
 
 /// One decoded heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub struct Heartbeat {
     pub priority: u8,
     /// The sender is a master handing over to the receiver (planned switchover).
     pub handover: bool,
+    /// The sender's service fails its health check.
+    pub unhealthy: bool,
     /// Sequence number of this heartbeat, +1 per datagram.
     pub seq: u64,
     /// Sender's monotonic clock at send time, microseconds.
@@ -111,7 +116,10 @@ impl Heartbeat {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.mode.code());
-        out.push(if self.handover { FLAG_HANDOVER } else { 0 });
+        out.push(
+            if self.handover { FLAG_HANDOVER } else { 0 }
+                | if self.unhealthy { FLAG_UNHEALTHY } else { 0 },
+        );
         out.push(self.priority);
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -140,7 +148,7 @@ impl Heartbeat {
         }
         let mode = Mode::from_code(buf[5]).ok_or(HeartbeatError::UnknownMode(buf[5]))?;
         let flags = buf[6];
-        if flags & !FLAG_HANDOVER != 0 {
+        if flags & !(FLAG_HANDOVER | FLAG_UNHEALTHY) != 0 {
             return Err(HeartbeatError::UnknownFlags(flags));
         }
         let id_len = usize::from(buf[52]);
@@ -166,6 +174,7 @@ impl Heartbeat {
             mode,
             priority: buf[7],
             handover: flags & FLAG_HANDOVER != 0,
+            unhealthy: flags & FLAG_UNHEALTHY != 0,
             seq: be_u64(&buf[16..24]),
             sent_us: be_u64(&buf[24..32]),
             echo_us: be_u64(&buf[32..40]),
@@ -193,12 +202,25 @@ mod tests {
             mode: Mode::Master,
             priority: 100,
             handover: true,
+            unhealthy: false,
             seq: 42,
             sent_us: 1_000_000,
             echo_us: 999_000,
             echo_delay_us: 17,
             repl_pos: 123_456,
         }
+    }
+
+    #[test]
+    fn the_unhealthy_flag_is_bit_one() {
+        let mut hb = sample();
+        hb.unhealthy = true;
+        let bytes = hb.encode();
+        assert_eq!(bytes[6], FLAG_HANDOVER | FLAG_UNHEALTHY);
+        assert_eq!(Heartbeat::decode(&bytes), Ok(hb));
+        let mut unknown = bytes.clone();
+        unknown[6] |= 0b100;
+        assert!(Heartbeat::decode(&unknown).is_err());
     }
 
     #[test]
@@ -289,7 +311,8 @@ mod tests {
         ) {
             let hb = Heartbeat {
                 node_id: id, epoch, mode: Mode::from_code(mode).expect("in range"), priority: prio,
-                handover, seq, sent_us: sent, echo_us: echo, echo_delay_us: delay, repl_pos: pos,
+                handover, unhealthy: !handover, seq, sent_us: sent, echo_us: echo, echo_delay_us: delay,
+                repl_pos: pos,
             };
             prop_assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb));
         }

@@ -34,6 +34,7 @@ fn coup(epoch: u64, seq: u64) -> Vec<u8> {
         mode: Mode::Master,
         priority: 255,
         handover: false,
+        unhealthy: false,
         seq,
         sent_us: seq * 100_000,
         echo_us: 0,

@@ -7,4 +7,4 @@
 
 mod server;
 
-pub use server::{serve, ControlCommand, ControlHandle};
+pub use server::{serve, switchover, ControlCommand, ControlHandle};

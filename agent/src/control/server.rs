@@ -32,6 +32,8 @@ pub enum ControlCommand {
     Status(oneshot::Sender<NodeStatus>),
     /// Start a planned switchover; the reply says what happens or why not.
     Switchover(oneshot::Sender<Result<String, String>>),
+    /// The service's health check verdict (carried in heartbeats).
+    SetHealth(bool),
 }
 
 /// What every connection task shares.
@@ -48,6 +50,19 @@ pub struct ControlHandle {
     pub status: crate::status::StatusSources,
     /// Fault injection on this host.
     pub injector: crate::inject::Injector,
+    /// Notify hook counters.
+    pub hooks: Arc<crate::host::hooks::HookStats>,
+    /// The health check's view (`None` inside when none is configured).
+    pub check: Option<tokio::sync::watch::Receiver<Option<nonstop_shared::control::CheckView>>>,
+}
+
+/// A planned switchover ([`crate::switchover::run`]) as a reply. Used by the
+/// `switchover` request and by the health check's handover.
+pub async fn switchover(handle: &ControlHandle) -> Reply {
+    match switchover::run(&handle.commands, handle.status.sessions.as_ref()).await {
+        Ok(message) => Reply::Ack { message },
+        Err(message) => Reply::Error { message },
+    }
 }
 
 /// Listens on every address and serves connections until shutdown.
@@ -237,17 +252,20 @@ async fn serve_connection(
         match request {
             Request::Status => {
                 let reply = match switchover::ask(&handle.commands, ControlCommand::Status).await {
-                    Ok(status) => Reply::Status(handle.status.assemble(status)),
+                    Ok(status) => {
+                        let mut status = handle.status.assemble(status);
+                        status.counters.inject_refused = handle.injector.refused();
+                        status.counters.hooks_failed =
+                            handle.hooks.failures.load(Ordering::Relaxed);
+                        status.check = handle.check.as_ref().and_then(|c| c.borrow().clone());
+                        Reply::Status(status)
+                    }
                     Err(message) => Reply::Error { message },
                 };
                 send(&mut write, &reply).await?;
             }
             Request::Switchover => {
-                let sessions = handle.status.sessions.as_ref();
-                let reply = match switchover::run(&handle.commands, sessions).await {
-                    Ok(message) => Reply::Ack { message },
-                    Err(message) => Reply::Error { message },
-                };
+                let reply = switchover(&handle).await;
                 send(&mut write, &reply).await?;
             }
             Request::Sessions => {

@@ -45,6 +45,8 @@ pub struct DriverParts {
     pub replication: Option<Arc<crate::replication::stats::ReplicationStats>>,
     /// The pre-shared key (heartbeat authentication).
     pub key: Key,
+    /// The config's live part (SIGHUP): the GARP burst follows it.
+    pub live: Option<tokio::sync::watch::Receiver<crate::host::reload::Live>>,
 }
 
 /// The running failover driver.
@@ -68,6 +70,7 @@ pub struct Driver {
     mode_tx: tokio::sync::watch::Sender<(Mode, u64)>,
     replication: Option<Arc<crate::replication::stats::ReplicationStats>>,
     auth: HeartbeatAuth,
+    live: Option<tokio::sync::watch::Receiver<crate::host::reload::Live>>,
 }
 
 impl Driver {
@@ -82,6 +85,7 @@ impl Driver {
             mode_tx,
             replication,
             key,
+            live,
         } = parts;
         let boot = u64::from_be_bytes(
             nonstop_shared::auth::random_bytes::<8>()
@@ -149,6 +153,7 @@ impl Driver {
             mode_tx,
             replication,
             auth,
+            live,
         })
     }
 
@@ -251,6 +256,9 @@ impl Driver {
         match command {
             ControlCommand::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            ControlCommand::SetHealth(healthy) => {
+                self.machine.set_healthy(healthy, Instant::now());
             }
             ControlCommand::Switchover(reply) => {
                 let peer = self.config.sync.peer;
@@ -373,8 +381,12 @@ impl Driver {
         let sender = GarpSender::open(self.link.index)
             .with_context(|| format!("raw socket on {}", self.config.service.interface))?;
         let frame = garp_frame(self.link.mac, self.config.service.vip.addr);
-        let count = self.config.garp.count;
-        let interval = Duration::from_millis(self.config.garp.interval_ms);
+        let garp = self.live.as_ref().map_or_else(
+            || self.config.garp.clone(),
+            |live| live.borrow().garp.clone(),
+        );
+        let count = garp.count;
+        let interval = Duration::from_millis(garp.interval_ms);
         let events = Arc::clone(&self.events);
         let sent = Arc::clone(&self.garps_sent);
         if let Some(task) = self.garp_task.take() {
@@ -456,6 +468,8 @@ impl Driver {
             replication: Default::default(),
             resources: Default::default(),
             app: None,
+            // Filled in by the control server from the health check's own view.
+            check: None,
         }
     }
 }

@@ -16,7 +16,10 @@
 //! - two masters (a healed partition) converge: higher epoch, then priority, then node
 //!   id stays; the other demotes;
 //! - a node whose service link is down, whose fence command fails or whose VIP cannot
-//!   be added enters `fault`, releases the VIP and never promotes until it recovers.
+//!   be added enters `fault`, releases the VIP and never promotes until it recovers;
+//! - a node whose service fails its health check ([`Machine::set_healthy`], carried
+//!   in heartbeats) loses elections to a healthy peer and is never handed over to; it
+//!   still promotes when the master is gone (the only one left).
 
 use nonstop_shared::control::{Cause, Counters, PeerView};
 use nonstop_shared::heartbeat::Heartbeat;
@@ -94,6 +97,8 @@ struct Peer {
     epoch: u64,
     priority: u8,
     handover: bool,
+    /// Its service fails its health check.
+    unhealthy: bool,
     last_heard: Instant,
     /// Its clock value from its last heartbeat, to echo back.
     echo_us: u64,
@@ -137,6 +142,8 @@ pub struct Machine {
     listen_window: Duration,
     fault: Option<FaultReason>,
     service_link_up: bool,
+    /// This node's service passes its health check (or has none).
+    healthy: bool,
     repl_pos: u64,
     counters: Counters,
     actions: VecDeque<Action>,
@@ -173,6 +180,7 @@ impl Machine {
             listen_window,
             fault: None,
             service_link_up: true,
+            healthy: true,
             repl_pos: 0,
             counters: Counters::default(),
             actions: VecDeque::new(),
@@ -204,6 +212,24 @@ impl Machine {
     /// Mutable counters, for the driver's own tallies.
     pub fn counters_mut(&mut self) -> &mut Counters {
         &mut self.counters
+    }
+
+    /// Reports this node's health check; the peer hears of a change at once.
+    pub fn set_healthy(&mut self, healthy: bool, now: Instant) {
+        if healthy != self.healthy {
+            self.healthy = healthy;
+            self.send_heartbeat(now);
+        }
+    }
+
+    /// Whether this node's service passes its health check (or has none).
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Whether the peer's service passed its health check in its last heartbeat.
+    pub fn peer_healthy(&self) -> Option<bool> {
+        self.peer.as_ref().map(|p| !p.unhealthy)
     }
 
     /// Sets the replication position carried in heartbeats.
@@ -238,6 +264,7 @@ impl Machine {
                 epoch: Some(p.epoch),
                 last_heard_ms: Some(now.saturating_duration_since(p.last_heard).as_millis() as u64),
                 rtt_us: p.rtt.map(|d| d.as_micros() as u64),
+                healthy: Some(!p.unhealthy),
             },
         }
     }
@@ -322,6 +349,7 @@ impl Machine {
             epoch: hb.epoch,
             priority: hb.priority,
             handover: hb.handover,
+            unhealthy: hb.unhealthy,
             last_heard: now,
             echo_us: hb.sent_us,
             rtt,
@@ -420,7 +448,7 @@ impl Machine {
                 let peer = self.peer.as_ref().filter(|_| alive);
                 match peer {
                     None => self.promote(Cause::NoMasterAtStartup, now),
-                    Some(p) if p.mode == Mode::Fault || self.outranks_peer(p) => {
+                    Some(p) if p.mode == Mode::Fault || self.better_than_peer(p) => {
                         self.promote(Cause::WonStartupElection, now)
                     }
                     Some(p) => {
@@ -446,7 +474,7 @@ impl Machine {
                 }
                 // Both alive, no master for a whole window.
                 let we_should = self.handing_over_until.is_none()
-                    && (peer.mode == Mode::Fault || peer.handover || self.outranks_peer(peer));
+                    && (peer.mode == Mode::Fault || peer.handover || self.better_than_peer(peer));
                 if we_should {
                     self.promote(Cause::NoMasterInPair, now);
                 } else {
@@ -459,6 +487,15 @@ impl Machine {
                 self.rejoin(Cause::FaultRetry, now);
             }
             Mode::Master => {}
+        }
+    }
+
+    /// Election order: a healthy service first, then priority, then node id.
+    fn better_than_peer(&self, peer: &Peer) -> bool {
+        match (self.healthy, !peer.unhealthy) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => self.outranks_peer(peer),
         }
     }
 
@@ -569,6 +606,11 @@ impl Machine {
             Some(p) if p.mode != Mode::Backup => {
                 return Err(CommandError::PeerNotReady(format!("it is {}", p.mode)))
             }
+            Some(p) if p.unhealthy => {
+                return Err(CommandError::PeerNotReady(
+                    "its service fails its health check".into(),
+                ))
+            }
             Some(_) => {}
         }
         self.step_down_with_handover(Cause::Switchover, now);
@@ -623,6 +665,7 @@ impl Machine {
             mode: self.mode,
             priority: self.settings.priority,
             handover: self.handing_over_until.is_some(),
+            unhealthy: !self.healthy,
             seq: self.seq,
             sent_us: now_us,
             echo_us,

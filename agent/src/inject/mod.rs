@@ -76,6 +76,10 @@ pub const MAX_DELAY_MS: u64 = 10_000;
 pub struct Injector {
     inner: Option<Arc<Inner>>,
     record_fault: RecordFault,
+    /// `[inject] enabled` (follows SIGHUP reloads).
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    /// `inject` requests refused because injection is off.
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -181,6 +185,8 @@ impl Injector {
         Injector {
             inner: Some(Arc::new(inner)),
             record_fault: RecordFault::default(),
+            enabled: Arc::new(config.inject.enabled.into()),
+            refused: Arc::default(),
         }
     }
 
@@ -190,6 +196,17 @@ impl Injector {
         self
     }
 
+    /// Turns injection on or off (`[inject] enabled`, on a reload).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `inject` requests refused because injection is off.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Checks `fault` ([`validate`]) and carries it out on this host; the message
     /// says what was done, the error why not (with the failing command's stderr).
     pub async fn inject(&self, fault: &Fault) -> Result<String, String> {
@@ -197,6 +214,16 @@ impl Injector {
         let Some(inner) = self.inner.clone() else {
             return Err("fault injection is not configured on this agent".into());
         };
+        // Healing is always allowed: it only removes what an earlier run injected.
+        if !self.enabled.load(std::sync::atomic::Ordering::Relaxed) && *fault != Fault::HealAll {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(
+                "fault injection is disabled on this agent (set `[inject] enabled = true` \
+                 in its config and reload with SIGHUP)"
+                    .into(),
+            );
+        }
         if *fault == Fault::DropRecord {
             self.record_fault.arm();
             return Ok(
@@ -572,5 +599,44 @@ mod tests {
             .expect_err("invalid");
         assert!(err.contains("seconds"), "{err}");
         injector.heal_all_blocking();
+    }
+
+    #[tokio::test]
+    async fn a_disabled_injector_refuses_counts_and_follows_the_switch() {
+        let config = nonstop_shared::config::AgentConfig::from_toml(
+            r#"
+node_id = "n"
+data_dir = "/tmp/nonstop-inject-test"
+[service]
+interface = "nonstop-none0"
+vip = "198.18.1.100/24"
+ports = [7000]
+[sync]
+address = "198.19.1.1:7701"
+peer = "198.19.1.2:7701"
+[security]
+key_file = "/k"
+"#,
+        )
+        .expect("config");
+        assert!(!config.inject.enabled, "off by default");
+        let injector = Injector::new(&config);
+        let err = injector.inject(&Fault::CutSync).await.expect_err("refused");
+        assert!(err.contains("disabled"), "{err}");
+        assert_eq!(injector.refused(), 1);
+        // Invalid arguments are reported as such, not counted as refusals.
+        assert!(injector
+            .inject(&Fault::FreezeAgent { seconds: 0 })
+            .await
+            .is_err());
+        assert_eq!(injector.refused(), 1);
+        // (Enabled, it would act on this host: the lab tests cover that side.)
+        injector.set_enabled(true);
+        injector.set_enabled(false);
+        assert!(injector.inject(&Fault::CutSync).await.is_err());
+        assert_eq!(injector.refused(), 2);
+        // Healing stays allowed.
+        let _ = injector.inject(&Fault::HealAll).await;
+        assert_eq!(injector.refused(), 2);
     }
 }

@@ -12,7 +12,6 @@
 
 use crate::session::handover::{self, Taken};
 use crate::session::interceptor::{InterceptorHandle, QueueCommand};
-use crate::session::proc_tcp;
 use nonstop_shared::session::{Phase, SessionKey, SessionState};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -25,12 +24,16 @@ const POLL: Duration = Duration::from_millis(5);
 /// left (a service blocked writing to a slow peer never reads it).
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// `unread_bytes` when the service's receive queues could not be read.
+pub const UNKNOWN: u64 = u64::MAX;
+
 /// What a drain achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     /// Established sessions frozen.
     pub sessions: usize,
-    /// Bytes the service had not read yet when the drain ended.
+    /// Bytes the service had not read yet when the drain ended ([`UNKNOWN`] when its
+    /// sockets could not be read).
     pub unread_bytes: u64,
     /// Sessions with output the peer had not acknowledged when the drain ended.
     pub unacked_sessions: usize,
@@ -77,7 +80,11 @@ impl DrainReport {
                  {} sessions with unacknowledged output, backup {} records behind)",
                 self.elapsed.as_millis(),
                 self.sessions,
-                self.unread_bytes,
+                if self.unread_bytes == UNKNOWN {
+                    "unknown (socket diagnostics failed)".to_owned()
+                } else {
+                    self.unread_bytes.to_string()
+                },
                 self.unacked_sessions,
                 self.replication_behind
             )
@@ -88,18 +95,23 @@ impl DrainReport {
 /// Freezes the peers and waits at most `limit` for the drain; the peers stay frozen
 /// (the new master reopens their windows; call [`thaw`] if the switchover does not
 /// happen).
-pub async fn drain(interceptor: &InterceptorHandle, ports: &[u16], limit: Duration) -> DrainReport {
+pub async fn drain(
+    interceptor: &InterceptorHandle,
+    vip: std::net::Ipv4Addr,
+    ports: &[u16],
+    limit: Duration,
+) -> DrainReport {
     let began = Instant::now();
     interceptor.send(QueueCommand::Freeze(true));
     // A moment for the service to read its input and the backup to catch up: what is
     // left is handed over.
-    wait(interceptor, ports, began, limit.min(SETTLE), true).await;
+    wait(interceptor, vip, ports, began, limit.min(SETTLE), true).await;
     let outcome = hand_over(interceptor, ports).await;
     if !outcome.failed.is_empty() {
         interceptor.send(QueueCommand::ResetUnsent(outcome.failed.clone()));
     }
     // The service is stopped: its unread input is handed over, not read.
-    let mut report = wait(interceptor, ports, began, limit, false).await;
+    let mut report = wait(interceptor, vip, ports, began, limit, false).await;
     report.handed_over = outcome.handed_over;
     report.reset_sessions = outcome.failed.len();
     report.unread_bytes = outcome.unread_left;
@@ -123,6 +135,7 @@ pub async fn drain(interceptor: &InterceptorHandle, ports: &[u16], limit: Durati
 /// read everything, or `limit` since `began`.
 async fn wait(
     interceptor: &InterceptorHandle,
+    vip: std::net::Ipv4Addr,
     ports: &[u16],
     began: Instant,
     limit: Duration,
@@ -138,11 +151,13 @@ async fn wait(
             .iter()
             .filter(|s| s.snd_una != s.snd_nxt)
             .count();
-        let unread_bytes = match tokio::fs::read_to_string(proc_tcp::PATH).await {
-            Ok(table) => proc_tcp::unread_input(&table, ports),
+        let owned = ports.to_vec();
+        let unread_bytes = match crate::sockets::query(move |d| d.unread_input(vip, &owned)).await {
+            Ok(bytes) => bytes,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read /proc/net/tcp");
-                0
+                // Not knowing is not "nothing unread": wait on until the limit.
+                tracing::warn!(error = %e, "cannot read the service's receive queues");
+                UNKNOWN
             }
         };
         let stats = &interceptor.stats;
@@ -247,12 +262,12 @@ fn read_queues(
     ports: &[u16],
 ) -> Read {
     let table = |what: &str| {
-        std::fs::read_to_string(handover::PROC_TCP).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, what, "cannot read /proc/net/tcp");
-            String::new()
+        handover::service_connections(vip, ports).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, what, "cannot read the service's sockets");
+            Vec::new()
         })
     };
-    let conns = handover::connections(&table("sockets"), vip, ports);
+    let conns = table("sockets");
     let inodes: HashSet<u64> = conns
         .iter()
         .filter(|c| tracked.contains_key(&c.key))
@@ -268,7 +283,7 @@ fn read_queues(
     handover::signal_all(&read.stopped, libc::SIGSTOP);
     tracing::info!(pids = ?read.stopped, "service processes stopped to read their sockets' queues");
     // Now nothing more is written or read: the queues are final.
-    for conn in handover::connections(&table("queues"), vip, ports) {
+    for conn in table("queues") {
         if !tracked.contains_key(&conn.key) {
             continue;
         }
@@ -325,5 +340,7 @@ mod tests {
         r.unread_bytes = 5;
         assert!(!r.complete());
         assert!(r.describe().contains("5 bytes unread"), "{}", r.describe());
+        r.unread_bytes = UNKNOWN;
+        assert!(r.describe().contains("unknown (socket"), "{}", r.describe());
     }
 }

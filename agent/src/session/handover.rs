@@ -102,6 +102,37 @@ pub fn connections(table: &str, vip: Ipv4Addr, ports: &[u16]) -> Vec<Connection>
         .collect()
 }
 
+/// A connection from the kernel's socket diagnostics (IPv4 and dual-stack IPv6
+/// sockets alike), or `None` for a peer that is not IPv4.
+pub fn from_diag(c: &crate::sockets::diag::Connection) -> Option<Connection> {
+    let std::net::IpAddr::V4(peer_ip) = c.remote.ip() else {
+        return None;
+    };
+    Some(Connection {
+        key: SessionKey {
+            peer_ip,
+            peer_port: c.remote.port(),
+            local_ip: *c.local.ip(),
+            local_port: c.local.port(),
+        },
+        open: matches!(
+            c.state,
+            crate::sockets::diag::TcpState::Established | crate::sockets::diag::TcpState::CloseWait
+        ),
+        send_queue: c.send_queue,
+        recv_queue: c.recv_queue,
+        inode: u64::from(c.inode),
+    })
+}
+
+/// The service's connections to `vip` at `ports`, from the kernel's socket
+/// diagnostics (dual-stack `[::]` services included).
+pub fn service_connections(vip: Ipv4Addr, ports: &[u16]) -> io::Result<Vec<Connection>> {
+    let mut diag = crate::sockets::diag::Diag::open().map_err(io::Error::other)?;
+    let conns = diag.connections(vip, ports).map_err(io::Error::other)?;
+    Ok(conns.iter().filter_map(from_diag).collect())
+}
+
 /// `0100007F:1F90` → 127.0.0.1:8080 (the address as the kernel holds it in memory,
 /// printed as a native-endian word).
 fn address(field: &str) -> Option<(Ipv4Addr, u16)> {

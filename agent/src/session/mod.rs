@@ -13,7 +13,6 @@
 pub mod drain;
 pub mod handover;
 pub mod interceptor;
-pub mod proc_tcp;
 pub mod queue_rules;
 pub mod replica;
 pub mod roles;

@@ -112,7 +112,7 @@ async fn restore_when_listening(
     if destroy_stale_first {
         destroy_stale_sockets(vip, &ports).await;
     }
-    if !wait_for_listener(&ports, std::time::Duration::from_secs(5)).await {
+    if !wait_for_listener(vip, &ports, std::time::Duration::from_secs(5)).await {
         tracing::warn!(?ports, "no service listening; restoring anyway");
     }
     interceptor.send(QueueCommand::ServiceReady);
@@ -189,7 +189,7 @@ pub async fn restore_after_app_crashes(
         // Orphaned sockets (FIN_WAIT) would catch the forged SYNs of the restore.
         destroy_stale_sockets(vip, &ports).await;
         let limit = crate::app::RESTART_DELAY + std::time::Duration::from_secs(10);
-        if !wait_for_listener(&ports, limit).await {
+        if !wait_for_listener(vip, &ports, limit).await {
             tracing::warn!(
                 ?ports,
                 "restarted service does not listen; restoring anyway"
@@ -201,36 +201,18 @@ pub async fn restore_after_app_crashes(
     }
 }
 
-/// Kills TCP sockets on VIP:port with `ss -K` (sock_destroy).
+/// Destroys the TCP sockets on VIP:port (sock_diag `SOCK_DESTROY`, IPv4 and
+/// dual-stack alike); listeners stay.
 async fn destroy_stale_sockets(vip: std::net::Ipv4Addr, ports: &[u16]) {
-    for port in ports {
-        let filter = format!("src {vip} and sport = :{port}");
-        let result = tokio::process::Command::new("ss")
-            .args(["-K", "-t", "-n", "state", "all"])
-            .arg(&filter)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot run ss -K");
-        }
-    }
+    crate::sockets::destroy_stale(vip, ports).await;
 }
 
-/// Waits until something listens on one of `ports` (from /proc/net/tcp).
-async fn wait_for_listener(ports: &[u16], limit: std::time::Duration) -> bool {
-    use crate::session::proc_tcp;
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Ok(table) = tokio::fs::read_to_string(proc_tcp::PATH).await {
-            if proc_tcp::listening(&table, ports) {
-                return true;
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+/// Waits until something listens on one of `ports` for the VIP (an IPv4 or a
+/// dual-stack `[::]` socket).
+async fn wait_for_listener(
+    vip: std::net::Ipv4Addr,
+    ports: &[u16],
+    limit: std::time::Duration,
+) -> bool {
+    crate::sockets::wait_for_listener(vip, ports, limit).await
 }

@@ -30,6 +30,8 @@ pub struct SessionView {
     pub mode: watch::Receiver<(Mode, u64)>,
     /// The service's ports.
     pub ports: Vec<u16>,
+    /// The VIP (whose sockets the drain watches).
+    pub vip: std::net::Ipv4Addr,
     /// Longest a switchover's drain may take.
     pub drain_limit: std::time::Duration,
 }
@@ -41,7 +43,15 @@ impl SessionView {
         if self.mode.borrow().0 != Mode::Master {
             return None;
         }
-        Some(crate::session::drain::drain(&self.interceptor, &self.ports, self.drain_limit).await)
+        Some(
+            crate::session::drain::drain(
+                &self.interceptor,
+                self.vip,
+                &self.ports,
+                self.drain_limit,
+            )
+            .await,
+        )
     }
 
     /// The switchover did not happen: reopen the peers' windows.

@@ -108,10 +108,43 @@ fn print_event(event: &AgentEvent, json: bool) {
             format!("session {peer} reset: {reason}")
         }
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
+        EventKind::Check { healthy, detail } => format!(
+            "health check {}: {detail}",
+            if *healthy { "passes" } else { "FAILS" }
+        ),
         EventKind::Error { detail } => format!("error: {detail}"),
     };
     println!(
         "{} {:<8} #{:<4} {what}",
-        event.at_unix_ms, event.node_id, event.seq
+        rfc3339(event.at_unix_ms),
+        event.node_id,
+        event.seq
     );
+}
+
+/// A Unix time in milliseconds as RFC 3339 in UTC, to the millisecond
+/// (`2026-11-26T16:13:22.084Z`); the raw number if it is out of range.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| unix_ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_709_602_084), "2026-11-26T16:13:22.084Z");
+        assert_eq!(rfc3339(u64::MAX), u64::MAX.to_string());
+    }
 }

@@ -80,6 +80,9 @@ pub fn status_table(reports: &[AgentReport]) -> String {
                     s.node_id, r.segments_out_of_window
                 );
             }
+            if let Some(c) = &s.check {
+                let _ = writeln!(out, "{}: {}", s.node_id, check_line(c));
+            }
         }
     }
     for report in reports {
@@ -97,6 +100,19 @@ pub fn status_table(reports: &[AgentReport]) -> String {
         }
     }
     out
+}
+
+/// The health check in one line.
+pub fn check_line(c: &nonstop_shared::control::CheckView) -> String {
+    let verdict = match c.healthy {
+        Some(true) => "healthy",
+        Some(false) => "FAILING",
+        None => "undecided",
+    };
+    format!(
+        "health check {verdict} ({}; streak {}; last: {}; {} handovers)",
+        c.probe, c.streak, c.last, c.handovers
+    )
 }
 
 /// The recovery figures, once there are any: sessions restored, pending, failed and

@@ -40,6 +40,7 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             epoch: Some(epoch),
             last_heard_ms: Some(42),
             rtt_us: Some(183),
+            healthy: None,
         },
         uptime_ms: 754_000,
         pid: if node == "master" { 4242 } else { 4243 },
@@ -90,6 +91,7 @@ pub fn status(node: &str, mode: Mode, epoch: u64, peer: &str, peer_mode: Mode) -
             restarts: 0,
             last_exit: None,
         }),
+        check: None,
     }
 }
 
@@ -275,6 +277,27 @@ pub fn under_blind_attack() -> Model {
         let mut master = healthy_status(0, tick, 16);
         master.replication.segments_out_of_window = 1_234;
         [Some(master), Some(healthy_status(1, tick, 16))]
+    });
+    model
+}
+
+/// The master's service fails its health check; the backup's passes.
+pub fn failing_check() -> Model {
+    let mut model = Model::new(&names(), NOW);
+    startup_events(&mut model);
+    feed_statuses(&mut model, |tick| {
+        let check = |healthy| nonstop_shared::control::CheckView {
+            probe: "tcp 127.0.0.1:7000".into(),
+            healthy: Some(healthy),
+            streak: if healthy { 12 } else { -3 },
+            last: "ok".into(),
+            handovers: 0,
+        };
+        let mut master = healthy_status(0, tick, 16);
+        master.check = Some(check(false));
+        let mut backup = healthy_status(1, tick, 16);
+        backup.check = Some(check(true));
+        [Some(master), Some(backup)]
     });
     model
 }

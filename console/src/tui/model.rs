@@ -533,6 +533,17 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
             format!("session {peer} reset: {reason}"),
         ),
         EventKind::Injected { fault } => (LogKind::Injected, format!("fault injected: {fault}")),
+        EventKind::Check { healthy, detail } => (
+            if *healthy {
+                LogKind::Mode
+            } else {
+                LogKind::AgentError
+            },
+            format!(
+                "health check {}: {detail}",
+                if *healthy { "passes" } else { "FAILS" }
+            ),
+        ),
         EventKind::Error { detail } => (LogKind::AgentError, format!("error: {detail}")),
     }
 }

@@ -538,6 +538,7 @@ fn heartbeats_with_our_own_id_are_ignored_and_counted() {
         mode: Mode::Master,
         priority: 255,
         handover: false,
+        unhealthy: false,
         seq: 1,
         sent_us: 1,
         echo_us: 0,
@@ -635,4 +636,64 @@ proptest! {
         prop_assert_eq!(sim.m(0).epoch(), sim.m(1).epoch());
         prop_assert_eq!(sim.mode(1 - master), Mode::Backup);
     }
+}
+
+impl Sim {
+    fn set_healthy(&mut self, i: usize, healthy: bool) {
+        let now = self.now;
+        self.nodes[i]
+            .machine
+            .as_mut()
+            .expect("running")
+            .set_healthy(healthy, now);
+        self.drain(i);
+    }
+}
+
+#[test]
+fn nothing_is_handed_over_to_a_backup_whose_health_check_fails() {
+    let mut sim = healthy_pair();
+    sim.set_healthy(1, false);
+    sim.run(Duration::from_millis(5));
+    assert_eq!(
+        sim.m(0).peer_healthy(),
+        Some(false),
+        "carried in heartbeats"
+    );
+    assert_eq!(
+        sim.switchover(0),
+        Err(CommandError::PeerNotReady(
+            "its service fails its health check".into()
+        ))
+    );
+    sim.run(Duration::from_secs(2));
+    assert_eq!((sim.mode(0), sim.mode(1)), (Mode::Master, Mode::Backup));
+    sim.set_healthy(1, true);
+    sim.run(Duration::from_millis(5));
+    assert_eq!(sim.m(0).peer_healthy(), Some(true));
+    sim.switchover(0).expect("healthy again");
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.mode(1), Mode::Master);
+}
+
+#[test]
+fn an_unhealthy_node_loses_the_startup_election_to_a_healthy_one() {
+    let mut sim = Sim::new(settings("low", 50), settings("high", 200));
+    sim.start(0, 0);
+    sim.start(1, 0);
+    sim.set_healthy(1, false);
+    sim.run(Duration::from_secs(2));
+    assert_eq!((sim.mode(0), sim.mode(1)), (Mode::Master, Mode::Backup));
+    assert_eq!(sim.masters(), 1);
+}
+
+#[test]
+fn an_unhealthy_backup_still_takes_over_when_it_is_the_only_one_left() {
+    let mut sim = healthy_pair();
+    sim.set_healthy(1, false);
+    sim.run(Duration::from_millis(200));
+    sim.crash(0);
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.mode(1), Mode::Master);
+    assert!(matches!(sim.last_transition(1).2, Cause::PeerSilent { .. }));
 }

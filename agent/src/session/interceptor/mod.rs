@@ -40,7 +40,6 @@ use self::raw::RawSender;
 pub use self::restores::{HANDSHAKE_RETRY, HANDSHAKE_TRIES, MAX_HANDSHAKES};
 use crate::events::unix_ms;
 use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
-use crate::session::proc_tcp;
 use crate::session::queue_rules;
 use crate::session::tracker::TrackerLimits;
 use anyhow::{bail, Context};
@@ -310,11 +309,12 @@ impl Packet for nfq::Message {
 }
 
 /// The restore barrier's look at the service: no connection waits in the accept
-/// queue of `ports` (an unreadable `/proc/net/tcp` counts as empty).
-fn accept_queue_empty(ports: &[u16]) -> bool {
-    std::fs::File::open(proc_tcp::PATH)
-        .and_then(proc_tcp::read_listeners)
-        .map(|listeners| proc_tcp::accept_backlog(&listeners, ports) == 0)
+/// queue of its listeners on `vip` at `ports` (IPv4 and dual-stack IPv6; the kernel
+/// walks only its listening hash). Unreadable counts as empty.
+fn accept_queue_empty(vip: Ipv4Addr, ports: &[u16]) -> bool {
+    crate::sockets::diag::Diag::open()
+        .and_then(|mut diag| diag.accept_backlog(vip, ports))
+        .map(|backlog| backlog == 0)
         .unwrap_or(true)
 }
 
@@ -377,7 +377,10 @@ impl Worker {
                 first_seq,
             },
             stats,
-            Box::new(accept_queue_empty),
+            {
+                let vip = config.vip;
+                Box::new(move |ports: &[u16]| accept_queue_empty(vip, ports))
+            },
             Instant::now(),
         );
         tracing::info!(queue = config.queue, vip = %config.vip, ports = ?config.ports, sessions = core.sessions(), "intercepting service traffic");

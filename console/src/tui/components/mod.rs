@@ -194,6 +194,17 @@ mod tests {
     }
 
     #[test]
+    fn node_panels_show_the_health_check() {
+        let model = fixtures::failing_check();
+        let text = format!("{:?}", render(&model, &mut UiState::default(), 120, 40));
+        assert!(text.contains("check FAILING"), "{text}");
+        assert!(text.contains("check ok"), "{text}");
+        let plain = fixtures::healthy(4);
+        let text = format!("{:?}", render(&plain, &mut UiState::default(), 120, 40));
+        assert!(!text.contains("check"), "no check configured, none shown");
+    }
+
+    #[test]
     fn one_node_unreachable() {
         let model = fixtures::unreachable();
         insta::assert_snapshot!(render(&model, &mut UiState::default(), 120, 40));

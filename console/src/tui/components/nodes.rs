@@ -21,6 +21,17 @@ pub fn mode_color(mode: Mode) -> Color {
     }
 }
 
+/// The service's health check in a few characters (` check ok`, ` check FAILING`,
+/// ` check ?`), when one is configured.
+pub fn check_badge(s: &NodeStatus) -> Option<(String, Color)> {
+    let check = s.check.as_ref()?;
+    Some(match check.healthy {
+        Some(true) => (" check ok".to_owned(), Color::Green),
+        Some(false) => (" check FAILING".to_owned(), Color::Red),
+        None => (" check ?".to_owned(), Color::Yellow),
+    })
+}
+
 /// The managed service in a few characters: `app 1234`, `app stopped`, `no app`.
 pub fn app_state(s: &NodeStatus) -> String {
     match &s.app {
@@ -203,6 +214,10 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
                 )
             } else {
                 Span::raw("")
+            },
+            match check_badge(s) {
+                Some((text, color)) => Span::styled(text, Style::new().fg(color)),
+                None => Span::raw(""),
             },
         ]),
     ];
