@@ -11,6 +11,7 @@
 //! - [`app`]: the application manager — runs the service on the master.
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
+//! - [`metrics`]: Prometheus `/metrics` rendered from the same status as the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod failover;
 pub mod fuzzing;
 pub mod inject;
+pub mod metrics;
 pub mod nfqueue;
 pub mod recovery;
 pub mod replication;

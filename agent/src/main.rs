@@ -188,6 +188,19 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         ports: config.service.ports.clone(),
         drain_limit: std::time::Duration::from_millis(config.session.drain_ms),
     };
+    // Metrics bind before the failover manager starts: a taken address fails the start.
+    if let Some(addr) = config.metrics.listen {
+        let source = nonstop_agent::metrics::MetricsSource {
+            commands: commands_tx.clone(),
+            sessions: Some(view.clone()),
+        };
+        let listener = nonstop_agent::metrics::bind(addr).await?;
+        tokio::spawn(nonstop_agent::metrics::serve(
+            listener,
+            source,
+            shutdown.clone(),
+        ));
+    }
 
     let app = config.service.command.clone().map(|command| {
         let (manager, handle) = nonstop_agent::app::AppManager::new(
