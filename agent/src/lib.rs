@@ -13,6 +13,7 @@
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`metrics`]: Prometheus `/metrics` rendered from the same status as the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
+//! - [`systemd`]: `Type=notify` READY/STATUS/WATCHDOG/STOPPING from the driver's status.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
 pub mod app;
@@ -28,6 +29,7 @@ pub mod replication;
 pub mod resources;
 pub mod session;
 pub mod shutdown;
+pub mod systemd;
 pub mod vip;
 
 #[cfg(test)]

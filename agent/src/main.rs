@@ -241,6 +241,11 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         key: key.clone(),
         control_rejected: Arc::clone(&control_rejected),
     })?;
+    // systemd (Type=notify): READY, STATUS, WATCHDOG, STOPPING; nothing without it.
+    tokio::spawn(nonstop_agent::systemd::run(
+        commands_tx.clone(),
+        shutdown.clone(),
+    ));
     let handle = ControlHandle {
         commands: commands_tx,
         events,
