@@ -9,6 +9,7 @@
 //! - [`replication`]: records master → backup over TCP on the sync link, with acks.
 //! - [`recovery`]: restoring replicated sessions into an unmodified server (sans-IO core).
 //! - [`app`]: the application manager — runs the service on the master.
+//! - [`check`]: `--check` host checks (interface, addresses, kernel features, capabilities).
 //! - [`control`]: the JSON-lines control API the console talks to.
 //! - [`events`]: the event log shared by the drivers and the control API.
 //! - [`metrics`]: Prometheus `/metrics` rendered from the same status as the control API.
@@ -17,6 +18,7 @@
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
 pub mod app;
+pub mod check;
 pub mod control;
 pub mod events;
 pub mod failover;

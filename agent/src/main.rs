@@ -37,7 +37,9 @@ struct Args {
     /// Configuration file (TOML).
     #[arg(long, short)]
     config: PathBuf,
-    /// Only validate the configuration and exit.
+    /// Validate the configuration and check the host (interface, addresses, kernel
+    /// features, capabilities, key, data directory), one line per check; exit 0 only
+    /// if all pass (1 if a host check fails, 2 if the file or key is invalid).
     #[arg(long)]
     check: bool,
 }
@@ -66,8 +68,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     if args.check {
+        // The file is valid (else exit 2 above); now the host: one line per check.
         println!("{}: configuration is valid", args.config.display());
-        return std::process::ExitCode::SUCCESS;
+        return if nonstop_agent::check::run_and_print(&config) {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -246,6 +253,10 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         commands_tx.clone(),
         shutdown.clone(),
     ));
+    let settings = Arc::new(nonstop_shared::settings::Settings::from_config(
+        &config,
+        key.fingerprint(),
+    ));
     let handle = ControlHandle {
         commands: commands_tx,
         events,
@@ -254,6 +265,7 @@ async fn run(config: AgentConfig, key: Key) -> anyhow::Result<()> {
         key,
         sessions: Some(view),
         injector: nonstop_agent::inject::Injector::new(&config),
+        settings,
     };
     let control_addrs = config.control.listen.clone();
     let control_shutdown = shutdown.clone();

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: subcommands (`status`, `sessions`, `switchover`, `events`, `inject`,
-//!   `heal`) with `--json` output; no subcommand (or `tui`) opens the TUI.
+//!   `heal`, `check`) with `--json` output; no subcommand (or `tui`) opens the TUI.
 //! - [`client`]: one control connection to an agent, optionally from inside a lab's
 //!   network namespace.
 //! - [`drill`]: switchover drills from TOML files: parse and check, run on a lab,

@@ -8,6 +8,7 @@
 //! - [`heartbeat`]: the binary heartbeat datagram exchanged on the sync link.
 //! - [`control`]: the JSON-lines control protocol between console and agent.
 //! - [`session`]: per-session recovery data and the records that carry it.
+//! - [`settings`]: an agent's effective settings and the pair comparison of `console check`.
 //! - [`record`]: the versioned binary layout of records, for replication and disk.
 //!
 //! Nothing here does I/O (except reading the key file and the CSPRNG in [`auth`]); every decoder rejects bad input with a typed error.
@@ -19,5 +20,6 @@ pub mod heartbeat;
 pub mod mode;
 pub mod record;
 pub mod session;
+pub mod settings;
 
 pub use mode::Mode;

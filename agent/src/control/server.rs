@@ -50,6 +50,8 @@ pub struct ControlHandle {
     pub sessions: Option<crate::session::view::SessionView>,
     /// Fault injection on this host.
     pub injector: crate::inject::Injector,
+    /// The effective settings `settings` reports.
+    pub settings: Arc<nonstop_shared::settings::Settings>,
 }
 
 /// Listens on every address and serves connections until shutdown.
@@ -287,6 +289,10 @@ async fn serve_connection(
                     }
                     Err(message) => Reply::Error { message },
                 };
+                send(&mut write, &reply).await?;
+            }
+            Request::Settings => {
+                let reply = Reply::Settings((*handle.settings).clone());
                 send(&mut write, &reply).await?;
             }
             Request::Events => return stream_events(reader, write, &handle, shutdown).await,
