@@ -45,6 +45,12 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // `scripts/package` asks for the man pages with NONSTOP_GENERATE_MAN=DIR.
+    if let Some(code) =
+        nonstop_shared::man::generate_if_asked(<Args as clap::CommandFactory>::command(), "8")
+    {
+        return code;
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -20,6 +20,12 @@ mod tui;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // `scripts/package` asks for the man pages with NONSTOP_GENERATE_MAN=DIR.
+    if let Some(code) =
+        nonstop_shared::man::generate_if_asked(<cli::Cli as clap::CommandFactory>::command(), "1")
+    {
+        return code;
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
