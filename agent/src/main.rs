@@ -2,7 +2,9 @@
 //!
 //! Starts the session manager (store, NFQUEUE interception, replication), the failover
 //! driver and the control API, then waits for SIGTERM/SIGINT, on which a master hands
-//! over to the backup, removes the VIP and its nftables table before exiting.
+//! over to the backup, removes the VIP and its iptables queue chains before exiting.
+//! Under systemd (`Type=notify`) it reports READY/STATUS/WATCHDOG/STOPPING; with
+//! `[metrics] listen` it serves Prometheus text; `--check` checks the host.
 
 use anyhow::Context;
 use clap::Parser;

@@ -62,7 +62,7 @@ pub enum Request {
 pub enum Fault {
     /// SIGKILL the managed service (application crash).
     KillApp,
-    /// SIGKILL this agent (agent crash; its nftables/queue rules stay: fail-closed).
+    /// SIGKILL this agent (agent crash; its iptables queue chains stay: fail-closed).
     KillAgent,
     /// SIGSTOP this agent, SIGCONT after `seconds`.
     FreezeAgent {
