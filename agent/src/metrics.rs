@@ -413,6 +413,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             e,
+            "segments_out_of_window",
+            "Peer segments the kernel would refuse (RFC 5961), passed on without changing a session",
+            r.segments_out_of_window,
+        )?;
+        counter(
+            e,
             "app_crashes",
             "Times the service died on this master and its sessions were restored",
             r.app_crashes,
@@ -640,6 +646,7 @@ mod tests {
                 restored: 2,
                 restore_session_p50_us: 59,
                 restore_session_p99_us: 120,
+                segments_out_of_window: 9,
                 ..ReplicationView::default()
             },
             resources: Resources {
@@ -751,6 +758,7 @@ mod tests {
             (9000 * 1024).to_string()
         );
         assert_eq!(value(&text, "nonstop_app_restarts_total"), "1");
+        assert_eq!(value(&text, "nonstop_segments_out_of_window_total"), "9");
         assert!(text.contains(
             "nonstop_node{node_id=\"master\",vip=\"198.18.1.100/24\",replication=\"sync\"} 1"
         ));

@@ -269,6 +269,12 @@ pub struct ReplicationView {
     /// Times the service died on this master and its sessions were restored locally.
     #[serde(default)]
     pub app_crashes: u64,
+    /// Peer segments of tracked sessions the kernel would refuse (RFC 5961: outside
+    /// the window, a RST not at the exact point, a SYN, an unacceptable ACK — blind
+    /// forgeries among them): passed on untouched, they changed no session and were
+    /// not replicated.
+    #[serde(default)]
+    pub segments_out_of_window: u64,
 }
 
 /// Why a node changed mode.

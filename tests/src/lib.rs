@@ -27,6 +27,8 @@ pub fn require_root() -> bool {
     );
 }
 
+pub mod blind;
+
 /// A lab name unique to this process and tag: `t` + tag + pid in base 36.
 pub fn unique_name(tag: &str) -> String {
     let mut pid = std::process::id();

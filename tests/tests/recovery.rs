@@ -763,3 +763,138 @@ fn a_switchover_onto_a_host_that_crashed_and_rejoined_keeps_the_sessions() {
         "switchover onto the rejoined host",
     );
 }
+
+/// Each session's (rcv_nxt, snd_nxt, snd_una) in `node`'s table, by client port.
+fn table_of(lab: &nonstop_lab::Lab, node: Node, ports: &[u16]) -> Vec<Option<(u32, u32, u32)>> {
+    let list = session_lists(lab);
+    let list = if node == Node::Master { list.0 } else { list.1 };
+    let list = list.expect("session list");
+    ports
+        .iter()
+        .map(|p| {
+            list.sessions
+                .iter()
+                .find(|s| s.peer.ends_with(&format!(":{p}")))
+                .map(|s| (s.rcv_nxt, s.snd_nxt, s.snd_una))
+        })
+        .collect()
+}
+
+/// A blind attacker sprays `per_session` forged segments at every session (RST, FIN,
+/// SYN, data, ACK with random numbers); afterwards both nodes' tables are exactly as
+/// before, the refused segments are counted on the master, and the sessions go on.
+fn blind_spray_changes_nothing(
+    lab: &nonstop_lab::Lab,
+    clients: &mut EchoClients,
+    master: Node,
+    per_session: usize,
+    seed: u64,
+    what: &str,
+) {
+    quiesce(lab, clients);
+    let ports = clients.ports();
+    let tables = (
+        table_of(lab, master, &ports),
+        table_of(lab, other(master), &ports),
+    );
+    assert!(
+        tables.0.iter().all(Option::is_some),
+        "{what}: every session tracked before"
+    );
+    let refused_before = status_of(lab, master)
+        .expect("status")
+        .replication
+        .segments_out_of_window;
+    let sent = nonstop_e2e::blind::spray(lab, &ports, per_session, seed).expect("spray");
+    // Let the last forgeries pass the queue and any (wrong) record reach the backup.
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = status_of(lab, master)
+        .expect("status")
+        .replication
+        .segments_out_of_window
+        - refused_before;
+    eprintln!("{what}: {sent} forged segments sent, {refused} refused by the master's agent");
+    assert!(
+        refused as f64 >= sent as f64 * 0.95,
+        "{what}: the forgeries are refused and counted ({refused} of {sent})"
+    );
+    assert_eq!(
+        (
+            table_of(lab, master, &ports),
+            table_of(lab, other(master), &ports)
+        ),
+        tables,
+        "{what}: both tables unchanged by the spray"
+    );
+    for round in 0..3 {
+        clients.round().unwrap_or_else(|e| {
+            panic!(
+                "{what}: round {round} after the spray: {e:#}\n{}",
+                logs(lab)
+            )
+        });
+    }
+}
+
+#[test]
+fn blind_forged_segments_change_no_session_before_or_after_failover() {
+    if !require_root() {
+        return;
+    }
+    const SESSIONS: usize = 16;
+    const PER_SESSION: usize = 300;
+    let lab = lab_with_managed_echo("blind");
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, SESSIONS);
+    // Fresh sessions on the plain path.
+    blind_spray_changes_nothing(
+        &lab,
+        &mut clients,
+        Node::Master,
+        PER_SESSION,
+        1,
+        "fresh sessions",
+    );
+    // A switchover right after: every session byte-exact on the new master.
+    switchover(&lab);
+    wait_for(Duration::from_secs(10), || {
+        let r = status_of(&lab, Node::Backup)?.replication;
+        (r.restore_pending == 0 && r.restored >= SESSIONS as u64).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("switchover restore: {e}\n{}", logs(&lab)));
+    sessions_went_on_unbroken(
+        &lab,
+        &mut clients,
+        &ports_before,
+        counters_before,
+        "switchover",
+    );
+    // Restored (translated) sessions: the same spray, then a crash right after.
+    blind_spray_changes_nothing(
+        &lab,
+        &mut clients,
+        Node::Backup,
+        PER_SESSION,
+        2,
+        "restored sessions",
+    );
+    let restored = status_of(&lab, Node::Master)
+        .expect("status")
+        .replication
+        .restored;
+    crash_and_wait_takeover(&lab, Node::Backup, SESSIONS as u64, restored);
+    rejoin_as_backup(&lab, Node::Backup);
+    sessions_went_on_unbroken(&lab, &mut clients, &ports_before, counters_before, "crash");
+    blind_spray_changes_nothing(
+        &lab,
+        &mut clients,
+        Node::Master,
+        PER_SESSION,
+        3,
+        "restored after the crash",
+    );
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "no reset at the peer"
+    );
+}

@@ -61,6 +61,9 @@ pub struct Probation {
     input_flows: bool,
     /// The peer's latest acknowledgment number (its `rcv_nxt`), for a reset.
     peer_ack: Option<u32>,
+    /// An ACK beyond everything sent, seen once on an acceptable segment (waiting for
+    /// a second sighting, see [`Probation::unsent_ack`]).
+    unsent_ack: Option<u32>,
 }
 
 impl Probation {
@@ -72,7 +75,23 @@ impl Probation {
             beyond: None,
             input_flows: false,
             peer_ack: None,
+            unsent_ack: None,
         }
+    }
+
+    /// A peer segment inside the window whose ACK (`ack`) covers bytes the replica
+    /// never saw sent. Whether that proves divergence rather than a blind forgery
+    /// (RFC 5961: an attacker who guessed the window must not be able to reset the
+    /// session): yes if the segment's sequence number is `exact`ly where the peer
+    /// stands (its `rcv_nxt` or the end of its data: 1 in 2^31 to guess), or if the
+    /// same ACK number came before (a real peer repeats its cumulative ACK).
+    pub fn unsent_ack(&mut self, ack: u32, exact: bool) -> bool {
+        if exact || self.unsent_ack == Some(ack) {
+            self.peer_ack = Some(ack);
+            return true;
+        }
+        self.unsent_ack = Some(ack);
+        false
     }
 
     /// Whether the peer has shown it is in step (the app's new data may flow).
@@ -211,6 +230,22 @@ mod tests {
         p.app_acked(1000);
         assert_eq!(p.check(t0 + HOLE_TIMEOUT - Duration::from_millis(1)), None);
         assert_eq!(p.check(t0 + HOLE_TIMEOUT), Some(Divergence::InputHole));
+    }
+
+    #[test]
+    fn an_unsent_ack_proves_divergence_only_when_a_forgery_could_not_have_made_it() {
+        let mut p = Probation::new(1000);
+        // Random in-window guesses with random ACKs: never enough.
+        assert!(!p.unsent_ack(0x1234_5678, false));
+        assert!(!p.unsent_ack(0x0bad_cafe, false));
+        assert_eq!(p.peer_ack(), None);
+        // The same ACK again (a real peer repeats its cumulative ACK): proven.
+        assert!(p.unsent_ack(0x0bad_cafe, false));
+        assert_eq!(p.peer_ack(), Some(0x0bad_cafe));
+        // At the exact point the peer stands: proven at once.
+        let mut q = Probation::new(1000);
+        assert!(q.unsent_ack(77, true));
+        assert_eq!(q.peer_ack(), Some(77));
     }
 
     #[test]

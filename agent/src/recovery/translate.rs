@@ -149,12 +149,14 @@ impl Translator {
                 last: state.our_tsval,
             });
         let peer_wscale = n.peer_wscale.unwrap_or(0).min(MAX_WSCALE);
+        let tail_end = tail_end(state);
         Translator {
             key: state.key,
-            delta: state.snd_nxt.wrapping_sub(synack.new_isn.wrapping_add(1)),
+            delta: tail_end.wrapping_sub(synack.new_isn.wrapping_add(1)),
             app_isn: synack.new_isn,
-            tail_end: state.snd_nxt,
-            snd_max: state.snd_nxt,
+            tail_end,
+            // The tail is ours to send (`super::tail`): the peer may acknowledge it all.
+            snd_max: tail_end,
             peer_acked: state.snd_una,
             ts,
             app_wscale: if app_scaling {
@@ -261,6 +263,32 @@ impl Translator {
         }
     }
 
+    /// The peer's window as the app kernel must read it, for a segment acknowledging
+    /// `ack` (peer space): while the peer still acknowledges the replicated tail, the
+    /// app's first byte is at the tail's end, so its window is what remains of the
+    /// peer's right edge (`ack + window`) past the tail — 0 while the tail fills it,
+    /// so the app kernel waits (probing) instead of sending beyond the peer's window
+    /// and backing off. Otherwise [`Translator::app_window`].
+    pub fn app_window_at(&self, ack: Option<u32>, peer_raw: u16) -> u16 {
+        match ack {
+            Some(ack) if seq_lt(ack, self.tail_end) => {
+                let right = ack.wrapping_add(u32::from(peer_raw) << self.peer_wscale);
+                let room = if seq_lt(self.tail_end, right) {
+                    right.wrapping_sub(self.tail_end)
+                } else {
+                    0
+                };
+                let raw = room >> self.app_peer_wscale;
+                if raw == 0 && room != 0 {
+                    1
+                } else {
+                    u16::try_from(raw).unwrap_or(u16::MAX)
+                }
+            }
+            _ => self.app_window(peer_raw),
+        }
+    }
+
     /// The app's raw window field as the peer must read it: the app's bytes
     /// `raw << app_wscale` expressed with the shift the peer knows (`our_wscale`):
     /// `min(65535, (raw << app_ws) >> old_ws)`. Rounding is down (never offer the peer
@@ -356,7 +384,7 @@ impl Translator {
         if let Some(ack) = ack {
             wire::put_u32(packet, t + 8, self.app_ack(ack));
         }
-        wire::put_u16(packet, t + 14, self.app_window(window));
+        wire::put_u16(packet, t + 14, self.app_window_at(ack, window));
         let range = l.options();
         let mut opts = [0u8; MAX_OPTIONS];
         let raw = &packet[range.clone()];
@@ -401,6 +429,13 @@ impl Translator {
             out[at + 2 + 8 * kept..at + len].fill(kind::NOP);
         }
     }
+}
+
+/// Where the replicated tail ends (peer space): our `snd_nxt`, or further when the
+/// replica holds output the old master's kernel had not sent yet (handed over at a
+/// planned switchover, see `session::handover`). The app's first byte maps here.
+pub fn tail_end(state: &SessionState) -> u32 {
+    seq_max(state.snd_nxt, unacked::data_end(state))
 }
 
 /// Cuts link padding past the IPv4 total length and writes a fresh TCP checksum.
@@ -451,16 +486,23 @@ fn our_tsval(state: &SessionState, now_tsval: Option<u32>) -> u32 {
     }
 }
 
-/// One of our segments (VIP:port → peer) with ack `rcv_nxt`, the kick window and, if
+/// One of our segments (VIP:port → peer) with ack `ack`, the kick window and, if
 /// negotiated, timestamps (`tsval`, TSecr = `peer_tsval`).
-fn our_segment(state: &SessionState, seq: u32, flags: u8, payload: &[u8], tsval: u32) -> Vec<u8> {
+fn our_segment(
+    state: &SessionState,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+    tsval: u32,
+) -> Vec<u8> {
     let ts = wire::ts_option(tsval, state.peer_tsval);
     let k = &state.key;
     wire::build(&Tcp {
         src: (k.local_ip, k.local_port),
         dst: (k.peer_ip, k.peer_port),
         seq,
-        ack: Some(state.rcv_nxt),
+        ack: Some(ack),
         flags,
         window: kick_window(state),
         options: if state.negotiated.timestamps {
@@ -470,6 +512,20 @@ fn our_segment(state: &SessionState, seq: u32, flags: u8, payload: &[u8], tsval:
         },
         payload,
     })
+}
+
+/// One segment of the replicated tail ([`super::tail`]): `payload` at `seq`, ACK|PSH
+/// (and FIN if `fin`), ack `rcv_nxt` (ours now), the kick window and timestamps as in
+/// [`retransmit_segments`].
+pub fn tail_segment(
+    state: &SessionState,
+    seq: u32,
+    payload: &[u8],
+    fin: bool,
+    rcv_nxt: u32,
+) -> Vec<u8> {
+    let flags = if payload.is_empty() { 0 } else { flags::PSH } | if fin { flags::FIN } else { 0 };
+    our_segment(state, seq, rcv_nxt, flags, payload, our_tsval(state, None))
 }
 
 /// The replicated unacked tail as segments from VIP:port to the peer: contiguous from
@@ -512,11 +568,18 @@ pub fn retransmit_segments(
         let last = to == len;
         let flags = flags::PSH | if last && fin_on_data { flags::FIN } else { 0 };
         let seq = start.wrapping_add(at as u32);
-        out.push(our_segment(state, seq, flags, &payload, tsval));
+        out.push(our_segment(
+            state,
+            seq,
+            state.rcv_nxt,
+            flags,
+            &payload,
+            tsval,
+        ));
         at = to;
     }
     if let Some(f) = fin.filter(|_| !fin_on_data) {
-        out.push(our_segment(state, f, flags::FIN, &[], tsval));
+        out.push(our_segment(state, f, state.rcv_nxt, flags::FIN, &[], tsval));
     }
     out
 }
@@ -525,7 +588,14 @@ pub fn retransmit_segments(
 /// [`kick_window`], timestamps (`our_tsval`, `peer_tsval`) if negotiated. Tells the
 /// peer the window is open and where our receive side stands.
 pub fn window_update(state: &SessionState) -> Vec<u8> {
-    our_segment(state, state.snd_nxt, 0, &[], our_tsval(state, None))
+    our_segment(
+        state,
+        state.snd_nxt,
+        state.rcv_nxt,
+        0,
+        &[],
+        our_tsval(state, None),
+    )
 }
 
 /// A keepalive-style probe (seq `snd_nxt − 1`, no payload): below the peer's window,
@@ -534,7 +604,7 @@ pub fn window_update(state: &SessionState) -> Vec<u8> {
 /// ([`super::divergence`]), even if the session is idle.
 pub fn probe(state: &SessionState) -> Vec<u8> {
     let seq = state.snd_nxt.wrapping_sub(1);
-    our_segment(state, seq, 0, &[], our_tsval(state, None))
+    our_segment(state, seq, state.rcv_nxt, 0, &[], our_tsval(state, None))
 }
 
 /// `n` identical [`window_update`]s: duplicate ACKs of `rcv_nxt` so the peer

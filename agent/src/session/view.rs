@@ -128,6 +128,7 @@ impl SessionView {
             restore_session_p99_us: i.restore_session_p99_us.load(Ordering::Relaxed),
             restore_since_promotion_ms: i.restore_since_promotion_ms.load(Ordering::Relaxed),
             app_crashes: i.app_deaths.load(Ordering::Relaxed),
+            segments_out_of_window: i.segments_out_of_window.load(Ordering::Relaxed),
         }
     }
 }

@@ -73,6 +73,13 @@ pub fn status_table(reports: &[AgentReport]) -> String {
             if let Some(line) = recovery_line(r) {
                 let _ = writeln!(out, "{}: {line}", s.node_id);
             }
+            if r.segments_out_of_window > 0 {
+                let _ = writeln!(
+                    out,
+                    "{}: {} peer segments refused outside the window (RFC 5961; no session changed)",
+                    s.node_id, r.segments_out_of_window
+                );
+            }
         }
     }
     for report in reports {

@@ -266,6 +266,19 @@ pub fn healthy(count: usize) -> Model {
     model
 }
 
+/// A healthy pair whose master refused 1,234 peer segments outside the window (a
+/// blind injection attempt).
+pub fn under_blind_attack() -> Model {
+    let mut model = Model::new(&names(), NOW);
+    startup_events(&mut model);
+    feed_statuses(&mut model, |tick| {
+        let mut master = healthy_status(0, tick, 16);
+        master.replication.segments_out_of_window = 1_234;
+        [Some(master), Some(healthy_status(1, tick, 16))]
+    });
+    model
+}
+
 /// The master's agent died 4.2 s ago; the backup took over.
 pub fn unreachable() -> Model {
     let mut model = healthy(12);

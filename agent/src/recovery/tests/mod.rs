@@ -15,6 +15,7 @@ mod forge;
 mod freeze;
 mod kick;
 mod props;
+mod tail;
 mod translate;
 
 use super::forge::SynAck;

@@ -26,12 +26,11 @@ use crate::nfqueue::{open_queue, poll_two, set_socket_int, EventFd};
 use crate::recovery::divergence::{reset_to_app, reset_to_peer, Divergence, Probation};
 use crate::recovery::forge::{forged_ack, forged_syn, parse_synack};
 use crate::recovery::freeze::{freeze_ack, zero_window};
+use crate::recovery::tail::Tail;
 use crate::recovery::translate::TranslateError;
-use crate::recovery::translate::{
-    duplicate_acks, probe, retransmit_segments, window_update, Translator, Verdict,
-};
+use crate::recovery::translate::{duplicate_acks, probe, window_update, Translator, Verdict};
 use crate::session::queue_rules;
-use crate::session::tracker::{Tracker, TrackerLimits};
+use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
 use anyhow::{bail, Context};
 use nonstop_shared::session::{Phase, SessionKey};
 use nonstop_shared::session::{Record, SessionState};
@@ -152,6 +151,10 @@ pub struct InterceptorStats {
     pub app_deaths: AtomicU64,
     /// Restored sessions reset because their peer had seen state the replica lacked.
     pub sessions_reset: AtomicU64,
+    /// Peer segments of tracked sessions the kernel would refuse (RFC 5961: outside
+    /// the window, a RST not at the exact point, a SYN, an unacceptable ACK): passed
+    /// on untouched, they changed no session.
+    pub segments_out_of_window: AtomicU64,
     /// Per-session restore time of the last restore, median, µs.
     pub restore_session_p50_us: AtomicU64,
     /// Per-session restore time of the last restore, 99th percentile, µs.
@@ -275,6 +278,10 @@ struct Worker {
     /// Forged ACK sent (value: the ACK number it carries), to let it through once.
     forged_acks: HashMap<SessionKey, u32>,
     translators: HashMap<SessionKey, Translator>,
+    /// Restored sessions whose replicated tail the peer has not acknowledged yet.
+    tails: HashMap<SessionKey, Tail>,
+    /// When the tails' timers were last looked at.
+    tails_checked: Option<Instant>,
     restore_began: Option<Instant>,
     /// Counters at the start of the current restore, for its report.
     restored_before: u64,
@@ -401,6 +408,8 @@ impl Worker {
             queued: HashMap::new(),
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
+            tails: HashMap::new(),
+            tails_checked: None,
             restore_began: None,
             restored_before: 0,
             failed_before: 0,
@@ -464,6 +473,7 @@ impl Worker {
             self.flush_outbox();
             self.release_closes();
             self.check_probations();
+            self.check_tails();
             self.check_barrier();
             if !self.restoring.is_empty() {
                 self.pump_restores();
@@ -471,6 +481,9 @@ impl Worker {
             let mut timeout_ms = if self.restoring.is_empty() { 1000 } else { 50 };
             if self.barrier_until.is_some() || !self.outbox.is_empty() {
                 timeout_ms = 1;
+            }
+            if !self.tails.is_empty() {
+                timeout_ms = timeout_ms.min(TAIL_POLL.as_millis() as i32);
             }
             if let Some(due) = self.closing.next_due(Instant::now()) {
                 timeout_ms = timeout_ms.min(due.as_millis() as i32 + 1);
@@ -586,39 +599,7 @@ impl Worker {
                     }
                 }
             } else {
-                let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
-                if batch_open && (peek.payload_len > 0 || peek.fin) {
-                    // The restore barrier: no peer's input reaches the new service
-                    // before every session of the batch is connected to it, so a
-                    // service that relays between clients (chat) misses no one.
-                    if self.barrier.len() < MAX_HELD {
-                        self.barrier.push_back(message);
-                    } else {
-                        self.verdict_with(message, nfq::Verdict::Drop);
-                    }
-                    return;
-                }
-                let translator = self.translators.get_mut(&peek.key);
-                match translator.map(|t| t.inbound(&mut packet)) {
-                    Some(Ok(Verdict::Accept)) => {
-                        if let Some(probation) = self.probations.get_mut(&peek.key) {
-                            let ack = peek.ack.then_some(peek.ack_no);
-                            probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
-                        }
-                        self.track(message.get_payload());
-                        message.set_payload(packet);
-                        message.set_verdict(nfq::Verdict::Accept);
-                    }
-                    Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
-                        message.set_verdict(nfq::Verdict::Drop);
-                        self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
-                    }
-                    _ => {
-                        self.track(message.get_payload());
-                        message.set_verdict(nfq::Verdict::Drop);
-                    }
-                }
-                self.verdict(message);
+                self.forward_inbound_translated(message, peek, packet);
             }
             return;
         }
@@ -631,18 +612,95 @@ impl Worker {
         }
     }
 
+    /// A peer's segment of a restored session: checked against the kernel's rules in
+    /// the peer's sequence space first (RFC 5961: a segment the kernel would refuse
+    /// passes on untouched — never translated, whose clamping could make a forged ACK
+    /// acceptable — and changes nothing), then translated into the service's space.
+    fn forward_inbound_translated(
+        &mut self,
+        mut message: nfq::Message,
+        peek: Peek,
+        mut packet: Vec<u8>,
+    ) {
+        let batch_open = self.restore_began.is_some() || self.barrier_until.is_some();
+        if batch_open
+            && (peek.payload_len > 0 || peek.fin)
+            && self.tracker.rejection(&packet).is_none()
+        {
+            // The restore barrier: no peer's input reaches the new service
+            // before every session of the batch is connected to it, so a
+            // service that relays between clients (chat) misses no one.
+            if self.barrier.len() < MAX_HELD {
+                self.barrier.push_back(message);
+            } else {
+                self.verdict_with(message, nfq::Verdict::Drop);
+            }
+            return;
+        }
+        if let Some(rejection) = self.track(&packet) {
+            if rejection == Rejection::UnsentAck && self.unsent_ack_proves_divergence(&peek) {
+                self.verdict_with(message, nfq::Verdict::Drop);
+                self.reset_diverged(peek.key, Some(peek.ack_no), Divergence::AckBeyondSent);
+            } else {
+                self.verdict_with(message, nfq::Verdict::Accept);
+            }
+            return;
+        }
+        self.feed_tail(&peek);
+        let translator = self.translators.get_mut(&peek.key);
+        match translator.map(|t| t.inbound(&mut packet)) {
+            Some(Ok(Verdict::Accept)) => {
+                if let Some(probation) = self.probations.get_mut(&peek.key) {
+                    let ack = peek.ack.then_some(peek.ack_no);
+                    probation.peer_segment(peek.seq, peek.payload_len, ack, Instant::now());
+                }
+                message.set_payload(packet);
+                message.set_verdict(nfq::Verdict::Accept);
+            }
+            Some(Err(TranslateError::AckBeyondSent { ack, .. })) => {
+                message.set_verdict(nfq::Verdict::Drop);
+                self.reset_diverged(peek.key, Some(ack), Divergence::AckBeyondSent);
+            }
+            _ => message.set_verdict(nfq::Verdict::Drop),
+        }
+        self.verdict(message);
+    }
+
+    /// An acceptable peer segment whose ACK covers bytes the replica never saw sent:
+    /// in async mode (a session on probation) the proof that the peer saw more than
+    /// the replica — when it cannot be a blind forgery: its sequence number is exactly
+    /// where the peer stands, or the same ACK came twice ([`Probation::unsent_ack`]).
+    fn unsent_ack_proves_divergence(&mut self, peek: &Peek) -> bool {
+        let exact = self
+            .tracker
+            .session(&peek.key)
+            .is_some_and(|s| peek.seq == s.rcv_nxt || peek.seq == s.peer_seq_max);
+        self.probations
+            .get_mut(&peek.key)
+            .is_some_and(|p| p.unsent_ack(peek.ack_no, exact))
+    }
+
     /// Feeds a packet (in the peer's sequence space) to the tracker and issues its
-    /// records.
-    fn track(&mut self, packet: &[u8]) {
+    /// records; a peer's segment the kernel would refuse changes nothing and is
+    /// counted ([`Rejection`]).
+    fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
         match self.tracker.on_packet(packet, crate::events::unix_ms()) {
             Ok(outcome) => {
+                if let Some(rejection) = outcome.rejected {
+                    self.stats
+                        .segments_out_of_window
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(session = %outcome.key, ?rejection, "peer segment refused");
+                }
                 for record in outcome.records {
                     self.issue(record);
                 }
+                outcome.rejected
             }
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "packet not tracked");
+                None
             }
         }
     }
@@ -672,6 +730,7 @@ impl Worker {
     fn issue(&mut self, record: Record) {
         if let Record::Delete(key) = &record {
             self.translators.remove(key);
+            self.tails.remove(key);
             self.restoring.remove(key);
             self.queued.remove(key);
             self.forged_acks.remove(key);
@@ -756,6 +815,7 @@ impl Worker {
         self.queued.clear();
         self.forged_acks.clear();
         self.translators.clear();
+        self.tails.clear();
         self.probations.clear();
         self.stats.restore_pending.store(0, Ordering::Relaxed);
         // The sessions now live on the other node; if this node becomes
@@ -854,6 +914,9 @@ impl Worker {
         tracing::info!("interception stopped");
     }
 }
+
+/// How often the tails' retransmission timers are looked at.
+pub const TAIL_POLL: Duration = Duration::from_millis(20);
 
 /// Receive buffer of the NFQUEUE socket.
 pub const RCVBUF_BYTES: libc::c_int = 32 << 20;

@@ -38,6 +38,51 @@ impl Worker {
         }
     }
 
+    /// A peer's acceptable segment of a restored session: its ACK and window drive the
+    /// replicated tail ([`Tail`]).
+    pub(super) fn feed_tail(&mut self, peek: &Peek) {
+        if !peek.ack {
+            return;
+        }
+        let (Some(tail), Some(state)) = (
+            self.tails.get_mut(&peek.key),
+            self.tracker.session(&peek.key),
+        ) else {
+            return;
+        };
+        let shift = state.negotiated.peer_wscale.unwrap_or(0).min(14);
+        let window = u32::from(state.peer_window) << shift;
+        let has_data = peek.payload_len > 0 || peek.fin;
+        let packets = tail.on_ack(peek.ack_no, window, has_data, state.rcv_nxt, Instant::now());
+        if tail.done() {
+            self.tails.remove(&peek.key);
+        }
+        for packet in packets {
+            self.inject(packet);
+        }
+    }
+
+    /// The tails' retransmission timers (rate-limited: this runs on the packet thread).
+    pub(super) fn check_tails(&mut self) {
+        let now = Instant::now();
+        if self.tails.is_empty() || self.tails_checked.is_some_and(|at| now < at + TAIL_POLL) {
+            return;
+        }
+        self.tails_checked = Some(now);
+        let mut packets = Vec::new();
+        for (key, tail) in &mut self.tails {
+            if tail.deadline().is_some_and(|at| at <= now) {
+                let rcv_nxt = self.tracker.session(key).map(|s| s.rcv_nxt);
+                if let Some(rcv_nxt) = rcv_nxt {
+                    packets.extend(tail.poll(rcv_nxt, now));
+                }
+            }
+        }
+        for packet in packets {
+            self.inject(packet);
+        }
+    }
+
     /// Resets sessions whose peer never filled the hole before its data.
     pub(super) fn check_probations(&mut self) {
         if self.probations.is_empty() && self.reset_recently.is_empty() {
@@ -66,6 +111,7 @@ impl Worker {
         why: Divergence,
     ) {
         self.translators.remove(&key);
+        self.tails.remove(&key);
         self.probations.remove(&key);
         let app_rcv_nxt = self.tracker.session(&key).map(|s| s.rcv_nxt);
         let mut packets = Vec::new();
@@ -145,6 +191,7 @@ impl Worker {
         );
         for state in parked {
             self.translators.remove(&state.key);
+            self.tails.remove(&state.key);
             self.restoring.remove(&state.key);
             self.forged_acks.remove(&state.key);
             self.awaiting_app.push(state.key);
@@ -399,7 +446,10 @@ impl Worker {
         let ack = forged_ack(&state, &synack);
         self.forged_acks.insert(key, synack.new_isn.wrapping_add(1));
         let mut packets = vec![ack];
-        packets.extend(retransmit_segments(&state, 1460, None));
+        if let Some(mut tail) = Tail::new(&state, 1460) {
+            packets.extend(tail.start(state.rcv_nxt, Instant::now()));
+            self.tails.insert(key, tail);
+        }
         packets.extend(duplicate_acks(&state, 4));
         if !self.holding {
             packets.push(probe(&state));

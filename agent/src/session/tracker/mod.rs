@@ -6,6 +6,8 @@
 //! - this file: [`Tracker`] (the session table, [`Tracker::on_packet`]), its limits,
 //!   statistics and errors.
 //! - [`segment`]: an IPv4 packet read into the TCP fields the tracker needs.
+//! - [`acceptance`]: whether the kernel accepts a peer's segment (RFC 793, RFC 5961);
+//!   a segment it would refuse changes nothing here.
 //! - [`options`]: a small parser over the raw TCP option bytes.
 //! - `session`: one session's state machine (handshake, data, ACKs, close).
 //! - [`unacked`]: the rules of the `unacked` buffer (which bytes it holds, how ACKs
@@ -21,6 +23,7 @@
 //! records, no session), so after an agent restart call [`Tracker::restore`] first.
 //! All sequence arithmetic is modulo 2^32.
 
+pub mod acceptance;
 pub mod options;
 pub mod segment;
 mod session;
@@ -29,6 +32,7 @@ pub mod unacked;
 #[cfg(test)]
 mod tests;
 
+pub use acceptance::Rejection;
 use nonstop_shared::record::MAX_PAYLOAD;
 use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
 use segment::Segment;
@@ -81,6 +85,9 @@ pub struct Outcome {
     /// reset; nothing for duplicates and untracked packets. (At most one per packet
     /// today; callers should not rely on that.)
     pub records: Vec<Record>,
+    /// A peer's segment of a tracked session that the kernel would refuse: it changed
+    /// nothing. Callers pass it on untouched (never translated, never acted on).
+    pub rejected: Option<Rejection>,
 }
 
 /// Why a packet was not tracked. The driver accepts such packets unchanged.
@@ -140,10 +147,12 @@ pub struct TrackerStats {
     pub unstored_bytes: u64,
     /// Outbound segments that started beyond the known bytes of a complete session.
     pub outbound_gaps: u64,
-    /// Inbound ACKs for data never sent (ignored).
+    /// Inbound ACKs for data never sent (their segments are refused).
     pub invalid_acks: u64,
-    /// Inbound segments ending beyond any possible window (sequence ignored).
-    pub out_of_window: u64,
+    /// Peer segments of a tracked session the kernel would not accept (outside the
+    /// window, a RST not at the exact point, a SYN, an unacceptable ACK): passed on
+    /// unchanged, they changed nothing and were not replicated ([`acceptance`]).
+    pub segments_out_of_window: u64,
 }
 
 /// The session table of one VIP and its service ports.
@@ -190,6 +199,7 @@ impl Tracker {
             direction,
             key,
             records: Vec::new(),
+            rejected: None,
         };
         let Some(entry) = self.sessions.get_mut(&key) else {
             if direction == Direction::Inbound && seg.syn && seg.ack.is_none() && !seg.rst {
@@ -204,7 +214,7 @@ impl Tracker {
             }
             return Ok(outcome);
         };
-        entry.state.last_activity_ms = now_ms;
+        let last_activity_ms = std::mem::replace(&mut entry.state.last_activity_ms, now_ms);
         let step = match direction {
             Direction::Inbound => entry.inbound(&seg, &options, &mut self.stats),
             Direction::Outbound => entry.outbound(
@@ -216,6 +226,11 @@ impl Tracker {
         };
         match step {
             Step::Nothing => {}
+            Step::Rejected(rejection) => {
+                entry.state.last_activity_ms = last_activity_ms;
+                self.stats.segments_out_of_window += 1;
+                outcome.rejected = Some(rejection);
+            }
             Step::Sync(sync) => outcome.records.push(Record::Sync(sync)),
             Step::Established => {
                 entry.announced = true;
@@ -237,6 +252,19 @@ impl Tracker {
             }
         }
         Ok(outcome)
+    }
+
+    /// What [`Tracker::on_packet`] would say of a peer's packet, without changing
+    /// anything: `Some` if the kernel would refuse it (a tracked session's segment
+    /// outside the rules of [`acceptance`]). Unreadable packets, outbound packets and
+    /// packets of untracked sessions give `None`.
+    pub fn rejection(&self, packet: &[u8]) -> Option<Rejection> {
+        let seg = Segment::parse(packet).ok()?;
+        let (direction, key) = self.classify(&seg).ok()?;
+        if direction != Direction::Inbound {
+            return None;
+        }
+        self.sessions.get(&key)?.judge(&seg).err()
     }
 
     /// Direction and session key, or `NotOurs`.

@@ -1,5 +1,6 @@
 //! One tracked session: how each segment, inbound or outbound, changes its state.
 
+use super::acceptance::{self, Rejection};
 use super::options::TcpOptions;
 use super::segment::Segment;
 use super::unacked::{self, advance_snd_una, append_unacked};
@@ -7,10 +8,6 @@ use super::TrackerStats;
 use nonstop_shared::session::{
     seq_le, seq_lt, Negotiated, Phase, SessionKey, SessionState, SessionSync,
 };
-
-/// Largest window a TCP peer can be offered (65535 << 14). Inbound segments ending
-/// further than this past `rcv_nxt` cannot be acceptable and do not move `peer_seq_max`.
-const MAX_WINDOW: u32 = 65_535 << 14;
 
 /// Largest window scale shift (RFC 7323 §2.3).
 const MAX_WSCALE: u8 = 14;
@@ -30,6 +27,8 @@ pub(super) enum Step {
     Reset,
     /// The peer started a new handshake on the same 4-tuple: replace the entry.
     NewSyn,
+    /// The kernel would not accept this peer segment: nothing changed.
+    Rejected(Rejection),
 }
 
 /// The options of a SYN or SYN-ACK, kept until both are known.
@@ -106,6 +105,9 @@ pub(super) struct Entry {
     /// (seq, ack) of the segment that last set `peer_window` (RFC 793 SND.WL1/WL2),
     /// so a reordered old segment cannot roll the window back.
     window_mark: Option<(u32, u32)>,
+    /// The largest window the peer has offered (scaled): how far below `snd_una` an
+    /// ACK may still be acceptable (RFC 5961 §5.2, the kernel's `max_window`).
+    max_peer_window: u32,
 }
 
 impl Entry {
@@ -146,6 +148,7 @@ impl Entry {
             synack_seen: false,
             peer_syn: SynOptions::from(options),
             window_mark: Some((seg.seq, 0)),
+            max_peer_window: u32::from(seg.window),
         }
     }
 
@@ -160,65 +163,94 @@ impl Entry {
                 timestamps: n.timestamps,
             },
             synack_seen: state.phase != Phase::Handshake,
+            // Not replicated: assume the largest window the peer could offer.
+            max_peer_window: u32::from(u16::MAX) << n.peer_wscale.unwrap_or(0),
             state,
             announced: true,
             window_mark: None,
         }
     }
 
-    /// A segment from the peer.
+    /// What the kernel does with a peer's segment, judged without changing anything
+    /// ([`acceptance`]): `Ok(None)` for a segment to apply, `Ok(Some(step))` for one
+    /// that ends in `step` at once, `Err` for one the kernel refuses.
+    pub fn judge(&self, seg: &Segment<'_>) -> Result<Option<Step>, Rejection> {
+        let s = &self.state;
+        if seg.syn {
+            // A retransmitted SYN changes nothing; a new attempt before our SYN-ACK
+            // (the old one never got an answer) replaces the entry; any other SYN is
+            // the kernel's challenge-ACK case.
+            return if s.phase == Phase::Handshake && seg.seq == s.peer_isn {
+                Ok(Some(Step::Nothing))
+            } else if s.phase == Phase::Handshake && !self.synack_seen && seg.ack.is_none() {
+                Ok(Some(Step::NewSyn))
+            } else {
+                Err(Rejection::Syn)
+            };
+        }
+        if seg.rst {
+            return if acceptance::rst_acceptable(s, seg.seq) {
+                Ok(Some(Step::Reset))
+            } else {
+                Err(Rejection::RstNotExact)
+            };
+        }
+        // Segments without ACK are dropped by the stack (RFC 793 §3.9, "fifth").
+        let ack = seg.ack.ok_or(Rejection::NoAck)?;
+        if !acceptance::sequence_acceptable(s, seg.seq, seg.end()) {
+            return Err(Rejection::OutOfWindow);
+        }
+        if s.phase == Phase::Handshake {
+            if !self.synack_seen || ack != s.our_isn.wrapping_add(1) {
+                return Err(Rejection::UnsentAck);
+            }
+            return Ok(None);
+        }
+        acceptance::ack_check(s, ack, self.max_peer_window)?;
+        Ok(None)
+    }
+
+    /// A segment from the peer. It changes the session only if the kernel accepts it
+    /// ([`Entry::judge`]); otherwise the step is [`Step::Rejected`] and nothing
+    /// changed.
     pub fn inbound(
         &mut self,
         seg: &Segment<'_>,
         options: &TcpOptions,
         stats: &mut TrackerStats,
     ) -> Step {
+        match self.judge(seg) {
+            Ok(None) => {}
+            Ok(Some(step)) => return step,
+            Err(rejection) => {
+                if rejection == Rejection::UnsentAck {
+                    stats.invalid_acks += 1;
+                }
+                return Step::Rejected(rejection);
+            }
+        }
         let s = &mut self.state;
-        if seg.syn {
-            let new_attempt =
-                s.phase == Phase::Handshake && seg.ack.is_none() && seg.seq != s.peer_isn;
-            return if new_attempt {
-                Step::NewSyn
-            } else {
-                Step::Nothing
-            };
-        }
-        if seg.rst {
-            return Step::Reset;
-        }
-        // Segments without ACK are dropped by the stack (RFC 793 §3.9, "fifth").
         let Some(ack) = seg.ack else {
             return Step::Nothing;
         };
-        let mut established = false;
-        if s.phase == Phase::Handshake {
-            if !self.synack_seen || ack != s.our_isn.wrapping_add(1) {
-                return Step::Nothing;
-            }
+        let end = seg.end();
+        let established = s.phase == Phase::Handshake;
+        if established {
             s.phase = Phase::Established;
-            established = true;
         }
         let before = Replicated::of(s);
 
         // Sequence space: what the peer has sent.
-        let end = seg.end();
-        if seq_lt(s.rcv_nxt.wrapping_add(MAX_WINDOW), end) {
-            stats.out_of_window += 1;
-        } else {
-            if seq_lt(s.peer_seq_max, end) {
-                s.bytes_in +=
-                    payload_between(s.peer_seq_max, end, seg.fin.then(|| seg.payload_end()));
-                s.peer_seq_max = end;
-            }
-            if seg.fin && s.peer_fin.is_none() {
-                s.peer_fin = Some(seg.payload_end());
-            }
+        if seq_lt(s.peer_seq_max, end) {
+            s.bytes_in += payload_between(s.peer_seq_max, end, seg.fin.then(|| seg.payload_end()));
+            s.peer_seq_max = end;
+        }
+        if seg.fin && s.peer_fin.is_none() {
+            s.peer_fin = Some(seg.payload_end());
         }
 
         // The cumulative ACK (SACK blocks never trim) and the window it comes with.
-        if seq_lt(s.snd_nxt, ack) {
-            stats.invalid_acks += 1;
-        } else if seq_le(s.snd_una, ack) {
+        if seq_le(s.snd_una, ack) {
             advance_snd_una(s, ack);
             let newer = match self.window_mark {
                 None => true,
@@ -227,6 +259,8 @@ impl Entry {
             if newer {
                 s.peer_window = seg.window;
                 self.window_mark = Some((seg.seq, ack));
+                let shift = s.negotiated.peer_wscale.unwrap_or(0);
+                self.max_peer_window = self.max_peer_window.max(u32::from(seg.window) << shift);
             }
         }
         if let Some(ts) = options.timestamps.filter(|_| s.negotiated.timestamps) {

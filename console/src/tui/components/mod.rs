@@ -186,6 +186,14 @@ mod tests {
     }
 
     #[test]
+    fn node_panel_shows_refused_segments() {
+        let model = fixtures::under_blind_attack();
+        let text = format!("{:?}", render(&model, &mut UiState::default(), 120, 40));
+        insta::assert_snapshot!(render(&model, &mut UiState::default(), 120, 40));
+        assert!(text.contains("oow 1.2k"), "{text}");
+    }
+
+    #[test]
     fn one_node_unreachable() {
         let model = fixtures::unreachable();
         insta::assert_snapshot!(render(&model, &mut UiState::default(), 120, 40));

@@ -187,13 +187,24 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
             Span::raw(format!(" pos {} ", r.position)),
             Span::styled(format!("lag {}r/{}ms", r.lag_records, r.lag_ms), lag_style),
         ]),
-        Line::from(vec![Span::raw(format!(
-            "sess {} held {} {}p/s {}",
-            r.sessions,
-            r.held_packets,
-            si(node.packet_rate),
-            app_state(s)
-        ))]),
+        Line::from(vec![
+            Span::raw(format!(
+                "sess {} held {} {}p/s {}",
+                r.sessions,
+                r.held_packets,
+                si(node.packet_rate),
+                app_state(s)
+            )),
+            // Peer segments refused by the RFC 5961 rules (blind forgeries among them).
+            if r.segments_out_of_window > 0 {
+                Span::styled(
+                    format!(" oow {}", si(r.segments_out_of_window as f64)),
+                    Style::new().fg(Color::Yellow),
+                )
+            } else {
+                Span::raw("")
+            },
+        ]),
     ];
     if full {
         let heard = s

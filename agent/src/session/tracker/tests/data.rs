@@ -275,7 +275,7 @@ fn inbound_segment_beyond_any_window_is_ignored() {
             .build(),
     );
     assert_eq!((h.state().peer_seq_max, h.state().bytes_in), (401, 0));
-    assert_eq!(h.t.stats().out_of_window, 1);
+    assert_eq!(h.t.stats().segments_out_of_window, 1);
 }
 
 #[test]

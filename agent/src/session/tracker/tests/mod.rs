@@ -8,6 +8,7 @@ mod close;
 mod data;
 mod handshake;
 mod limits;
+mod offpath;
 mod props;
 
 use super::{Direction, Tracker, TrackerLimits};
