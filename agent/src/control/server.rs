@@ -242,13 +242,26 @@ async fn serve_connection(
                 // A planned switchover drains first (design §3): zero loss.
                 // Only when the switchover can happen: master with a live backup.
                 let (tx, rx) = oneshot::channel();
-                let ready = ask(&handle, ControlCommand::Status(tx), rx)
-                    .await
-                    .is_ok_and(|s| {
-                        s.mode == nonstop_shared::Mode::Master
-                            && s.peer.mode == Some(nonstop_shared::Mode::Backup)
-                            && s.missed_heartbeats < s.misses
-                    });
+                let status = ask(&handle, ControlCommand::Status(tx), rx).await;
+                // A master still restoring its sessions must not hand them over: the
+                // backup's copy would lack the ones not restored yet (found by
+                // tests/tests/deploy.rs, two switchovers 40 ms apart reset sessions).
+                if let Ok(s) = &status {
+                    if s.mode == nonstop_shared::Mode::Master && s.replication.restore_pending > 0 {
+                        let message = format!(
+                            "{} sessions are still being restored; switch over once \
+                             restore_pending is 0",
+                            s.replication.restore_pending
+                        );
+                        send(&mut write, &Reply::Error { message }).await?;
+                        continue;
+                    }
+                }
+                let ready = status.is_ok_and(|s| {
+                    s.mode == nonstop_shared::Mode::Master
+                        && s.peer.mode == Some(nonstop_shared::Mode::Backup)
+                        && s.missed_heartbeats < s.misses
+                });
                 let drained = match &handle.sessions {
                     Some(view) if ready => view.drain_for_switchover().await,
                     _ => None,
