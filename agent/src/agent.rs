@@ -210,17 +210,38 @@ impl Agent {
             move |live| injector.set_enabled(live.inject.enabled)
         });
         let (check_view, _) = watch::channel(None);
+        let sources = StatusSources {
+            sessions: Some(view),
+            resources,
+            app: app_handle,
+            malformed_control_lines: Arc::new(AtomicU64::new(0)),
+            control_rejected: Arc::new(AtomicU64::new(0)),
+        };
+        // Metrics bind before the control API: a taken address fails the start.
+        if let Some(addr) = config.metrics.listen {
+            let source = crate::metrics::MetricsSource {
+                commands: commands_tx.clone(),
+                status: sources.clone(),
+            };
+            let listener = crate::metrics::bind(addr).await?;
+            tokio::spawn(crate::metrics::serve(listener, source, shutdown.clone()));
+        }
+        // systemd (Type=notify): READY, STATUS, WATCHDOG, STOPPING; nothing without it.
+        tokio::spawn(crate::systemd::run(
+            commands_tx.clone(),
+            sources.clone(),
+            shutdown.clone(),
+        ));
+        let settings = Arc::new(nonstop_shared::settings::Settings::from_config(
+            &config,
+            key.fingerprint(),
+        ));
         let handle = ControlHandle {
             commands: commands_tx,
             events,
             key,
-            status: StatusSources {
-                sessions: Some(view),
-                resources,
-                app: app_handle,
-                malformed_control_lines: Arc::new(AtomicU64::new(0)),
-                control_rejected: Arc::new(AtomicU64::new(0)),
-            },
+            status: sources,
+            settings,
             injector,
             hooks: Arc::clone(&hook_stats),
             check: Some(check_view.subscribe()),

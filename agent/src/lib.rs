@@ -21,17 +21,22 @@
 //! - [`tcp`]: TCP on the wire in one place: header and option parsing, the
 //!   interceptor's peek, writing and rewriting packets.
 //! - [`host`]: fitting the host — logging, SIGHUP reload, notify hooks, health check.
+//! - [`check`]: `--check` host checks (interface, addresses, kernel features, capabilities).
+//! - [`metrics`]: Prometheus `/metrics` rendered from the same status as the control API.
 //! - [`shutdown`]: the one shutdown path every task listens to.
+//! - [`systemd`]: `Type=notify` READY/STATUS/WATCHDOG/STOPPING from the driver's status.
 //! - [`fuzzing`]: fuzz targets for every decoder of outside input (`fuzz/`, `scripts/fuzz`).
 
 pub mod agent;
 pub mod app;
+pub mod check;
 pub mod control;
 pub mod events;
 pub mod failover;
 pub mod fuzzing;
 pub mod host;
 pub mod inject;
+pub mod metrics;
 pub mod nfqueue;
 pub mod recovery;
 pub mod replication;
@@ -41,6 +46,7 @@ pub mod shutdown;
 pub mod sockets;
 pub mod status;
 pub mod switchover;
+pub mod systemd;
 pub mod tcp;
 pub mod vip;
 

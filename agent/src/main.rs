@@ -1,8 +1,8 @@
 //! `nonstop-agent --config FILE`: the daemon on the master and on the backup.
 //!
-//! Parses the arguments, loads the configuration and the key, then starts the agent
-//! ([`nonstop_agent::agent::Agent`]) and runs it until SIGTERM/SIGINT, on which a
-//! master hands over to the backup, removes the VIP and its nftables table.
+//! Parses the arguments, loads the config and the key, starts the agent
+//! ([`nonstop_agent::agent::Agent`]) and runs it until SIGTERM/SIGINT (a master hands
+//! over, removes the VIP and its iptables chains); `--check` checks the host.
 
 use clap::Parser;
 use nonstop_agent::agent::Agent;
@@ -24,7 +24,9 @@ struct Args {
     /// Configuration file (TOML).
     #[arg(long, short)]
     config: PathBuf,
-    /// Only validate the configuration and exit.
+    /// Validate the configuration and check the host (interface, addresses, kernel
+    /// features, capabilities, key, data directory), one line per check; exit 0 only
+    /// if all pass (1 if a host check fails, 2 if the file or key is invalid).
     #[arg(long)]
     check: bool,
     /// Log line format on stderr: `text` (ANSI colours only on a terminal) or `json`.
@@ -33,6 +35,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `scripts/package` asks for the man pages with NONSTOP_GENERATE_MAN=DIR.
+    if let Some(code) =
+        nonstop_shared::man::generate_if_asked(<Args as clap::CommandFactory>::command(), "8")
+    {
+        return code;
+    }
     let args = Args::parse();
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
@@ -57,8 +65,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // The file is valid (else exit 2 above); now the host: one line per check.
         println!("{}: configuration is valid", args.config.display());
-        return ExitCode::SUCCESS;
+        return if nonstop_agent::check::run_and_print(&config) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

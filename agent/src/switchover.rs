@@ -16,6 +16,21 @@ pub async fn run(
     failover: &mpsc::Sender<ControlCommand>,
     sessions: Option<&SessionView>,
 ) -> Result<String, String> {
+    // A master still restoring its sessions must not hand them over: the backup's
+    // copy would lack the ones not restored yet (found by tests/tests/deploy.rs: two
+    // switchovers 40 ms apart reset sessions).
+    let pending = sessions.map_or(0, |v| {
+        v.interceptor
+            .stats
+            .restore_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    if pending > 0 {
+        return Err(format!(
+            "{pending} sessions are still being restored; switch over once \
+             restore_pending is 0"
+        ));
+    }
     // Check: only a master with a live backup drains (a failed check still asks the
     // failover manager, whose answer says why not).
     let ready = ask(failover, ControlCommand::Status)

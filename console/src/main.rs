@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: subcommands (`status`, `sessions`, `switchover`, `events`, `inject`,
-//!   `heal`) with `--json` output; no subcommand (or `tui`) opens the TUI.
+//!   `heal`, `check`) with `--json` output; no subcommand (or `tui`) opens the TUI.
 //! - [`client`]: one control connection to an agent, optionally from inside a lab's
 //!   network namespace.
 //! - [`drill`]: switchover drills from TOML files: parse and check, run on a lab,
@@ -20,6 +20,12 @@ mod tui;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // `scripts/package` asks for the man pages with NONSTOP_GENERATE_MAN=DIR.
+    if let Some(code) =
+        nonstop_shared::man::generate_if_asked(<cli::Cli as clap::CommandFactory>::command(), "1")
+    {
+        return code;
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

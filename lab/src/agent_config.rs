@@ -2,11 +2,12 @@
 //! lab's pre-shared key (`<dir>/key`, random, mode 0600) that both reference.
 
 use crate::naming::{
-    AddressPlan, Node, CONTROL_PORT, PREFIX_LEN, SERVICE_IF, SERVICE_PORT, SYNC_PORT,
+    AddressPlan, Node, CONTROL_PORT, METRICS_PORT, PREFIX_LEN, SERVICE_IF, SERVICE_PORT, SYNC_PORT,
 };
 use anyhow::{Context, Result};
 use nonstop_shared::config::{
-    AgentConfig, ControlConfig, GarpConfig, SecurityConfig, ServiceConfig, SyncConfig, Vip,
+    AgentConfig, ControlConfig, GarpConfig, MetricsConfig, SecurityConfig, ServiceConfig,
+    SyncConfig, Vip,
 };
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -107,6 +108,9 @@ pub fn agent_config(
         notify: Default::default(),
         // The lab is where faults are injected.
         inject: nonstop_shared::config::InjectConfig { enabled: true },
+        metrics: MetricsConfig {
+            listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT))),
+        },
     };
     config.validate().with_context(|| {
         format!(
@@ -154,6 +158,10 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(listen, ["127.0.0.1:7700", "198.19.42.2:7700"]);
+        assert_eq!(
+            backup.metrics.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9477")
+        );
         assert_eq!(master.security.key_file, dir.join("key"));
         assert_eq!(backup.security, master.security);
         for config in [master, backup] {

@@ -279,6 +279,15 @@ impl Lab {
         SocketAddr::from((Ipv4Addr::LOCALHOST, CONTROL_PORT))
     }
 
+    /// The agent's metrics address inside its own namespace, as its config says
+    /// (`127.0.0.1:9477` as the lab writes it), or None if metrics are off.
+    pub fn metrics_addr(&self, node: Node) -> Option<SocketAddr> {
+        nonstop_shared::config::AgentConfig::load(&self.config_path(node))
+            .ok()?
+            .metrics
+            .listen
+    }
+
     /// The agent's control address on the sync link (`198.19.L.x:7700`), reachable
     /// from the other node.
     pub fn control_sync_addr(&self, node: Node) -> SocketAddr {

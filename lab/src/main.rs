@@ -146,6 +146,12 @@ macro_rules! say {
 }
 
 fn main() -> ExitCode {
+    // `scripts/package` asks for the man pages with NONSTOP_GENERATE_MAN=DIR.
+    if let Some(code) =
+        nonstop_shared::man::generate_if_asked(<Cli as clap::CommandFactory>::command(), "1")
+    {
+        return code;
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

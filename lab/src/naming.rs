@@ -34,6 +34,8 @@ pub const PREFIX_LEN: u8 = 24;
 pub const SERVICE_PORT: u16 = 7000;
 /// The agents' control port (JSON lines over TCP).
 pub const CONTROL_PORT: u16 = 7700;
+/// The agents' Prometheus metrics port (on localhost inside each node namespace).
+pub const METRICS_PORT: u16 = 9477;
 /// The agents' heartbeat/replication port on the sync link.
 pub const SYNC_PORT: u16 = 7701;
 

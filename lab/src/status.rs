@@ -58,6 +58,9 @@ pub struct NodeInfo {
     pub agent_pid: Option<u32>,
     /// Its agent's control address, inside its namespace.
     pub control_addr: SocketAddr,
+    /// Its agent's Prometheus address inside its namespace (None if metrics are off).
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Whether the VIP is on its `eth0` right now.
     pub holds_vip: bool,
 }
@@ -138,6 +141,7 @@ impl Lab {
                 log_path: self.log_path(node),
                 agent_pid: self.agent_pid(node),
                 control_addr: self.control_addr(node),
+                metrics_addr: self.metrics_addr(node),
                 holds_vip: self.holds_vip(node),
             })
             .collect();
@@ -288,6 +292,7 @@ mod tests {
                 log_path: PathBuf::from("/run/nonstop-lab/demo/master.log"),
                 agent_pid: Some(42),
                 control_addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
+                metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9477))),
                 holds_vip: true,
             }],
             peers: vec![PeerInfo {
@@ -306,6 +311,10 @@ mod tests {
         assert!(json.contains("\"node\":\"master\""), "{json}");
         assert!(
             json.contains("\"control_addr\":\"127.0.0.1:7700\""),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"metrics_addr\":\"127.0.0.1:9477\""),
             "{json}"
         );
         let back: LabStatus = serde_json::from_str(&json).expect("decode");

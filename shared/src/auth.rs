@@ -164,6 +164,15 @@ impl Key {
     pub fn control_key(&self) -> [u8; TAG_LEN] {
         self.derive(b"control")
     }
+
+    /// A short public name of the key (16 hex digits, derived one-way): two agents
+    /// with the same fingerprint hold the same key. Safe to print and compare.
+    pub fn fingerprint(&self) -> String {
+        self.derive(b"fingerprint")[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// HMAC-SHA256 of the concatenation of `parts` under `key`.
@@ -806,6 +815,16 @@ mod tests {
 
     fn key() -> Key {
         Key::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key")
+    }
+
+    #[test]
+    fn fingerprint_names_the_key_without_revealing_it() {
+        let a = key().fingerprint();
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, key().fingerprint());
+        let other = Key::from_bytes(b"0123456789abcdef0123456789abcdeF").expect("key");
+        assert_ne!(a, other.fingerprint());
+        assert!(!a.contains("3031"), "not the key's own bytes");
     }
 
     fn other_key() -> Key {

@@ -27,6 +27,9 @@
 //!
 //! [security]
 //! key_file = "/etc/nonstop/key"  # pre-shared key, mode 0600, ≥ 32 bytes (required)
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9477"      # Prometheus /metrics (optional, off by default)
 //! ```
 //!
 //! Unknown keys are rejected (the parser names them); values are range-checked by
@@ -79,6 +82,26 @@ pub struct AgentConfig {
     /// Fault injection through the control API (off unless enabled).
     #[serde(default)]
     pub inject: InjectConfig,
+    /// The Prometheus metrics endpoint (off unless `listen` is given).
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_off")]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus metrics endpoint: `GET http://<listen>/metrics`, unauthenticated
+/// and read-only, so keep it on localhost or a monitoring network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9477`; none (default) turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl MetricsConfig {
+    /// Whether the endpoint is off.
+    pub fn is_off(&self) -> bool {
+        self.listen.is_none()
+    }
 }
 
 /// The pre-shared key that authenticates every channel (see `nonstop_shared::auth`).
@@ -552,6 +575,9 @@ impl AgentConfig {
                 "must name the pre-shared key file",
             ));
         }
+        if self.metrics.listen.is_some_and(|a| a.port() == 0) {
+            return Err(invalid("metrics.listen", "port must not be 0"));
+        }
         if self.control.listen.iter().any(|a| a.ip().is_unspecified()) {
             return Err(invalid(
                 "control.listen",
@@ -772,6 +798,29 @@ key_file = "/etc/nonstop/key"
         assert_eq!(config.control.listen, default_control_listen());
         assert_eq!(config.garp, GarpConfig::default());
         assert_eq!(config.service.vip.to_string(), "198.18.1.100/24");
+        assert_eq!(config.metrics.listen, None);
+        assert!(!config.to_toml().contains("metrics"));
+    }
+
+    #[test]
+    fn metrics_listen_is_parsed_and_checked() {
+        let text = format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9477\"\n");
+        let config = AgentConfig::from_toml(&text).expect("valid");
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9477)))
+        );
+        assert_eq!(
+            AgentConfig::from_toml(&config.to_toml()).expect("again"),
+            config
+        );
+        let text = format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        let err = AgentConfig::from_toml(&text)
+            .expect_err("port 0")
+            .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        let text = format!("{GOOD}[metrics]\nlisten = \"nowhere\"\n");
+        assert!(AgentConfig::from_toml(&text).is_err());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Request {
         /// What to break.
         fault: Fault,
     },
+    /// Report the agent's effective [`crate::settings::Settings`].
+    Settings,
     /// Answer to the agent's [`Reply::Challenge`]: the first line of every connection.
     Auth {
         /// The console's fresh nonce, 32 bytes in hex.
@@ -60,7 +62,7 @@ pub enum Request {
 pub enum Fault {
     /// SIGKILL the managed service (application crash).
     KillApp,
-    /// SIGKILL this agent (agent crash; its nftables/queue rules stay: fail-closed).
+    /// SIGKILL this agent (agent crash; its iptables queue chains stay: fail-closed).
     KillAgent,
     /// SIGSTOP this agent, SIGCONT after `seconds`.
     FreezeAgent {
@@ -144,6 +146,8 @@ pub enum Reply {
     Event(AgentEvent),
     /// Answer to `sessions`.
     Sessions(SessionList),
+    /// Answer to `settings`.
+    Settings(crate::settings::Settings),
     /// First line the agent sends on every connection: authenticate before anything.
     Challenge {
         /// Handshake version (1).

@@ -5,9 +5,11 @@
 //! - [`auth`]: the pre-shared key and the authentication of heartbeats, replication
 //!   and control connections (HMAC-SHA256, replay protection).
 //! - [`config`]: the agent's TOML configuration, validated with errors that name the key.
+//! - `man` (feature `man`): man pages from a binary's clap definition.
 //! - [`heartbeat`]: the binary heartbeat datagram exchanged on the sync link.
 //! - [`control`]: the JSON-lines control protocol between console and agent.
 //! - [`session`]: per-session recovery data and the records that carry it.
+//! - [`settings`]: an agent's effective settings and the pair comparison of `console check`.
 //! - [`record`]: the versioned binary layout of records, for replication and disk.
 //!
 //! Nothing here does I/O (except reading the key file and the CSPRNG in [`auth`]); every decoder rejects bad input with a typed error.
@@ -16,8 +18,11 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
+#[cfg(feature = "man")]
+pub mod man;
 pub mod mode;
 pub mod record;
 pub mod session;
+pub mod settings;
 
 pub use mode::Mode;

@@ -54,6 +54,8 @@ pub struct ControlHandle {
     pub hooks: Arc<crate::host::hooks::HookStats>,
     /// The health check's view (`None` inside when none is configured).
     pub check: Option<tokio::sync::watch::Receiver<Option<nonstop_shared::control::CheckView>>>,
+    /// The effective settings `settings` reports.
+    pub settings: Arc<nonstop_shared::settings::Settings>,
 }
 
 /// A planned switchover ([`crate::switchover::run`]) as a reply. Used by the
@@ -287,6 +289,10 @@ async fn serve_connection(
                     }
                     Err(message) => Reply::Error { message },
                 };
+                send(&mut write, &reply).await?;
+            }
+            Request::Settings => {
+                let reply = Reply::Settings((*handle.settings).clone());
                 send(&mut write, &reply).await?;
             }
             Request::Events => return stream_events(reader, write, &handle, shutdown).await,

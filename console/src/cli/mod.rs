@@ -2,6 +2,7 @@
 //! JSON document with `--json`; the exit status says whether it succeeded.
 
 mod chat;
+mod check;
 mod events;
 mod inject;
 mod render;
@@ -66,6 +67,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare both agents' effective settings (VIP, ports, timings, replication,
+    /// key fingerprint, sync addresses) and name every mismatch; exit 1 if any.
+    Check {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the agents' event logs.
     Events {
         /// One JSON object per line instead of text.
@@ -124,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             switchover::run(&agents, timeout, Duration::from_millis(wait_ms), json)
         }
         Some(Command::Sessions { json }) => sessions::run(&agents, timeout, json),
+        Some(Command::Check { json }) => check::run(&agents, timeout, json),
         Some(Command::Events { json, follow }) => events::run(&agents, timeout, json, follow),
         Some(Command::Drill(args)) => crate::drill::run(&args, cli.lab.as_deref()),
         Some(Command::Chat(args)) => chat::run(cli.lab.as_deref(), &args),

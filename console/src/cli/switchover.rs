@@ -1,5 +1,5 @@
 //! `switchover`: ask the master to hand over, then wait until the backup reports
-//! master and the old master reports backup.
+//! master (with the old master's sessions restored) and the old master reports backup.
 
 use crate::client::{AgentAddr, AgentConnection};
 use crate::pair;
@@ -29,6 +29,12 @@ pub fn run(
         bail!("no reachable backup to switch over to");
     };
     let old_status = reports[old].status.clone().expect("master is reachable");
+    // Sessions the new master must restore, and its restore counter before.
+    let expected_sessions = old_status.replication.sessions;
+    let restored_before = reports[new]
+        .status
+        .as_ref()
+        .map_or(0, |s| s.replication.restored);
     let started = Instant::now();
     let mut conn = AgentConnection::connect(&agents[old], timeout)?;
     // The master drains first (at most `session.drain_ms`, 60 s by validation).
@@ -55,7 +61,16 @@ pub fn run(
             .iter()
             .map(|r| r.status.as_ref().map(|s| s.mode))
             .collect();
-        if modes == [Some(Mode::Backup), Some(Mode::Master)] {
+        let flipped = modes == [Some(Mode::Backup), Some(Mode::Master)];
+        // Done once the new master has restored what the old one served (a restore
+        // counted, nothing pending): a second switchover started earlier would
+        // hand over sessions still being restored. Past the deadline a completed
+        // handover still succeeds, saying the restore was not confirmed.
+        let restored = now[1].status.as_ref().is_some_and(|s| {
+            s.replication.restore_pending == 0
+                && (expected_sessions == 0 || s.replication.restored > restored_before)
+        });
+        if flipped && (restored || Instant::now() >= deadline) {
             let elapsed_ms = started.elapsed().as_millis() as u64;
             let new_status = now[1].status.clone().expect("reachable");
             if json {
@@ -67,13 +82,20 @@ pub fn run(
                         "to": new_status.node_id,
                         "epoch": new_status.epoch,
                         "elapsed_ms": elapsed_ms,
+                        "restored": restored,
                         "agents": now,
                     })
                 );
             } else {
                 println!(
-                    "switched over: {} is master at epoch {} ({elapsed_ms} ms)",
-                    new_status.node_id, new_status.epoch
+                    "switched over: {} is master at epoch {} ({elapsed_ms} ms){}",
+                    new_status.node_id,
+                    new_status.epoch,
+                    if restored {
+                        ""
+                    } else {
+                        "; its session restore is not finished yet"
+                    }
                 );
             }
             return Ok(ExitCode::SUCCESS);
