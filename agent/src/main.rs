@@ -1,6 +1,6 @@
-//! `nonstop-agent --config FILE`: the daemon on the master and on the backup. Parses the arguments, loads the config and the key, starts the agent
-//! ([`nonstop_agent::agent::Agent`]) and runs it until SIGTERM/SIGINT (a master hands
-//! over, removes the VIP and its iptables chains); `--check` checks the host too.
+//! `nonstop-agent --config FILE`, the daemon on master and backup: parses arguments,
+//! loads config and key, starts the agent ([`nonstop_agent::agent::Agent`]) and runs
+//! it until SIGTERM/SIGINT (a master hands over first); `--check` checks the host.
 
 use clap::Parser;
 use nonstop_agent::agent::Agent;
