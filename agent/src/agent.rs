@@ -154,6 +154,15 @@ impl Agent {
             config.service.vip.addr,
             config.service.ports.clone(),
         ));
+        if config.session.risk_poll_ms > 0 {
+            tokio::spawn(crate::session::risk::watch(
+                interceptor.clone(),
+                mode.clone(),
+                config.service.vip.addr,
+                config.service.ports.clone(),
+                Duration::from_millis(config.session.risk_poll_ms),
+            ));
+        }
         let view = SessionView {
             node_id: config.node_id.clone(),
             replication: config.session.replication,

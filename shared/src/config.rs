@@ -172,6 +172,12 @@ pub struct SessionConfig {
     /// read, output acknowledged, backup caught up) before handing over anyway, ms.
     #[serde(default = "default_drain_ms")]
     pub drain_ms: u64,
+    /// How often the master looks at its service's sockets for output its kernel has
+    /// not sent or input the service has not read (a session that holds either for
+    /// two looks in a row is marked at risk: after a crash it is reset cleanly, never
+    /// continued with a hole), ms; 0 turns the watch off.
+    #[serde(default = "default_risk_poll_ms")]
+    pub risk_poll_ms: u64,
     /// In `sync` mode, what a master does while no backup is connected: `serve`
     /// (default: release output unreplicated, the service stays available) or `hold`
     /// (hold all output until a backup has the state: no byte unprotected).
@@ -199,6 +205,7 @@ impl Default for SessionConfig {
             fsync_interval_ms: default_fsync_interval_ms(),
             max_sessions: default_max_sessions(),
             drain_ms: default_drain_ms(),
+            risk_poll_ms: default_risk_poll_ms(),
             lone_master: LoneMaster::default(),
         }
     }
@@ -215,6 +222,9 @@ fn default_max_sessions() -> usize {
 }
 fn default_drain_ms() -> u64 {
     2000
+}
+fn default_risk_poll_ms() -> u64 {
+    50
 }
 
 /// The service side: interface, virtual IP, ports, command.
@@ -558,6 +568,12 @@ impl AgentConfig {
             return Err(invalid(
                 "session.max_sessions",
                 format!("must be in 1..=1000000, got {}", self.session.max_sessions),
+            ));
+        }
+        if self.session.risk_poll_ms > 10_000 {
+            return Err(invalid(
+                "session.risk_poll_ms",
+                format!("must be in 0..=10000, got {}", self.session.risk_poll_ms),
             ));
         }
         if self.session.drain_ms > 60_000 {

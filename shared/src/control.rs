@@ -287,6 +287,13 @@ pub struct ReplicationView {
     /// Bytes of those queues.
     #[serde(default)]
     pub handed_over_bytes: u64,
+    /// Sessions marked at risk now: their service holds output not sent or input not
+    /// read, so a crash now would reset them (never continue them with a hole).
+    #[serde(default)]
+    pub sessions_at_risk: u64,
+    /// Sessions reset at a takeover because the crashed master had them at risk.
+    #[serde(default)]
+    pub reset_at_risk: u64,
     /// Backup: fresh snapshots asked for because a replicated record did not apply
     /// (nothing after it was acknowledged until the snapshot came). Master: snapshots
     /// sent at the backup's request.

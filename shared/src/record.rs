@@ -26,7 +26,7 @@
 //! |-------:|-----:|----------------------------------------------------------------|
 //! | 18     | 12   | session key                                                    |
 //! | 30     | 1    | phase (see [`Phase::code`])                                    |
-//! | 31     | 1    | flags: bit 0 `our_fin` set, 1 `peer_fin` set, 2 `peer_wscale` set, 3 `our_wscale` set, 4 SACK permitted, 5 timestamps |
+//! | 31     | 1    | flags: bit 0 `our_fin` set, 1 `peer_fin` set, 2 `peer_wscale` set, 3 `our_wscale` set, 4 SACK permitted, 5 timestamps, 6 `at_risk` |
 //! | 32     | 4    | `peer_isn`                                                     |
 //! | 36     | 4    | `our_isn`                                                      |
 //! | 40     | 4    | `rcv_nxt`                                                      |
@@ -169,7 +169,8 @@ const FULL_FLAG_PEER_WSCALE: u8 = 1 << 2;
 const FULL_FLAG_OUR_WSCALE: u8 = 1 << 3;
 const FULL_FLAG_SACK: u8 = 1 << 4;
 const FULL_FLAG_TIMESTAMPS: u8 = 1 << 5;
-const FULL_FLAGS_KNOWN: u8 = 0b0011_1111;
+const FULL_FLAG_AT_RISK: u8 = 1 << 6;
+const FULL_FLAGS_KNOWN: u8 = 0b0111_1111;
 
 const SYNC_FLAG_OUR_FIN: u8 = 1 << 0;
 const SYNC_FLAG_PEER_FIN: u8 = 1 << 1;
@@ -475,6 +476,9 @@ fn put_full(out: &mut Vec<u8>, s: &SessionState) {
     if n.timestamps {
         flags |= FULL_FLAG_TIMESTAMPS;
     }
+    if s.at_risk {
+        flags |= FULL_FLAG_AT_RISK;
+    }
     put_key(out, &s.key);
     out.push(s.phase.code());
     out.push(flags);
@@ -692,6 +696,7 @@ fn read_full(r: &mut Reader<'_>) -> Result<SessionState, RecordError> {
         peer_fin,
         unacked: unacked.into(),
         unread_input,
+        at_risk: flags & FULL_FLAG_AT_RISK != 0,
         bytes_in,
         bytes_out,
         last_activity_ms,
@@ -798,6 +803,7 @@ mod tests {
             peer_fin: Some(0xffff_fff4),
             unacked: unacked.into(),
             unread_input: Vec::new(),
+            at_risk: false,
             bytes_in: 4,
             bytes_out: 99,
             last_activity_ms: 1_700_000_000_000,
@@ -1246,6 +1252,7 @@ mod tests {
                         peer_fin,
                         unacked: u.into(),
                         unread_input: input,
+                        at_risk: c[0] % 3 == 0,
                         bytes_in: c[0],
                         bytes_out: c[1],
                         last_activity_ms: c[2],

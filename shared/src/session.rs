@@ -141,6 +141,12 @@ pub struct SessionState {
     /// anything else. Empty otherwise (and cleared once delivered).
     #[serde(default)]
     pub unread_input: Vec<u8>,
+    /// The master saw the service's socket hold output its kernel had not sent or
+    /// input the service had not read, for longer than a moment: after a crash the
+    /// replica cannot continue this session exactly, so the new master resets it
+    /// cleanly instead (issue: no silent hole).
+    #[serde(default)]
+    pub at_risk: bool,
     /// Payload bytes received from the peer (count, not data).
     pub bytes_in: u64,
     /// Payload bytes sent to the peer.

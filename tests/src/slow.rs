@@ -38,7 +38,7 @@ pub enum Ending {
 
 /// A slow client running on its own threads.
 pub struct SlowClient {
-    reader: std::thread::JoinHandle<Ending>,
+    reader: std::thread::JoinHandle<(Ending, Instant)>,
     /// The client's local port.
     pub port: u16,
 }
@@ -93,41 +93,52 @@ pub fn spawn(lab: &Lab, s: Slowness) -> anyhow::Result<SlowClient> {
     });
     let mut reader = stream;
     let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; s.chunk];
-        let mut received = 0;
-        while received < s.total {
-            let want = s.chunk.min(s.total - received);
-            match reader.read(&mut buf[..want]) {
-                Ok(0) => return Ending::Reset { received },
-                Ok(n) => {
-                    if let Some(bad) = (0..n).find(|&k| buf[k] != stream_byte(received + k)) {
-                        return Ending::Wrong { at: received + bad };
-                    }
-                    received += n;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ending::Stalled { received }
-                }
-                Err(_) => return Ending::Reset { received },
-            }
-            std::thread::sleep(s.pause);
-        }
-        Ending::Complete
+        let ending = read_back(&mut reader, s);
+        (ending, Instant::now())
     });
     Ok(SlowClient { reader, port })
+}
+
+/// Reads the echo back slowly and checks every byte; how the transfer ended.
+fn read_back(reader: &mut TcpStream, s: Slowness) -> Ending {
+    let mut buf = vec![0u8; s.chunk];
+    let mut received = 0;
+    while received < s.total {
+        let want = s.chunk.min(s.total - received);
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Ending::Reset { received },
+            Ok(n) => {
+                if let Some(bad) = (0..n).find(|&k| buf[k] != stream_byte(received + k)) {
+                    return Ending::Wrong { at: received + bad };
+                }
+                received += n;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ending::Stalled { received }
+            }
+            Err(_) => return Ending::Reset { received },
+        }
+        std::thread::sleep(s.pause);
+    }
+    Ending::Complete
 }
 
 impl SlowClient {
     /// Waits for the end of the transfer.
     pub fn finish(self) -> Ending {
+        self.finish_timed().0
+    }
+
+    /// Waits for the end of the transfer; also when it ended.
+    pub fn finish_timed(self) -> (Ending, Instant) {
         self.reader
             .join()
-            .unwrap_or(Ending::Stalled { received: 0 })
+            .unwrap_or((Ending::Stalled { received: 0 }, Instant::now()))
     }
 }
 

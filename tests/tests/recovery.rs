@@ -993,3 +993,76 @@ fn a_record_lost_on_the_way_to_the_backup_is_resynced_and_never_acknowledged() {
         "crash after a resync",
     );
 }
+
+/// Issue 13, acceptance 2: a slow-reading echo client keeps the echo service's output
+/// waiting unsent and its input unread; the master host crashes mid-transfer. A cold
+/// replica cannot continue such a session exactly, so every transfer must end either
+/// complete and byte-exact or with a clean reset the client sees at once — never a
+/// wrong byte, never an endless stall.
+#[test]
+fn a_crash_never_continues_a_slow_reader_with_a_hole() {
+    if !require_root() {
+        return;
+    }
+    use nonstop_e2e::slow::{self, Ending, Slowness};
+    const TRIALS: usize = 25;
+    const CLIENTS: usize = 2;
+    let lab = lab_with_managed_echo("slowcr");
+    let slowness = Slowness {
+        stall: Duration::from_secs(10),
+        ..Slowness::default()
+    };
+    let (mut complete, mut reset) = (0, 0);
+    let mut master = Node::Master;
+    for trial in 0..TRIALS {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| slow::spawn(&lab, slowness).expect("slow client"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(1200));
+        let restored = status_of(&lab, other(master))
+            .map_or(0, |s| s.replication.restored + s.replication.reset_at_risk);
+        let crashed_at = std::time::Instant::now();
+        lab.kill_all(if master == Node::Master {
+            "master"
+        } else {
+            "backup"
+        })
+        .expect("crash the master host");
+        let survivor = other(master);
+        wait_for(Duration::from_secs(10), || {
+            let s = status_of(&lab, survivor)?;
+            (s.mode == Mode::Master
+                && s.replication.restore_pending == 0
+                && s.replication.restored + s.replication.reset_at_risk
+                    >= restored + CLIENTS as u64)
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("trial {trial}: no takeover: {e}\n{}", logs(&lab)));
+        for (i, client) in clients.into_iter().enumerate() {
+            let port = client.port;
+            let (ending, at) = client.finish_timed();
+            match ending {
+                Ending::Complete => complete += 1,
+                Ending::Reset { .. } => {
+                    let after = at.saturating_duration_since(crashed_at);
+                    assert!(
+                        after < Duration::from_secs(5),
+                        "trial {trial} client {i} (port {port}): reset seen {after:?} after the crash"
+                    );
+                    reset += 1;
+                }
+                other => panic!(
+                    "trial {trial} client {i} (port {port}): {other:?}\n{}",
+                    logs(&lab)
+                ),
+            }
+        }
+        rejoin_as_backup(&lab, master);
+        master = survivor;
+    }
+    eprintln!(
+        "{} slow transfers through a master crash: {complete} complete and exact, {reset} reset cleanly",
+        TRIALS * CLIENTS
+    );
+    assert_eq!(complete + reset, TRIALS * CLIENTS);
+}

@@ -8,6 +8,8 @@
 //! - [`interceptor`]: the NFQUEUE thread: tracking, record numbering, holding.
 //! - [`drain`], [`handover`]: a planned switchover's drain, and the hand-over of the
 //!   service's unsent output (read from its sockets in repair mode).
+//! - [`risk`]: which sessions a crash could not continue exactly (output not sent,
+//!   input not read), marked on the master and reset by the new master.
 //! - [`queue_rules`]: the firewall chains that queue the service traffic (fail-closed).
 
 pub mod drain;
@@ -15,6 +17,7 @@ pub mod handover;
 pub mod interceptor;
 pub mod queue_rules;
 pub mod replica;
+pub mod risk;
 pub mod roles;
 pub mod store;
 pub mod table;

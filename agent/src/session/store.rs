@@ -631,6 +631,7 @@ mod tests {
             peer_fin: None,
             unacked: unacked.to_vec().into(),
             unread_input: Vec::new(),
+            at_risk: false,
             bytes_in: 0,
             bytes_out: unacked.len() as u64,
             last_activity_ms: 1,

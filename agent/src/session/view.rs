@@ -141,6 +141,8 @@ impl SessionView {
             segments_out_of_window: i.segments_out_of_window.load(Ordering::Relaxed),
             handed_over_sessions: i.handed_over.load(Ordering::Relaxed),
             handed_over_bytes: i.handed_over_bytes.load(Ordering::Relaxed),
+            sessions_at_risk: i.sessions_at_risk.load(Ordering::Relaxed),
+            reset_at_risk: i.reset_at_risk.load(Ordering::Relaxed),
             resyncs: self.stats.resyncs.load(Ordering::Relaxed),
         }
     }

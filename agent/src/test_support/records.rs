@@ -33,6 +33,7 @@ pub fn full(port: u16, isn: u32) -> SessionState {
         peer_fin: None,
         unacked: Default::default(),
         unread_input: Vec::new(),
+        at_risk: false,
         bytes_in: 0,
         bytes_out: 0,
         last_activity_ms: 1,

@@ -86,6 +86,7 @@ fn state() -> SessionState {
             .map(stream_byte)
             .collect::<VecDeque<u8>>(),
         unread_input: Vec::new(),
+        at_risk: false,
         bytes_in: 4_599,
         bytes_out: 1_099,
         last_activity_ms: 1_700_000_000_000,

@@ -23,6 +23,9 @@ use super::{
     InterceptorStats, QueueCommand, Sequenced, ESTABLISHED_IDLE_MS, HANDSHAKE_IDLE_MS, INJECT_MARK,
     MAX_HELD, TAIL_POLL,
 };
+
+/// Looks in a row a session must owe output or input before it is marked at risk.
+pub const RISK_POLLS: u32 = 2;
 use crate::recovery::divergence::{Divergence, Probation};
 use crate::recovery::feed::Feed;
 use crate::recovery::freeze::zero_window;
@@ -119,6 +122,8 @@ pub struct Interceptor<M> {
     /// The sockets' queues were handed over in this reign: the service is stopped,
     /// its queues are in the replica, nothing here may mark a session at risk.
     pub(super) handed_over: bool,
+    /// Which sessions hold output not sent or input not read (master).
+    pub(super) risk: crate::session::risk::RiskMonitor,
     pub(super) restore_began: Option<Instant>,
     /// Counters at the start of the current restore, for its report.
     pub(super) restored_before: u64,
@@ -183,6 +188,7 @@ impl<M: Packet> Interceptor<M> {
             awaiting_park: false,
             stopped: Vec::new(),
             handed_over: false,
+            risk: crate::session::risk::RiskMonitor::new(RISK_POLLS),
             restore_began: None,
             restored_before: 0,
             failed_before: 0,
@@ -591,6 +597,7 @@ impl<M: Packet> Interceptor<M> {
                 let failed = self.hand_over(chunks);
                 let _ = reply.send(failed);
             }
+            QueueCommand::Observe(sockets) => self.observe(&sockets),
             QueueCommand::ResetUnsent(keys) => {
                 for key in keys {
                     self.reset_unsent(key);
@@ -652,6 +659,31 @@ impl<M: Packet> Interceptor<M> {
         let limits = self.tracker.limits();
         self.tracker = Tracker::new(self.vip, &self.ports, limits);
         self.stats.sessions.store(0, Ordering::Relaxed);
+    }
+
+    /// A look at the service's sockets: sessions holding output not sent or input not
+    /// read for [`RISK_POLLS`] looks are marked at risk (replicated), clean ones
+    /// unmarked. Not after a hand-over: the queues are in the replica then.
+    pub(super) fn observe(&mut self, sockets: &[crate::session::risk::Observation]) {
+        if !self.master || self.handed_over {
+            return;
+        }
+        let tracker = &self.tracker;
+        let changes = self.risk.observe(sockets, |key| {
+            tracker
+                .session(key)
+                .map(|s| (s.snd_nxt.wrapping_sub(s.snd_una), s.at_risk))
+        });
+        for (key, at_risk) in changes {
+            tracing::debug!(session = %key, at_risk, "session risk changed");
+            if let Some(record) = self.tracker.set_at_risk(&key, at_risk) {
+                self.issue(record);
+            }
+        }
+        let marked = self.tracker.sessions().filter(|s| s.at_risk).count();
+        self.stats
+            .sessions_at_risk
+            .store(marked as u64, Ordering::Relaxed);
     }
 
     /// Lets the service processes a switchover stopped go on.

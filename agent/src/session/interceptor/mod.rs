@@ -126,6 +126,10 @@ pub enum QueueCommand {
         /// The sessions whose queues could not be handed over.
         reply: tokio::sync::oneshot::Sender<Vec<nonstop_shared::session::SessionKey>>,
     },
+    /// The service's sockets as the kernel shows them now (on the master, every
+    /// `session.risk_poll_ms`): sessions that hold output not sent or input not read
+    /// are marked at risk ([`crate::session::risk`]).
+    Observe(Vec<crate::session::risk::Observation>),
     /// Reset these sessions cleanly on both sides (RST to the peer, deleted here and on
     /// the backup, counted, an event): a planned switchover could not hand over what
     /// their sockets held, and a hole is never an option.
@@ -187,6 +191,10 @@ pub struct InterceptorStats {
     pub handed_over: AtomicU64,
     /// Bytes of unsent output and unread input handed over.
     pub handed_over_bytes: AtomicU64,
+    /// Sessions marked at risk now (a crash could not continue them exactly).
+    pub sessions_at_risk: AtomicU64,
+    /// Sessions reset at a takeover because they were at risk.
+    pub reset_at_risk: AtomicU64,
     /// Per-session restore time of the last restore, median, µs.
     pub restore_session_p50_us: AtomicU64,
     /// Per-session restore time of the last restore, 99th percentile, µs.

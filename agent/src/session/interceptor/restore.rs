@@ -291,7 +291,7 @@ impl<M: Packet> Interceptor<M> {
     /// would answer with an RST) — until [`Worker::restore_parked`] once the service
     /// listens.
     pub(super) fn park(&mut self, states: Vec<SessionState>) {
-        let fresh: Vec<SessionState> = states
+        let (at_risk, fresh): (Vec<SessionState>, Vec<SessionState>) = states
             .into_iter()
             .filter(|s| self.tracker.session(&s.key).is_none())
             .filter(|s| {
@@ -300,7 +300,10 @@ impl<M: Packet> Interceptor<M> {
                     Phase::Established | Phase::PeerClosed | Phase::LocalClosed
                 )
             })
-            .collect();
+            .partition(|s| s.at_risk);
+        for state in at_risk {
+            self.reset_at_risk(&state);
+        }
         if fresh.is_empty() {
             return;
         }
@@ -498,8 +501,47 @@ impl<M: Packet> Interceptor<M> {
                 }
             }
         }
+        // Every queue is in the replica now (or its session is reset): nothing is at
+        // risk any more.
+        let marked: Vec<SessionKey> = self
+            .tracker
+            .sessions()
+            .filter(|s| s.at_risk)
+            .map(|s| s.key)
+            .collect();
+        for key in marked {
+            if let Some(record) = self.tracker.set_at_risk(&key, false) {
+                self.issue(record);
+            }
+        }
+        self.stats.sessions_at_risk.store(0, Ordering::Relaxed);
         self.handed_over = true;
         failed
+    }
+
+    /// A replicated session the old master marked at risk (its service held output
+    /// not sent or input not read, see `session::risk`): after a crash it cannot be
+    /// continued exactly, so it is reset cleanly instead of restored — RSTs to the
+    /// peer at both ends of what it may have received (the kernel answers its next
+    /// segment with an exact one too, having no socket for it), deleted here and on
+    /// the backup, counted, reported.
+    pub(super) fn reset_at_risk(&mut self, state: &SessionState) {
+        let key = state.key;
+        self.inject(reset_to_peer(&key, state.snd_una));
+        if state.snd_nxt != state.snd_una {
+            self.inject(reset_to_peer(&key, state.snd_nxt));
+        }
+        self.issue(Record::Delete(key));
+        self.stats.sessions_reset.fetch_add(1, Ordering::Relaxed);
+        self.stats.reset_at_risk.fetch_add(1, Ordering::Relaxed);
+        let reason = "the crashed master's service held output not sent or input not read";
+        tracing::warn!(session = %key, reason, "session reset at takeover");
+        if let Some(events) = &self.events {
+            events.emit(nonstop_shared::control::EventKind::SessionReset {
+                peer: format!("{}:{}", key.peer_ip, key.peer_port),
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// Resets a session whose socket queues could not be handed over: RSTs to the

@@ -557,3 +557,53 @@ impl Trace {
         id
     }
 }
+
+#[test]
+fn a_session_at_risk_is_reset_at_takeover_not_restored() {
+    let mut old = Trace::master(false);
+    old.handshake();
+    let mut state = old.state();
+    state.at_risk = true;
+    let mut t = Trace::master(true);
+    t.command(QueueCommand::Park {
+        states: vec![state.clone()],
+        promoted_at: t.now,
+    });
+    // An RST to the peer at exactly its next expected byte, the session deleted
+    // everywhere, nothing parked or restored.
+    let out = t.out();
+    let rsts = injected(&out);
+    assert_eq!(rsts.len(), 1, "{out:?}");
+    assert_eq!(flags(&rsts[0]) & 0x04, 0x04, "an RST");
+    assert!(matches!(t.records().as_slice(), [(_, Record::Delete(k))] if *k == state.key));
+    assert_eq!(t.core.sessions(), 0);
+    assert_eq!(t.stats.reset_at_risk.load(Ordering::Relaxed), 1);
+    t.command(QueueCommand::ServiceReady);
+    assert!(injected(&t.out()).is_empty(), "no forged SYN");
+}
+
+#[test]
+fn sessions_holding_output_or_input_are_marked_at_risk_after_two_looks() {
+    use crate::session::risk::Observation;
+    let mut t = Trace::master(false);
+    t.handshake();
+    let key = t.state().key;
+    t.records();
+    let owing = Observation {
+        key,
+        send_queue: 0,
+        recv_queue: 10,
+    };
+    t.command(QueueCommand::Observe(vec![owing]));
+    assert_eq!(t.records(), vec![], "one look is a moment");
+    t.command(QueueCommand::Observe(vec![owing]));
+    assert!(matches!(t.records().as_slice(), [(_, Record::Full(s))] if s.at_risk));
+    assert_eq!(t.stats.sessions_at_risk.load(Ordering::Relaxed), 1);
+    let clean = Observation {
+        recv_queue: 0,
+        ..owing
+    };
+    t.command(QueueCommand::Observe(vec![clean]));
+    assert!(matches!(t.records().as_slice(), [(_, Record::Full(s))] if !s.at_risk));
+    assert_eq!(t.stats.sessions_at_risk.load(Ordering::Relaxed), 0);
+}

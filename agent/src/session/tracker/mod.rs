@@ -360,12 +360,25 @@ impl Tracker {
                 return Err(HandOverError::Incomplete);
             }
             s.unread_input = bytes.to_vec();
+            // Everything the socket held is in the replica now.
+            s.at_risk = false;
             s.rcv_nxt = end;
             if seq_lt(s.peer_seq_max, end) {
                 s.peer_seq_max = end;
             }
         }
         Ok(Record::Full(s.clone()))
+    }
+
+    /// Marks or unmarks a session `at_risk` (see `session::risk`); the `Full` record
+    /// that replicates a change.
+    pub fn set_at_risk(&mut self, key: &SessionKey, at_risk: bool) -> Option<Record> {
+        let entry = self.sessions.get_mut(key)?;
+        if entry.state.at_risk == at_risk || !entry.announced {
+            return None;
+        }
+        entry.state.at_risk = at_risk;
+        Some(Record::Full(entry.state.clone()))
     }
 
     /// The new service has read (acknowledged) the handed-over input of a session:

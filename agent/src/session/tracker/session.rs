@@ -144,6 +144,7 @@ impl Entry {
             peer_fin: None,
             unacked: Default::default(),
             unread_input: Vec::new(),
+            at_risk: false,
             bytes_in: u64::from(seg.len()),
             bytes_out: 0,
             last_activity_ms: now_ms,

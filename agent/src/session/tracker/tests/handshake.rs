@@ -32,6 +32,7 @@ fn handshake_without_options() {
         peer_fin: None,
         unacked: Default::default(),
         unread_input: Vec::new(),
+        at_risk: false,
         bytes_in: 0,
         bytes_out: 0,
         last_activity_ms: NOW + 3,

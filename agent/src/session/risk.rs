@@ -1,0 +1,193 @@
+//! Which sessions a crash could not continue exactly (issue: no silent hole, cold
+//! mode). The replica knows every byte that crossed the wire; it cannot know output
+//! the service wrote that its kernel has not sent, nor input its kernel acknowledged
+//! that the service has not read. After a crash such a session would go on with a
+//! hole — so the master watches its service's sockets and marks a session `at_risk`
+//! (replicated) while it holds either, and the new master resets those cleanly
+//! instead of continuing them.
+//!
+//! A socket holds some of both for a moment all the time (a write not sent yet, a
+//! segment not read yet); a session is marked only after [`RiskMonitor`] saw it owe
+//! for `polls` polls in a row, and unmarked at the first poll that sees it clean. The
+//! residual window — a session that starts owing less than `polls` intervals before
+//! the crash — is the price of not resetting healthy sessions; its size is the poll
+//! interval times `polls` (`session.risk_poll_ms`, docs/OPERATIONS.md).
+//!
+//! Sans-IO: observations of the sockets in, changes of the flag out. The driver
+//! ([`watch`]) reads the service's sockets through sock_diag on the master.
+
+use crate::session::handover;
+use crate::session::interceptor::{InterceptorHandle, QueueCommand};
+use nonstop_shared::session::SessionKey;
+use nonstop_shared::Mode;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One service socket, as the kernel's table shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// Its session.
+    pub key: SessionKey,
+    /// Bytes in its send queue (sent and unacknowledged, plus not sent).
+    pub send_queue: u32,
+    /// Bytes in its receive queue (not read by the service).
+    pub recv_queue: u32,
+}
+
+/// Counts how long each session has owed output or input.
+#[derive(Debug, Default)]
+pub struct RiskMonitor {
+    streaks: HashMap<SessionKey, u32>,
+    polls: u32,
+}
+
+impl RiskMonitor {
+    /// A monitor that marks a session after `polls` owing polls in a row (at least 1).
+    pub fn new(polls: u32) -> RiskMonitor {
+        RiskMonitor {
+            streaks: HashMap::new(),
+            polls: polls.max(1),
+        }
+    }
+
+    /// One poll. `tracked` gives a session's bytes in flight (sent, not acknowledged:
+    /// the replica has them) and its current flag; sessions it does not know are
+    /// ignored. Returns the sessions whose flag must change.
+    pub fn observe(
+        &mut self,
+        sockets: &[Observation],
+        tracked: impl Fn(&SessionKey) -> Option<(u32, bool)>,
+    ) -> Vec<(SessionKey, bool)> {
+        let mut streaks = HashMap::with_capacity(self.streaks.len());
+        let mut changes = Vec::new();
+        for o in sockets {
+            let Some((in_flight, marked)) = tracked(&o.key) else {
+                continue;
+            };
+            let owes = o.send_queue > in_flight || o.recv_queue > 0;
+            let streak = if owes {
+                self.streaks.get(&o.key).copied().unwrap_or(0) + 1
+            } else {
+                0
+            };
+            if streak > 0 {
+                streaks.insert(o.key, streak);
+            }
+            let at_risk = streak >= self.polls;
+            if at_risk != marked {
+                changes.push((o.key, at_risk));
+            }
+        }
+        self.streaks = streaks;
+        changes
+    }
+}
+
+/// On the master, every `interval`: the service's sockets, read from the kernel's
+/// table, sent to the interceptor (which holds the sessions and the monitor).
+pub async fn watch(
+    interceptor: InterceptorHandle,
+    mut mode: tokio::sync::watch::Receiver<(Mode, u64)>,
+    vip: std::net::Ipv4Addr,
+    ports: Vec<u16>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if mode.borrow_and_update().0 != Mode::Master
+            || interceptor
+                .stats
+                .sessions
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        {
+            continue;
+        }
+        let ports = ports.clone();
+        let read =
+            tokio::task::spawn_blocking(move || handover::service_connections(vip, &ports)).await;
+        let conns = match read {
+            Ok(Ok(conns)) => conns,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the service's sockets");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let sockets: Vec<Observation> = conns
+            .into_iter()
+            .filter(|c| c.open)
+            .map(|c| Observation {
+                key: c.key,
+                send_queue: c.send_queue,
+                recv_queue: c.recv_queue,
+            })
+            .collect();
+        interceptor.send(QueueCommand::Observe(sockets));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn key(port: u16) -> SessionKey {
+        SessionKey {
+            peer_ip: Ipv4Addr::new(198, 18, 0, 10),
+            peer_port: port,
+            local_ip: Ipv4Addr::new(198, 18, 0, 100),
+            local_port: 7000,
+        }
+    }
+
+    fn obs(port: u16, send_queue: u32, recv_queue: u32) -> Observation {
+        Observation {
+            key: key(port),
+            send_queue,
+            recv_queue,
+        }
+    }
+
+    #[test]
+    fn a_session_is_marked_after_owing_for_the_polls_and_unmarked_at_once() {
+        let mut m = RiskMonitor::new(2);
+        let mut marked = false;
+        let tracked = |marked: bool| move |_: &SessionKey| Some((100u32, marked));
+        // Output sent and in flight only: the replica has it.
+        assert_eq!(m.observe(&[obs(1, 100, 0)], tracked(marked)), vec![]);
+        // Unsent output: once is a moment, twice is a risk.
+        assert_eq!(m.observe(&[obs(1, 150, 0)], tracked(marked)), vec![]);
+        assert_eq!(
+            m.observe(&[obs(1, 150, 0)], tracked(marked)),
+            vec![(key(1), true)]
+        );
+        marked = true;
+        assert_eq!(m.observe(&[obs(1, 150, 0)], tracked(marked)), vec![]);
+        // Clean again: unmarked at the first clean poll.
+        assert_eq!(
+            m.observe(&[obs(1, 100, 0)], tracked(marked)),
+            vec![(key(1), false)]
+        );
+    }
+
+    #[test]
+    fn unread_input_is_a_risk_and_a_gap_in_the_streak_restarts_it() {
+        let mut m = RiskMonitor::new(3);
+        let t = |_: &SessionKey| Some((0u32, false));
+        assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
+        assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
+        assert_eq!(m.observe(&[obs(2, 0, 0)], t), vec![]);
+        assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
+        assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
+        assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![(key(2), true)]);
+    }
+
+    #[test]
+    fn sockets_of_untracked_sessions_are_ignored() {
+        let mut m = RiskMonitor::new(1);
+        assert_eq!(m.observe(&[obs(3, 10, 10)], |_| None), vec![]);
+    }
+}
