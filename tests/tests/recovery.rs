@@ -1066,3 +1066,97 @@ fn a_crash_never_continues_a_slow_reader_with_a_hole() {
     );
     assert_eq!(complete + reset, TRIALS * CLIENTS);
 }
+
+/// Issue 13, acceptance 3 (cold mode, the mirror image): a slow-reading *service* has
+/// input its kernel acknowledged but it has not read when the master host crashes.
+/// The replica cannot give it back, so each session ends reset cleanly (the client
+/// sees it at once) or, if nothing was pending, complete and exact — never with a
+/// hole in what the service received.
+#[test]
+fn a_crash_resets_sessions_whose_slow_service_had_unread_input() {
+    if !require_root() {
+        return;
+    }
+    const CLIENTS: usize = 16;
+    const BYTES: usize = 3000;
+    let echo = bin("nonstop-echo");
+    // 64 bytes per read, 20 ms apart: 3000 bytes take about a second to read.
+    let lab = lab_with_service(
+        "slowsv",
+        &format!("{} --listen 0.0.0.0:7000 --slow-read 64:20", echo.display()),
+    );
+    let vip = std::net::SocketAddr::from((lab.vip(), 7000));
+    let ns = lab.namespace("peer");
+    let mut streams: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let s = nonstop_lab::connect_in_netns(&ns, vip, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("client {i}: {e:#}"));
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    let payload = |i: usize| -> Vec<u8> {
+        (0..BYTES)
+            .map(|k| b"abcdefghijklmnopqrstuvwxyz"[(i + k) % 26])
+            .collect()
+    };
+    use std::io::{Read, Write};
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.write_all(&payload(i)).expect("write");
+    }
+    // The service reads slowly: the input waits unread, and the master marks it.
+    let marked = wait_for(Duration::from_secs(5), || {
+        let n = status_of(&lab, Node::Master)?.replication.sessions_at_risk;
+        (n >= CLIENTS as u64).then_some(n)
+    })
+    .unwrap_or_else(|e| panic!("sessions never marked at risk: {e}\n{}", logs(&lab)));
+    eprintln!("{marked} sessions at risk before the crash");
+    lab.kill_all("master").expect("crash the master host");
+    let crashed_at = std::time::Instant::now();
+    let (mut reset, mut exact) = (0, 0);
+    for (i, s) in streams.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let ending = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break "eof",
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.len() >= BYTES {
+                        break "complete";
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break "stalled",
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break "stalled",
+                Err(_) => break "reset",
+            }
+        };
+        // Whatever arrived is exactly the start of the echo.
+        assert_eq!(got, payload(i)[..got.len()], "client {i}: a wrong byte");
+        match ending {
+            "complete" => exact += 1,
+            "reset" | "eof" => {
+                assert!(
+                    crashed_at.elapsed() < Duration::from_secs(8),
+                    "client {i}: the reset came late"
+                );
+                reset += 1;
+            }
+            other => panic!(
+                "client {i}: {other} after {} bytes\n{}",
+                got.len(),
+                logs(&lab)
+            ),
+        }
+    }
+    eprintln!(
+        "{CLIENTS} sessions with unread input at the crash: {reset} reset cleanly, {exact} exact"
+    );
+    assert_eq!(
+        reset, CLIENTS,
+        "input was pending in every session: each must be reset"
+    );
+    let r = status_of(&lab, Node::Backup).expect("status").replication;
+    assert_eq!(r.reset_at_risk, CLIENTS as u64, "counted");
+}

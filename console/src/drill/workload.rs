@@ -184,6 +184,23 @@ pub struct Group {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Connects from `ns` to `addr`; a refusal is tried again for up to 2 s (the settled
+/// pair's service was just started: its process exists, its listener may not yet).
+fn connect_patiently(ns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match nonstop_lab::connect_in_netns(ns, addr, Duration::from_secs(3)) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Group {
     /// Connects `sessions` sessions from namespace `ns` to `addr` and starts checking
     /// them. Fails if any session cannot connect.
@@ -199,7 +216,7 @@ impl Group {
         let mut conns = Vec::with_capacity(sessions);
         let mut stats = Vec::with_capacity(sessions);
         for i in 0..sessions {
-            let stream = nonstop_lab::connect_in_netns(ns, addr, Duration::from_secs(3))
+            let stream = connect_patiently(ns, addr)
                 .with_context(|| format!("group {name}: session {i} cannot connect to {addr}"))?;
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(IO_TICK))?;
