@@ -594,6 +594,44 @@ fn async_mode_resets_sessions_the_backup_is_behind_on_and_keeps_the_rest() {
     assert_eq!(reset_events as u64, resets, "one event per reset session");
 }
 
+/// Client `i`'s bytes to a slow-reading service.
+fn slow_payload(i: usize, bytes: usize) -> Vec<u8> {
+    (0..bytes)
+        .map(|k| b"abcdefghijklmnopqrstuvwxyz"[(i + k) % 26])
+        .collect()
+}
+
+/// A lab whose echo service reads slowly (64 bytes per read, 20 ms apart: 3000 bytes
+/// take about a second), and `clients` sessions that have each written `bytes` to it
+/// (most of it waits unread in the service's kernel); reads time out after
+/// `timeout_s`.
+fn slow_service_with_input(
+    tag: &str,
+    clients: usize,
+    bytes: usize,
+    timeout_s: u64,
+) -> (LabGuard, Vec<std::net::TcpStream>) {
+    use std::io::Write;
+    let echo = bin("nonstop-echo");
+    let lab = lab_with_service(
+        tag,
+        &format!("{} --listen 0.0.0.0:7000 --slow-read 64:20", echo.display()),
+    );
+    let vip = std::net::SocketAddr::from((lab.vip(), 7000));
+    let ns = lab.namespace("peer");
+    let streams = (0..clients)
+        .map(|i| {
+            let mut s = nonstop_lab::connect_in_netns(&ns, vip, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("client {i}: {e:#}"));
+            s.set_read_timeout(Some(Duration::from_secs(timeout_s)))
+                .expect("timeout");
+            s.write_all(&slow_payload(i, bytes)).expect("write");
+            s
+        })
+        .collect();
+    (lab, streams)
+}
+
 /// A planned switchover with a service that reads slowly: input the old master's
 /// kernel acknowledged but its service had not read yet would be lost without the
 /// drain (peers frozen with a zero window until the service has read everything).
@@ -604,32 +642,8 @@ fn a_planned_switchover_drains_a_slow_reader_without_losing_a_byte() {
     }
     const CLIENTS: usize = 32;
     const BYTES: usize = 3000;
-    let echo = bin("nonstop-echo");
-    // 64 bytes per read, 20 ms apart: 3000 bytes take about a second to read.
-    let lab = lab_with_service(
-        "drain",
-        &format!("{} --listen 0.0.0.0:7000 --slow-read 64:20", echo.display()),
-    );
-    let vip = std::net::SocketAddr::from((lab.vip(), 7000));
-    let ns = lab.namespace("peer");
-    let mut streams: Vec<std::net::TcpStream> = (0..CLIENTS)
-        .map(|i| {
-            let s = nonstop_lab::connect_in_netns(&ns, vip, Duration::from_secs(3))
-                .unwrap_or_else(|e| panic!("client {i}: {e:#}"));
-            s.set_read_timeout(Some(Duration::from_secs(15)))
-                .expect("timeout");
-            s
-        })
-        .collect();
-    let payload = |i: usize| -> Vec<u8> {
-        (0..BYTES)
-            .map(|k| b"abcdefghijklmnopqrstuvwxyz"[(i + k) % 26])
-            .collect()
-    };
+    let (lab, mut streams) = slow_service_with_input("drain", CLIENTS, BYTES, 15);
     use std::io::{Read, Write};
-    for (i, s) in streams.iter_mut().enumerate() {
-        s.write_all(&payload(i)).expect("write");
-    }
     // Most of it now waits unread in the service's kernel.
     std::thread::sleep(Duration::from_millis(100));
     let (ok, reply) = console(&lab, &["switchover"]);
@@ -643,7 +657,7 @@ fn a_planned_switchover_drains_a_slow_reader_without_losing_a_byte() {
         let mut got = vec![0u8; BYTES];
         s.read_exact(&mut got)
             .unwrap_or_else(|e| panic!("client {i}: echo incomplete: {e}\n{}", logs(&lab)));
-        assert_eq!(got, payload(i), "client {i}: echo differs");
+        assert_eq!(got, slow_payload(i, BYTES), "client {i}: echo differs");
     }
     // And the sessions go on, on the new master.
     for (i, s) in streams.iter_mut().enumerate() {
@@ -1079,32 +1093,8 @@ fn a_crash_resets_sessions_whose_slow_service_had_unread_input() {
     }
     const CLIENTS: usize = 16;
     const BYTES: usize = 3000;
-    let echo = bin("nonstop-echo");
-    // 64 bytes per read, 20 ms apart: 3000 bytes take about a second to read.
-    let lab = lab_with_service(
-        "slowsv",
-        &format!("{} --listen 0.0.0.0:7000 --slow-read 64:20", echo.display()),
-    );
-    let vip = std::net::SocketAddr::from((lab.vip(), 7000));
-    let ns = lab.namespace("peer");
-    let mut streams: Vec<std::net::TcpStream> = (0..CLIENTS)
-        .map(|i| {
-            let s = nonstop_lab::connect_in_netns(&ns, vip, Duration::from_secs(3))
-                .unwrap_or_else(|e| panic!("client {i}: {e:#}"));
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            s
-        })
-        .collect();
-    let payload = |i: usize| -> Vec<u8> {
-        (0..BYTES)
-            .map(|k| b"abcdefghijklmnopqrstuvwxyz"[(i + k) % 26])
-            .collect()
-    };
-    use std::io::{Read, Write};
-    for (i, s) in streams.iter_mut().enumerate() {
-        s.write_all(&payload(i)).expect("write");
-    }
+    let (lab, mut streams) = slow_service_with_input("slowsv", CLIENTS, BYTES, 10);
+    use std::io::Read;
     // The service reads slowly: the input waits unread, and the master marks it.
     let marked = wait_for(Duration::from_secs(5), || {
         let n = status_of(&lab, Node::Master)?.replication.sessions_at_risk;
@@ -1133,7 +1123,11 @@ fn a_crash_resets_sessions_whose_slow_service_had_unread_input() {
             }
         };
         // Whatever arrived is exactly the start of the echo.
-        assert_eq!(got, payload(i)[..got.len()], "client {i}: a wrong byte");
+        assert_eq!(
+            got,
+            slow_payload(i, BYTES)[..got.len()],
+            "client {i}: a wrong byte"
+        );
         match ending {
             "complete" => exact += 1,
             "reset" | "eof" => {
