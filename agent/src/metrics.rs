@@ -422,6 +422,36 @@ impl Collector for Snapshot {
             "Times the service died on this master and its sessions were restored",
             r.app_crashes,
         )?;
+        counter(
+            e,
+            "resyncs",
+            "Fresh snapshots because a replicated record did not apply",
+            r.resyncs,
+        )?;
+        counter(
+            e,
+            "handed_over_sessions",
+            "Sessions whose socket queues planned switchovers handed over",
+            r.handed_over_sessions,
+        )?;
+        counter(
+            e,
+            "handed_over_bytes",
+            "Bytes of unsent output and unread input handed over",
+            r.handed_over_bytes,
+        )?;
+        gauge(
+            e,
+            "sessions_at_risk",
+            "Sessions whose service holds output not sent or input not read (a crash resets them)",
+            r.sessions_at_risk,
+        )?;
+        counter(
+            e,
+            "reset_at_risk",
+            "Sessions reset at a takeover because the crashed master had them at risk",
+            r.reset_at_risk,
+        )?;
 
         // Resources and the managed service.
         let res = &s.resources;
