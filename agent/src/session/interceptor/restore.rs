@@ -252,9 +252,7 @@ impl<M: Packet> Interceptor<M> {
             self.forged_acks.remove(&state.key);
             self.restores.park(state);
         }
-        self.stats
-            .restore_pending
-            .store(self.restores.pending() as u64, Ordering::Relaxed);
+        self.publish_pending();
     }
 
     /// The restarted service listens: restore the parked sessions into it, from
@@ -323,9 +321,7 @@ impl<M: Packet> Interceptor<M> {
         self.stats
             .sessions
             .store(self.tracker.len() as u64, Ordering::Relaxed);
-        self.stats
-            .restore_pending
-            .store(self.restores.pending() as u64, Ordering::Relaxed);
+        self.publish_pending();
     }
 
     /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
@@ -342,15 +338,14 @@ impl<M: Packet> Interceptor<M> {
         for syn in pumped.syns {
             self.inject(syn);
         }
-        let pending = self.restores.pending() as u64;
-        self.stats.restore_pending.store(pending, Ordering::Relaxed);
-        if pending == 0 {
+        if self.restores.pending() == 0 {
             if let Some(began) = self.restore_began.take() {
                 self.report_restore(began);
                 self.barrier.batch_restored(self.now);
                 self.check_barrier();
             }
         }
+        self.publish_pending();
     }
 
     /// Opens the restore barrier when it is time ([`Barrier::check`]): the peers'
@@ -364,6 +359,7 @@ impl<M: Packet> Interceptor<M> {
         else {
             return;
         };
+        self.publish_pending();
         if !opened.accepted {
             tracing::warn!("the service did not accept every restored connection in time");
         }
@@ -376,6 +372,14 @@ impl<M: Packet> Interceptor<M> {
                 None => self.verdict_with(message, Decision::Accept),
             }
         }
+    }
+
+    /// `restore_pending`: restores queued, parked or in flight, plus one while the
+    /// batch waits at the barrier for the service to accept it (a restored socket
+    /// still in the accept queue belongs to no process yet: a switchover must wait).
+    pub(super) fn publish_pending(&self) {
+        let pending = self.restores.pending() as u64 + u64::from(self.barrier.is_waiting());
+        self.stats.restore_pending.store(pending, Ordering::Relaxed);
     }
 
     /// Reports a finished restore in the event log and the counters.

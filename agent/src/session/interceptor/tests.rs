@@ -375,6 +375,12 @@ fn parked_sessions_drop_the_peers_packets_until_the_service_listens_then_restore
     let forged_ack = injected(&out);
     assert!(!forged_ack.is_empty());
     assert_eq!(t.stats.restored.load(Ordering::Relaxed), 1);
+    // Restored, but not accepted by the service yet: still pending (a switchover now
+    // would meet a socket no process holds).
+    assert_eq!(t.stats.restore_pending.load(Ordering::Relaxed), 1);
+    t.packet_bytes(forged_ack[0].clone());
+    t.accepted_all.store(true, Ordering::Relaxed);
+    t.tick(Duration::from_millis(10));
     assert_eq!(t.stats.restore_pending.load(Ordering::Relaxed), 0);
 }
 
