@@ -251,7 +251,7 @@ fn deploy_guide_runs_as_written_on_the_lab() {
             .iter()
             .map(|h| {
                 let text = std::fs::read_to_string(h.var.join("agent.log")).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
                 format!(
                     "--- {} ---\n{}",
                     h.ns,

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 /// How often the drain conditions are checked.
 const POLL: Duration = Duration::from_millis(5);
 
+/// Looks for the processes holding the service's sockets (20 ms apart).
+const OWNER_TRIES: usize = 25;
+
 /// How long the drain lets the service read its input before handing over what is
 /// left (a service blocked writing to a slow peer never reads it).
 const SETTLE: Duration = Duration::from_millis(200);
@@ -61,12 +64,15 @@ impl DrainReport {
         let handed = match self.handed_over {
             (0, _, _) => String::new(),
             (n, output, input) => {
-                format!("; {n} sessions handed over with {output} unsent and {input} unread bytes")
+                format!(
+                    "; {n} sessions handed over with {output} unacknowledged and {input} \
+                     unread bytes"
+                )
             }
         };
         let reset = match self.reset_sessions {
             0 => String::new(),
-            n => format!("; {n} sessions reset (unsent output not readable)"),
+            n => format!("; {n} sessions reset (their socket queues could not be read)"),
         };
         if self.complete() {
             format!(
@@ -267,13 +273,22 @@ fn read_queues(
             Vec::new()
         })
     };
-    let conns = table("sockets");
-    let inodes: HashSet<u64> = conns
-        .iter()
-        .filter(|c| tracked.contains_key(&c.key))
-        .map(|c| c.inode)
-        .collect();
-    let owners = handover::owners(&inodes);
+    // A restored connection may still wait in the service's accept queue (held by no
+    // process yet): look again for a moment before giving up on it.
+    let mut owners = HashMap::new();
+    for attempt in 0..OWNER_TRIES {
+        let conns = table("sockets");
+        let inodes: HashSet<u64> = conns
+            .iter()
+            .filter(|c| tracked.contains_key(&c.key))
+            .map(|c| c.inode)
+            .collect();
+        owners = handover::owners(&inodes);
+        if owners.len() == inodes.len() || attempt + 1 == OWNER_TRIES {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut read = Read {
         stopped: owners.values().map(|(pid, _)| *pid).collect(),
         ..Read::default()

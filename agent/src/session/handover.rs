@@ -65,6 +65,9 @@ pub struct Connection {
     pub send_queue: u32,
     /// Bytes in its receive queue the service has not read.
     pub recv_queue: u32,
+    /// Of the send queue, bytes its kernel has not sent yet (sock_diag's
+    /// `tcpi_notsent_bytes`; `None` from `/proc/net/tcp`).
+    pub not_sent: Option<u32>,
     /// The socket's inode (to find the process holding it).
     pub inode: u64,
 }
@@ -95,6 +98,7 @@ pub fn connections(table: &str, vip: Ipv4Addr, ports: &[u16]) -> Vec<Connection>
                     open: state == ESTABLISHED || state == CLOSE_WAIT,
                     send_queue,
                     recv_queue,
+                    not_sent: None,
                     inode,
                 },
             )
@@ -121,6 +125,7 @@ pub fn from_diag(c: &crate::sockets::diag::Connection) -> Option<Connection> {
         ),
         send_queue: c.send_queue,
         recv_queue: c.recv_queue,
+        not_sent: c.not_sent,
         inode: u64::from(c.inode),
     })
 }

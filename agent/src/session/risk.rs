@@ -30,8 +30,24 @@ pub struct Observation {
     pub key: SessionKey,
     /// Bytes in its send queue (sent and unacknowledged, plus not sent).
     pub send_queue: u32,
+    /// Of those, bytes its kernel has not sent yet (`tcpi_notsent_bytes`), when the
+    /// kernel reports it.
+    pub not_sent: Option<u32>,
     /// Bytes in its receive queue (not read by the service).
     pub recv_queue: u32,
+}
+
+/// What the replica knows of a session, for [`RiskMonitor::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    /// Bytes sent and not acknowledged (the replica holds them).
+    pub in_flight: u32,
+    /// The peer's receive window, bytes.
+    pub peer_window: u32,
+    /// The peer's MSS (a window with less room than that is full).
+    pub mss: u32,
+    /// Whether the session is marked now.
+    pub marked: bool,
 }
 
 /// Counts how long each session has owed output or input.
@@ -51,20 +67,31 @@ impl RiskMonitor {
     }
 
     /// One poll. `tracked` gives a session's bytes in flight (sent, not acknowledged:
-    /// the replica has them) and its current flag; sessions it does not know are
-    /// ignored. Returns the sessions whose flag must change.
+    /// the replica has them), the peer's window in bytes and its current flag;
+    /// sessions it does not know are ignored. Returns the sessions whose flag must
+    /// change.
+    ///
+    /// Output owed means output the kernel holds back *because the peer's window is
+    /// full* (a slow reader: it stays unsent however long one waits); bytes held for a
+    /// moment by Nagle's algorithm or the congestion window while the peer has room
+    /// leave within a round trip and do not count. Input owed is unread input.
     pub fn observe(
         &mut self,
         sockets: &[Observation],
-        tracked: impl Fn(&SessionKey) -> Option<(u32, bool)>,
+        tracked: impl Fn(&SessionKey) -> Option<Tracked>,
     ) -> Vec<(SessionKey, bool)> {
         let mut streaks = HashMap::with_capacity(self.streaks.len());
         let mut changes = Vec::new();
         for o in sockets {
-            let Some((in_flight, marked)) = tracked(&o.key) else {
+            let Some(t) = tracked(&o.key) else {
                 continue;
             };
-            let owes = o.send_queue > in_flight || o.recv_queue > 0;
+            let unsent = o
+                .not_sent
+                .unwrap_or_else(|| o.send_queue.saturating_sub(t.in_flight));
+            let window_full = t.in_flight.saturating_add(t.mss) >= t.peer_window;
+            let owes = (unsent > 0 && window_full) || o.recv_queue > 0;
+            let marked = t.marked;
             let streak = if owes {
                 self.streaks.get(&o.key).copied().unwrap_or(0) + 1
             } else {
@@ -122,6 +149,7 @@ pub async fn watch(
             .map(|c| Observation {
                 key: c.key,
                 send_queue: c.send_queue,
+                not_sent: c.not_sent,
                 recv_queue: c.recv_queue,
             })
             .collect();
@@ -147,15 +175,26 @@ mod tests {
         Observation {
             key: key(port),
             send_queue,
+            not_sent: None,
             recv_queue,
         }
+    }
+
+    /// 100 bytes in flight, a full window (100 bytes), MSS 1000.
+    fn full(marked: bool) -> Option<Tracked> {
+        Some(Tracked {
+            in_flight: 100,
+            peer_window: 100,
+            mss: 1000,
+            marked,
+        })
     }
 
     #[test]
     fn a_session_is_marked_after_owing_for_the_polls_and_unmarked_at_once() {
         let mut m = RiskMonitor::new(2);
         let mut marked = false;
-        let tracked = |marked: bool| move |_: &SessionKey| Some((100u32, marked));
+        let tracked = |marked: bool| move |_: &SessionKey| full(marked);
         // Output sent and in flight only: the replica has it.
         assert_eq!(m.observe(&[obs(1, 100, 0)], tracked(marked)), vec![]);
         // Unsent output: once is a moment, twice is a risk.
@@ -176,13 +215,42 @@ mod tests {
     #[test]
     fn unread_input_is_a_risk_and_a_gap_in_the_streak_restarts_it() {
         let mut m = RiskMonitor::new(3);
-        let t = |_: &SessionKey| Some((0u32, false));
+        let t = |_: &SessionKey| full(false);
         assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
         assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
         assert_eq!(m.observe(&[obs(2, 0, 0)], t), vec![]);
         assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
         assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![]);
         assert_eq!(m.observe(&[obs(2, 0, 5)], t), vec![(key(2), true)]);
+    }
+
+    #[test]
+    fn output_held_while_the_peer_has_room_is_a_moment_not_a_risk() {
+        // Nagle or the congestion window: the peer's window is wide open.
+        let mut m = RiskMonitor::new(1);
+        let open = |_: &SessionKey| {
+            Some(Tracked {
+                in_flight: 15,
+                peer_window: 64_000,
+                mss: 1448,
+                marked: false,
+            })
+        };
+        let nagle = Observation {
+            not_sent: Some(30),
+            ..obs(4, 45, 0)
+        };
+        assert_eq!(m.observe(&[nagle], open), vec![]);
+        // The same bytes behind a full window: a slow reader.
+        let full_window = |_: &SessionKey| {
+            Some(Tracked {
+                in_flight: 63_000,
+                peer_window: 64_000,
+                mss: 1448,
+                marked: false,
+            })
+        };
+        assert_eq!(m.observe(&[nagle], full_window), vec![(key(4), true)]);
     }
 
     #[test]

@@ -102,13 +102,12 @@ async fn restore_when_listening(
         .unwrap_or_else(PoisonError::into_inner)
         .states();
     // Parked at once: until restored, no peer packet may reach the kernel (it has no
-    // socket for the session and would answer with an RST).
-    if !states.is_empty() {
-        interceptor.send(QueueCommand::Park {
-            states,
-            promoted_at,
-        });
-    }
+    // socket for the session and would answer with an RST). Sent even with nothing
+    // to park: it ends the interceptor's wait for the takeover's sessions.
+    interceptor.send(QueueCommand::Park {
+        states,
+        promoted_at,
+    });
     if destroy_stale_first {
         destroy_stale_sockets(vip, &ports).await;
     }

@@ -582,6 +582,7 @@ impl<M: Packet> Interceptor<M> {
                 }
                 self.awaiting_park = master && (self.awaiting_park || !self.master);
                 self.master = master;
+                self.publish_pending();
                 if !master {
                     // Every outbound packet is dropped from now on: the stopped
                     // service may go on.
@@ -610,11 +611,13 @@ impl<M: Packet> Interceptor<M> {
                 self.restore_origin = Some(promoted_at);
                 self.awaiting_park = false;
                 self.park(states);
+                self.publish_pending();
             }
             QueueCommand::AppDied => self.on_app_died(),
             QueueCommand::ServiceReady => {
                 self.awaiting_park = false;
                 self.restore_parked();
+                self.publish_pending();
             }
             QueueCommand::Freeze(on) => {
                 self.freeze(on);
@@ -670,9 +673,15 @@ impl<M: Packet> Interceptor<M> {
         }
         let tracker = &self.tracker;
         let changes = self.risk.observe(sockets, |key| {
-            tracker
-                .session(key)
-                .map(|s| (s.snd_nxt.wrapping_sub(s.snd_una), s.at_risk))
+            tracker.session(key).map(|s| {
+                let n = &s.negotiated;
+                crate::session::risk::Tracked {
+                    in_flight: s.snd_nxt.wrapping_sub(s.snd_una),
+                    peer_window: u32::from(s.peer_window) << n.peer_wscale.unwrap_or(0).min(14),
+                    mss: u32::from(if n.peer_mss == 0 { 536 } else { n.peer_mss }),
+                    marked: s.at_risk,
+                }
+            })
         });
         for (key, at_risk) in changes {
             tracing::debug!(session = %key, at_risk, "session risk changed");

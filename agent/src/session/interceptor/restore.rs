@@ -376,9 +376,12 @@ impl<M: Packet> Interceptor<M> {
 
     /// `restore_pending`: restores queued, parked or in flight, plus one while the
     /// batch waits at the barrier for the service to accept it (a restored socket
-    /// still in the accept queue belongs to no process yet: a switchover must wait).
+    /// still in the accept queue belongs to no process yet: a switchover must wait),
+    /// plus one from a promotion until the replicated sessions are parked.
     pub(super) fn publish_pending(&self) {
-        let pending = self.restores.pending() as u64 + u64::from(self.barrier.is_waiting());
+        let pending = self.restores.pending() as u64
+            + u64::from(self.barrier.is_waiting())
+            + u64::from(self.awaiting_park);
         self.stats.restore_pending.store(pending, Ordering::Relaxed);
     }
 
@@ -484,7 +487,13 @@ impl<M: Packet> Interceptor<M> {
     ) -> Vec<SessionKey> {
         let mut failed = Vec::new();
         for taken in chunks {
-            let output = taken.output.as_ref().map(|(seq, b)| (*seq, &b[..]));
+            // A restored session's socket numbers its output in its own space: the
+            // tracker's is the peer's (`+ Δ`). Its input is in the peer's space already.
+            let translator = self.translators.get(&taken.key);
+            let output = taken
+                .output
+                .as_ref()
+                .map(|(seq, b)| (translator.map_or(*seq, |t| t.peer_seq(*seq)), &b[..]));
             let input = taken.input.as_ref().map(|(end, b)| (*end, &b[..]));
             match self.tracker.hand_over(&taken.key, output, input) {
                 Ok(record) => {

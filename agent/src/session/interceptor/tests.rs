@@ -598,6 +598,7 @@ fn sessions_holding_output_or_input_are_marked_at_risk_after_two_looks() {
     let owing = Observation {
         key,
         send_queue: 0,
+        not_sent: None,
         recv_queue: 10,
     };
     t.command(QueueCommand::Observe(vec![owing]));
