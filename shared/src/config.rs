@@ -174,7 +174,7 @@ pub struct SessionConfig {
     pub drain_ms: u64,
     /// How often the master looks at its service's sockets for output its kernel has
     /// not sent or input the service has not read (a session that holds either for
-    /// two looks in a row is marked at risk: after a crash it is reset cleanly, never
+    /// four looks in a row is marked at risk: after a crash it is reset cleanly, never
     /// continued with a hole), ms; 0 turns the watch off.
     #[serde(default = "default_risk_poll_ms")]
     pub risk_poll_ms: u64,

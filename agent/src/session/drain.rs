@@ -222,6 +222,7 @@ async fn hand_over(interceptor: &InterceptorHandle, ports: &[u16]) -> HandOverOu
         return HandOverOutcome::default();
     };
     let ports = ports.to_vec();
+    interceptor.send(QueueCommand::Seal);
     let read = match tokio::task::spawn_blocking(move || read_queues(&tracked, vip, &ports)).await {
         Ok(read) => read,
         Err(e) => {

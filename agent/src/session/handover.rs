@@ -281,47 +281,55 @@ pub fn peek_queues(pid: i32, fd: i32) -> io::Result<(SendQueue, RecvQueue)> {
 }
 
 /// One queue in repair mode: its end sequence number (`write_seq` or `rcv_nxt`) and
-/// its bytes (peeked; `size_request` is the ioctl that gives their count).
+/// its bytes (peeked; `size_request` is the ioctl that gives their count). The end is
+/// read before and after the peek and must not have moved (an ACK or a late segment
+/// arriving meanwhile): tried a few times.
 fn read_queue(
     raw: i32,
     which: libc::c_int,
     size_request: libc::c_ulong,
 ) -> io::Result<(u32, Vec<u8>)> {
     set(raw, TCP_REPAIR_QUEUE, which)?;
-    let end = get(raw, TCP_QUEUE_SEQ)? as u32;
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ / SIOCINQ write one int.
-    if unsafe { libc::ioctl(raw, size_request, &mut queued) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let len = usize::try_from(queued).unwrap_or(0);
-    if len > MAX_SEND_QUEUE {
-        return Err(io::Error::other(format!("queue of {len} bytes")));
-    }
-    let mut bytes = vec![0u8; len];
-    let mut got = 0;
-    if len > 0 {
-        // SAFETY: the buffer is `len` bytes long.
-        let n = unsafe {
-            libc::recv(
-                raw,
-                bytes.as_mut_ptr().cast(),
-                len,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
+    for _ in 0..QUEUE_TRIES {
+        let end = get(raw, TCP_QUEUE_SEQ)? as u32;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ / SIOCINQ write one int.
+        if unsafe { libc::ioctl(raw, size_request, &mut queued) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        got = n as usize;
+        let len = usize::try_from(queued).unwrap_or(0);
+        if len > MAX_SEND_QUEUE {
+            return Err(io::Error::other(format!("queue of {len} bytes")));
+        }
+        let mut bytes = vec![0u8; len];
+        let mut got = 0;
+        if len > 0 {
+            // SAFETY: the buffer is `len` bytes long.
+            let n = unsafe {
+                libc::recv(
+                    raw,
+                    bytes.as_mut_ptr().cast(),
+                    len,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            got = n as usize;
+        }
+        let end_after = get(raw, TCP_QUEUE_SEQ)? as u32;
+        if got == len && end_after == end {
+            return Ok((end, bytes));
+        }
     }
-    if got != len {
-        return Err(io::Error::other(format!(
-            "read {got} of {len} queued bytes"
-        )));
-    }
-    Ok((end, bytes))
+    Err(io::Error::other(
+        "the queue kept changing while it was read",
+    ))
 }
+
+/// Reads of a queue before giving up on a consistent one.
+const QUEUE_TRIES: usize = 10;
 
 fn set(fd: i32, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: one int, its size given.

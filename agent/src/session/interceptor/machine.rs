@@ -25,7 +25,7 @@ use super::{
 };
 
 /// Looks in a row a session must owe output or input before it is marked at risk.
-pub const RISK_POLLS: u32 = 2;
+pub const RISK_POLLS: u32 = 4;
 use crate::recovery::divergence::{Divergence, Probation};
 use crate::recovery::feed::Feed;
 use crate::recovery::freeze::zero_window;
@@ -330,6 +330,12 @@ impl<M: Packet> Interceptor<M> {
             self.verdict_with(message, Decision::Accept);
             return;
         }
+        // Sealed for a hand-over: the peers' data goes to the new master (the receive
+        // queues read must stay final; the peers retransmit).
+        if !peek.outbound && self.handed_over && (peek.payload_len > 0 || peek.fin) {
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
         // Peers' packets of sessions this node does not track, while it is not master
         // or has just become master and not yet parked the replicated sessions (the
         // VIP is added before the promotion reaches this thread): the kernel has no
@@ -599,6 +605,11 @@ impl<M: Packet> Interceptor<M> {
                 let _ = reply.send(failed);
             }
             QueueCommand::Observe(sockets) => self.observe(&sockets),
+            QueueCommand::Seal => {
+                if self.master {
+                    self.handed_over = true;
+                }
+            }
             QueueCommand::ResetUnsent(keys) => {
                 for key in keys {
                     self.reset_unsent(key);

@@ -126,6 +126,10 @@ pub enum QueueCommand {
         /// The sessions whose queues could not be handed over.
         reply: tokio::sync::oneshot::Sender<Vec<nonstop_shared::session::SessionKey>>,
     },
+    /// A planned switchover is about to read the service's sockets' queues: from now
+    /// on the peers' data is dropped (they retransmit it to the new master), so the
+    /// receive queues read are final and this kernel acknowledges nothing beyond them.
+    Seal,
     /// The service's sockets as the kernel shows them now (on the master, every
     /// `session.risk_poll_ms`): sessions that hold output not sent or input not read
     /// are marked at risk ([`crate::session::risk`]).

@@ -589,7 +589,7 @@ fn a_session_at_risk_is_reset_at_takeover_not_restored() {
 }
 
 #[test]
-fn sessions_holding_output_or_input_are_marked_at_risk_after_two_looks() {
+fn sessions_holding_output_or_input_are_marked_at_risk_after_a_few_looks() {
     use crate::session::risk::Observation;
     let mut t = Trace::master(false);
     t.handshake();
@@ -601,8 +601,10 @@ fn sessions_holding_output_or_input_are_marked_at_risk_after_two_looks() {
         not_sent: None,
         recv_queue: 10,
     };
-    t.command(QueueCommand::Observe(vec![owing]));
-    assert_eq!(t.records(), vec![], "one look is a moment");
+    for _ in 1..crate::session::interceptor::machine::RISK_POLLS {
+        t.command(QueueCommand::Observe(vec![owing]));
+        assert_eq!(t.records(), vec![], "a few looks are a moment");
+    }
     t.command(QueueCommand::Observe(vec![owing]));
     assert!(matches!(t.records().as_slice(), [(_, Record::Full(s))] if s.at_risk));
     assert_eq!(t.stats.sessions_at_risk.load(Ordering::Relaxed), 1);
@@ -612,5 +614,9 @@ fn sessions_holding_output_or_input_are_marked_at_risk_after_two_looks() {
     };
     t.command(QueueCommand::Observe(vec![clean]));
     assert!(matches!(t.records().as_slice(), [(_, Record::Full(s))] if !s.at_risk));
+    // Sealed for a hand-over: the peers' data is dropped from now on.
+    t.command(QueueCommand::Seal);
+    let late = t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).payload(b"late"));
+    assert_eq!(t.out(), vec![Out::Drop(late)]);
     assert_eq!(t.stats.sessions_at_risk.load(Ordering::Relaxed), 0);
 }
