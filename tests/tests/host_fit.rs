@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 16;
 
 /// How much longer than the IPv4 service's a dual-stack service's stall may be:
-/// timing noise on a loaded two-core machine. The bug this guards against (a `[::]`
-/// listener not seen: "no service listening; restoring anyway") stalled for 5–7 s.
-const NOISE: Duration = Duration::from_millis(600);
+/// timing noise on a loaded two-core machine (another lab test runs beside this one
+/// under `scripts/test`: a retransmission timeout or two, seen up to 1.7 s). The bug
+/// this guards against (a `[::]` listener not seen: "no service listening; restoring
+/// anyway") stalled for 5–7 s.
+const NOISE: Duration = Duration::from_millis(2000);
 
 /// Client-visible stalls of one service across a switchover, and across a crash of
 /// the new master's host.
