@@ -128,6 +128,11 @@ fn read_back(reader: &mut TcpStream, s: Slowness) -> Ending {
     Ending::Complete
 }
 
+/// `n` slow clients at once (see [`spawn`]).
+pub fn spawn_group(lab: &Lab, n: usize, s: Slowness) -> anyhow::Result<Vec<SlowClient>> {
+    (0..n).map(|_| spawn(lab, s)).collect()
+}
+
 impl SlowClient {
     /// Waits for the end of the transfer.
     pub fn finish(self) -> Ending {

@@ -927,9 +927,7 @@ fn a_switchover_hands_over_what_a_slow_reader_has_not_received_yet() {
     const CLIENTS: usize = 2;
     let lab = lab_with_managed_echo("slowsw");
     for round in 0..ROUNDS {
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| slow::spawn(&lab, Slowness::default()).expect("slow client"))
-            .collect();
+        let clients = slow::spawn_group(&lab, CLIENTS, Slowness::default()).expect("slow clients");
         std::thread::sleep(Duration::from_millis(1200));
         let (ok, out) = console(&lab, &["switchover", "--json"]);
         assert!(
@@ -1029,9 +1027,7 @@ fn a_crash_never_continues_a_slow_reader_with_a_hole() {
     let (mut complete, mut reset) = (0, 0);
     let mut master = Node::Master;
     for trial in 0..TRIALS {
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| slow::spawn(&lab, slowness).expect("slow client"))
-            .collect();
+        let clients = slow::spawn_group(&lab, CLIENTS, slowness).expect("slow clients");
         std::thread::sleep(Duration::from_millis(1200));
         let restored = status_of(&lab, other(master))
             .map_or(0, |s| s.replication.restored + s.replication.reset_at_risk);
