@@ -26,6 +26,16 @@ use super::{
 
 /// Looks in a row a session must owe output or input before it is marked at risk.
 pub const RISK_POLLS: u32 = 4;
+
+/// How long a restored session's translator outlives the session in the tracker: the
+/// segments that end a close (the peer's last ACK, the service's retransmitted FIN,
+/// a late retransmission) still cross in the right space. Without it the last ACK was
+/// dropped and the service's socket stayed in LAST-ACK, retransmitting its FIN
+/// untranslated, for minutes. Twice Linux's TIME-WAIT.
+pub const TRANSLATOR_LINGER: Duration = Duration::from_secs(120);
+
+/// At most this many ended sessions' translators linger (the oldest go first).
+pub const MAX_LINGERING: usize = 65_536;
 use crate::recovery::divergence::{Divergence, Probation};
 use crate::recovery::feed::Feed;
 use crate::recovery::freeze::zero_window;
@@ -75,9 +85,24 @@ pub enum Output<M> {
     Continue(Vec<i32>),
 }
 
-/// Looks at the service's listening sockets: true when no connection waits in an
-/// accept queue of these ports.
-pub type AcceptProbe = Box<dyn FnMut(&[u16]) -> bool + Send>;
+/// The service's accept queues on the service ports, summed over its listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueues {
+    /// Connections completed by the kernel, not `accept()`ed yet.
+    pub queued: u64,
+    /// What the queues hold at most (the `listen()` backlogs); `u64::MAX` unknown.
+    pub limit: u64,
+}
+
+impl AcceptQueues {
+    /// Connections the queues can still take.
+    pub fn room(&self) -> u64 {
+        self.limit.saturating_sub(self.queued)
+    }
+}
+
+/// Looks at the service's listening sockets on these ports.
+pub type AcceptProbe = Box<dyn FnMut(&[u16]) -> AcceptQueues + Send>;
 
 /// Settings of the core.
 pub struct CoreConfig {
@@ -107,6 +132,9 @@ pub struct Interceptor<M> {
     /// Forged ACK sent (value: the ACK number it carries), to let it through once.
     pub(super) forged_acks: HashMap<SessionKey, u32>,
     pub(super) translators: HashMap<SessionKey, Translator>,
+    /// Ended restored sessions whose translator is kept until the deadline
+    /// ([`TRANSLATOR_LINGER`]); a new SYN on the 4-tuple ends it at once.
+    pub(super) lingering: HashMap<SessionKey, Instant>,
     /// Restored sessions whose replicated tail the peer has not acknowledged yet.
     pub(super) tails: HashMap<SessionKey, Tail>,
     /// When the tails' timers were last looked at.
@@ -146,6 +174,8 @@ pub struct Interceptor<M> {
     pub(super) restore_origin: Option<Instant>,
     /// The service's accept queues (for the barrier).
     pub(super) accept_probe: AcceptProbe,
+    /// The service's accept queues at the last look, and when (restore pacing).
+    pub(super) accept_seen: Option<(Instant, AcceptQueues)>,
     /// The time of the current input.
     pub(super) now: Instant,
     /// Wall-clock milliseconds of the current input (session activity, expiry).
@@ -182,6 +212,7 @@ impl<M: Packet> Interceptor<M> {
             restores: Restores::default(),
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
+            lingering: HashMap::new(),
             tails: HashMap::new(),
             tails_checked: None,
             feeds: HashMap::new(),
@@ -201,6 +232,7 @@ impl<M: Packet> Interceptor<M> {
             barrier: Barrier::new(MAX_HELD),
             restore_origin: None,
             accept_probe,
+            accept_seen: None,
             now,
             now_ms: 0,
             last_expiry: now,
@@ -241,6 +273,7 @@ impl<M: Packet> Interceptor<M> {
         self.now_ms = now_ms;
         if now.saturating_duration_since(self.last_expiry) >= Duration::from_secs(1) {
             self.last_expiry = now;
+            self.expire_lingering();
             for record in self
                 .tracker
                 .expire(now_ms, HANDSHAKE_IDLE_MS, ESTABLISHED_IDLE_MS)
@@ -254,14 +287,47 @@ impl<M: Packet> Interceptor<M> {
         self.check_probations();
         self.check_tails();
         self.check_barrier();
-        if self.restores.flying() > 0 {
+        if self.restores.flying() > 0 || self.restores.waiting() > 0 {
             self.pump_restores();
         }
     }
 
+    /// Keeps an ended session's translator for [`TRANSLATOR_LINGER`] (bounded by
+    /// [`MAX_LINGERING`]: the one due first goes when the set is full).
+    fn linger(&mut self, key: SessionKey) {
+        if self.lingering.len() >= MAX_LINGERING {
+            if let Some(oldest) = self
+                .lingering
+                .iter()
+                .min_by_key(|(_, due)| **due)
+                .map(|(k, _)| *k)
+            {
+                self.lingering.remove(&oldest);
+                self.translators.remove(&oldest);
+            }
+        }
+        self.lingering.insert(key, self.now + TRANSLATOR_LINGER);
+    }
+
+    /// Drops the translators of ended sessions whose linger is over.
+    fn expire_lingering(&mut self) {
+        let now = self.now;
+        let translators = &mut self.translators;
+        self.lingering.retain(|key, due| {
+            let keep = *due > now;
+            if !keep {
+                translators.remove(key);
+            }
+            keep
+        });
+    }
+
     /// How long the thread may sleep before [`Interceptor::handle_timeout`] is due.
     pub fn poll_timeout(&self, now: Instant) -> Duration {
-        let mut timeout = if self.restores.flying() == 0 {
+        let mut timeout = if self.restores.waiting() > 0 {
+            // Queued for room in the service's accept queue.
+            super::restore::ACCEPT_POLL
+        } else if self.restores.flying() == 0 {
             Duration::from_millis(1000)
         } else {
             Duration::from_millis(50)
@@ -379,6 +445,11 @@ impl<M: Packet> Interceptor<M> {
 
     /// Translates (restored sessions), tracks and passes on or holds a packet.
     pub(super) fn forward(&mut self, mut message: M, peek: Peek) {
+        if !peek.outbound && peek.syn && !peek.ack && self.lingering.remove(&peek.key).is_some() {
+            // A new connection on the 4-tuple of an ended restored session: its
+            // numbers have nothing to do with the old translation.
+            self.translators.remove(&peek.key);
+        }
         if self.frozen && peek.outbound {
             let mut packet = message.payload().to_vec();
             if zero_window(&mut packet).is_ok() {
@@ -546,7 +617,9 @@ impl<M: Packet> Interceptor<M> {
     /// Numbers a record and hands it to replication.
     pub(super) fn issue(&mut self, record: Record) {
         if let Record::Delete(key) = &record {
-            self.translators.remove(key);
+            if self.translators.contains_key(key) {
+                self.linger(*key);
+            }
             self.tails.remove(key);
             self.feeds.remove(key);
             self.restores.forget(key);
@@ -663,6 +736,7 @@ impl<M: Packet> Interceptor<M> {
         self.restores.clear();
         self.forged_acks.clear();
         self.translators.clear();
+        self.lingering.clear();
         self.tails.clear();
         self.feeds.clear();
         self.handed_over = false;
