@@ -482,6 +482,11 @@ impl<M: Packet> Interceptor<M> {
                     return;
                 };
                 match translator.outbound(&mut packet) {
+                    Ok(Verdict::Accept)
+                        if peek.rst && self.reset_outside_window(&peek, &packet) =>
+                    {
+                        self.verdict_with(message, Decision::Drop);
+                    }
                     Ok(Verdict::Accept) => {
                         self.track(&packet);
                         self.feed_input(&peek);
@@ -503,6 +508,38 @@ impl<M: Packet> Interceptor<M> {
         } else {
             self.verdict_with(message, Decision::Accept);
         }
+    }
+
+    /// The service kernel's RST of a restored session, translated: one the peer would
+    /// ignore — its sequence number outside what the peer can have received,
+    /// `[snd_una, snd_nxt]` — is refused (counted with the out-of-window segments)
+    /// instead of ending the session here and on the backup while the peer goes on.
+    /// Seen when the first peer segments released after a large restore reached a
+    /// connection the service kernel had not finished: it answered with a reset the
+    /// peer ignored, and the next crash lost the session.
+    pub(super) fn reset_outside_window(&mut self, peek: &Peek, translated: &[u8]) -> bool {
+        let Some(session) = self.tracker.session(&peek.key) else {
+            return false;
+        };
+        let Some(seq) = Peek::of(translated, self.vip).map(|p| p.seq) else {
+            return false;
+        };
+        let from_una = seq.wrapping_sub(session.snd_una);
+        let window = session.snd_nxt.wrapping_sub(session.snd_una);
+        if from_una <= window {
+            return false;
+        }
+        self.stats
+            .segments_out_of_window
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            session = %peek.key,
+            seq,
+            snd_una = session.snd_una,
+            snd_nxt = session.snd_nxt,
+            "service reset outside the peer's window refused"
+        );
+        true
     }
 
     /// A peer's segment of a restored session: checked against the kernel's rules in

@@ -733,3 +733,28 @@ fn a_new_syn_on_an_ended_restored_sessions_tuple_is_not_translated() {
     );
     assert_eq!(ack_of(&t.verdict_bytes(ack)), 50_001);
 }
+
+#[test]
+fn a_restored_sessions_reset_the_peer_would_ignore_is_refused_and_ends_nothing() {
+    let (mut t, state) = restored(7000);
+    // The service's kernel resets at a number far from the session's (its answer to
+    // a segment that reached a connection it had not finished).
+    let stray = t.packet(seg().from_us().seq(7001u32.wrapping_sub(5_000_000)).rst());
+    t.tick(CLOSE_GRACE + Duration::from_millis(1));
+    assert_eq!(t.out(), vec![Out::Drop(stray)]);
+    assert!(
+        !t.records()
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Delete(_))),
+        "the session goes on"
+    );
+    assert_eq!(t.stats.segments_out_of_window.load(Ordering::Relaxed), 1);
+    // A reset at the session's own number still ends it.
+    let real = t.packet(seg().from_us().seq(7001).rst());
+    t.tick(CLOSE_GRACE + Duration::from_millis(1));
+    assert_eq!(t.out(), vec![Out::Accept(real)]);
+    assert!(t
+        .records()
+        .iter()
+        .any(|(_, r)| matches!(r, Record::Delete(k) if *k == state.key)));
+}
