@@ -28,6 +28,7 @@ pub fn require_root() -> bool {
 }
 
 pub mod blind;
+pub mod kv;
 pub mod slow;
 
 /// A lab name unique to this process and tag: `t` + tag + pid in base 36.

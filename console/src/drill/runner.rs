@@ -4,7 +4,7 @@
 
 use super::progress::Progress;
 use super::report::{GroupSummary, Outcome, Report, StepRecord};
-use super::spec::{Drill, Expect, Link, MasterIs, Role, Service, Step};
+use super::spec::{Drill, Expect, Link, MasterIs, Replica, Role, Step};
 use super::workload::Group;
 use crate::client::{AgentAddr, AgentConnection};
 use crate::pair;
@@ -191,6 +191,8 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
             bytes_verified: s.sessions.iter().map(|x| x.verified).sum(),
             broken: s.broken(),
             lost_bytes: s.lost(),
+            wrong_replies: s.wrong_replies(),
+            resets: s.resets.len() as u64,
             longest_gap_ms: s.max_gap().as_millis() as u64,
             broken_reasons: s
                 .sessions
@@ -200,6 +202,17 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
                     x.broken
                         .as_ref()
                         .map(|why| format!("session {i} (port {}): {why}", x.local_port))
+                })
+                .take(5)
+                .collect(),
+            wrong_examples: s
+                .sessions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| {
+                    x.first_wrong
+                        .as_ref()
+                        .map(|w| format!("session {i} (port {}): {w}", x.local_port))
                 })
                 .take(5)
                 .collect(),
@@ -250,10 +263,7 @@ fn open_lab(
             Ok((lab, None))
         }
         Target::Fresh { prefix } => {
-            let service = match drill.lab.service {
-                Service::Echo => "nonstop-echo",
-                Service::Chat => "nonstop-chat",
-            };
+            let service = drill.lab.service.binary();
             let bin = sibling_binary(service)?;
             let spec = LabSpec {
                 name: nonstop_lab::unique_name(prefix),
@@ -266,16 +276,44 @@ fn open_lab(
                 )),
             };
             progress.say(&format!(
-                "building lab {} ({service} under both agents)",
-                spec.name
+                "building lab {} ({service} under both agents, {} replica)",
+                spec.name,
+                match drill.lab.replica {
+                    Replica::Cold => "cold",
+                    Replica::Hot => "hot",
+                }
             ));
             let guard = LabGuard::up(&spec).context("cannot build the drill's lab")?;
+            if drill.lab.replica == Replica::Hot {
+                for node in Node::ALL {
+                    set_replica_hot(&guard.config_path(node))?;
+                }
+            }
             guard
                 .start_agents()
                 .context("cannot start the drill lab's agents")?;
             Ok((guard.0.clone(), Some(guard)))
         }
     }
+}
+
+/// Sets `service.replica = "hot"` in an agent's config file (an agent that does not
+/// know the key refuses to start, so the drill fails plainly).
+fn set_replica_hot(path: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("cannot parse {}", path.display()))?;
+    let service = doc
+        .entry("service")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(service) = service.as_table_mut() else {
+        bail!("{}: [service] is not a table", path.display());
+    };
+    service.insert("replica".into(), toml::Value::String("hot".into()));
+    let text = toml::to_string(&doc).context("cannot write the agent config")?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl Runner {
@@ -787,34 +825,9 @@ impl Runner {
             .iter()
             .map(|&i| self.groups[i].0.snapshot())
             .collect();
-        if let Some(max) = e.broken {
-            let broken: u64 = snaps.iter().map(|s| s.broken()).sum();
-            detail.push(format!("{broken} broken"));
-            if broken > max {
-                let reasons: Vec<String> = snaps
-                    .iter()
-                    .flat_map(|s| {
-                        s.sessions.iter().enumerate().filter_map(move |(i, x)| {
-                            x.broken
-                                .as_ref()
-                                .map(|w| format!("{} session {i}: {w}", s.name))
-                        })
-                    })
-                    .take(3)
-                    .collect();
-                failures.push(format!(
-                    "{broken} broken sessions, at most {max} expected (first: {})",
-                    reasons.join("; ")
-                ));
-            }
-        }
-        if let Some(max) = e.lost_bytes {
-            let lost: u64 = snaps.iter().map(|s| s.lost()).sum();
-            detail.push(format!("{lost} lost bytes"));
-            if lost > max {
-                failures.push(format!("{lost} bytes lost, at most {max} expected"));
-            }
-        }
+        let (mut d, mut f) = judge_groups(e, &snaps, self.disruption.map(|(t, _)| t));
+        detail.append(&mut d);
+        failures.append(&mut f);
         Ok(Done {
             outcome: if failures.is_empty() {
                 Outcome::Passed
@@ -827,9 +840,193 @@ impl Runner {
     }
 }
 
+/// The session expectations of `e` (broken, resets, lost bytes, wrong replies) over
+/// the selected groups' figures; `since` is when the last disruptive step began
+/// (resets are counted from there). Pure: (details, failures).
+pub fn judge_groups(
+    e: &Expect,
+    snaps: &[super::workload::GroupStats],
+    since: Option<Instant>,
+) -> (Vec<String>, Vec<String>) {
+    let mut detail = Vec::new();
+    let mut failures = Vec::new();
+    if let Some(max) = e.broken {
+        let resets: u64 = snaps
+            .iter()
+            .map(|s| since.map_or(s.resets.len() as u64, |t| s.resets_since(t)))
+            .sum();
+        let allowed = e.resets.unwrap_or(0);
+        let broken: u64 = snaps.iter().map(|s| s.broken()).sum();
+        detail.push(format!("{broken} broken"));
+        if resets > 0 || e.resets.is_some() {
+            detail.push(format!("{resets} clean resets ({allowed} allowed)"));
+        }
+        // A clean reset beyond the allowance is a broken session like any other.
+        if resets > allowed {
+            failures.push(format!(
+                "{resets} sessions reset (cleanly, then connected again) since the last \
+                 disruptive step, at most {allowed} allowed"
+            ));
+        }
+        if broken > max {
+            let reasons: Vec<String> = snaps
+                .iter()
+                .flat_map(|s| {
+                    s.sessions.iter().enumerate().filter_map(move |(i, x)| {
+                        x.broken
+                            .as_ref()
+                            .map(|w| format!("{} session {i}: {w}", s.name))
+                    })
+                })
+                .take(3)
+                .collect();
+            failures.push(format!(
+                "{broken} broken sessions, at most {max} expected (first: {})",
+                reasons.join("; ")
+            ));
+        }
+    }
+    if let Some(max) = e.lost_bytes {
+        let lost: u64 = snaps.iter().map(|s| s.lost()).sum();
+        detail.push(format!("{lost} lost bytes"));
+        if lost > max {
+            failures.push(format!("{lost} bytes lost, at most {max} expected"));
+        }
+    }
+    if let Some(max) = e.wrong_replies {
+        let wrong: u64 = snaps.iter().map(|s| s.wrong_replies()).sum();
+        detail.push(format!("{wrong} wrong replies"));
+        if wrong > max {
+            let examples: Vec<String> = snaps
+                .iter()
+                .flat_map(|s| {
+                    s.sessions.iter().enumerate().filter_map(move |(i, x)| {
+                        x.first_wrong
+                            .as_ref()
+                            .map(|w| format!("{} session {i}: {w}", s.name))
+                    })
+                })
+                .take(3)
+                .collect();
+            failures.push(format!(
+                "{wrong} wrong replies, at most {max} expected (first: {})",
+                examples.join("; ")
+            ));
+        }
+    }
+    (detail, failures)
+}
+
 fn index(node: Node) -> usize {
     match node {
         Node::Master => 0,
         Node::Backup => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::spec::Workload;
+    use crate::drill::workload::{GroupStats, SessionStats};
+
+    fn expect() -> Expect {
+        Expect {
+            master: None,
+            within_ms: 0,
+            resumed_within_ms: None,
+            broken: Some(0),
+            lost_bytes: Some(0),
+            wrong_replies: None,
+            resets: None,
+            groups: vec![],
+        }
+    }
+
+    fn group(workload: Workload, sessions: Vec<SessionStats>, resets: Vec<Instant>) -> GroupStats {
+        GroupStats {
+            name: workload.to_string(),
+            workload,
+            sessions,
+            rounds: vec![],
+            resets,
+        }
+    }
+
+    #[test]
+    fn clean_resets_are_allowed_per_fault_and_holes_are_lost_bytes() {
+        let t0 = Instant::now();
+        let fault = t0 + Duration::from_secs(10);
+        let slow = group(
+            Workload::Slow,
+            vec![SessionStats::default(), SessionStats::default()],
+            // One reset in an earlier round, two after this fault.
+            vec![
+                t0 + Duration::from_secs(1),
+                fault,
+                fault + Duration::from_millis(5),
+            ],
+        );
+        let mut e = expect();
+        e.resets = Some(2);
+        let (detail, failures) = judge_groups(&e, std::slice::from_ref(&slow), Some(fault));
+        assert_eq!(failures, Vec::<String>::new());
+        assert_eq!(
+            detail,
+            vec!["0 broken", "2 clean resets (2 allowed)", "0 lost bytes"]
+        );
+        // Without the allowance, resets fail the step.
+        e.resets = None;
+        let (_, failures) = judge_groups(&e, std::slice::from_ref(&slow), Some(fault));
+        assert_eq!(
+            failures,
+            vec!["2 sessions reset (cleanly, then connected again) since the last disruptive step, at most 0 allowed"]
+        );
+        // A hole: the session is broken and its bytes count as lost.
+        let holed = group(
+            Workload::Slow,
+            vec![SessionStats {
+                sent: 5000,
+                verified: 3000,
+                lost: 2000,
+                broken: Some("a hole or a wrong byte at byte 3000 of the slow stream".into()),
+                ..SessionStats::default()
+            }],
+            vec![],
+        );
+        let (_, failures) = judge_groups(&expect(), &[holed], Some(fault));
+        assert_eq!(
+            failures,
+            vec![
+                "1 broken sessions, at most 0 expected (first: slow session 0: a hole or a wrong byte at byte 3000 of the slow stream)",
+                "2000 bytes lost, at most 0 expected",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_replies_fail_the_step_with_an_example() {
+        let kv = group(
+            Workload::Stateful,
+            vec![
+                SessionStats::default(),
+                SessionStats {
+                    wrong_replies: 2,
+                    first_wrong: Some(
+                        "\"INCR hits\" answered \"ERR login first\", expected \"8\"".into(),
+                    ),
+                    ..SessionStats::default()
+                },
+            ],
+            vec![],
+        );
+        let mut e = expect();
+        e.wrong_replies = Some(0);
+        let (detail, failures) = judge_groups(&e, &[kv], None);
+        assert_eq!(detail, vec!["0 broken", "0 lost bytes", "2 wrong replies"]);
+        assert_eq!(
+            failures,
+            vec!["2 wrong replies, at most 0 expected (first: stateful session 1: \"INCR hits\" answered \"ERR login first\", expected \"8\")"]
+        );
     }
 }
