@@ -700,6 +700,10 @@ impl Runner {
         let old = self.disrupt()?;
         let t0 = Instant::now();
         let mut conn = AgentConnection::connect(&self.agents[index(old)], Duration::from_secs(2))?;
+        // The reply comes once the master has drained (`session.drain_ms`, at most 60 s),
+        // as for `nonstop-console switchover`: a loaded host drains 1,000 sessions in
+        // more than the 2 s an ordinary request may take.
+        conn.set_read_timeout(Some(crate::cli::switchover::DRAIN_REPLY_TIMEOUT))?;
         match conn.request(&Request::Switchover)? {
             Reply::Ack { .. } => {}
             Reply::Error { message } => {
