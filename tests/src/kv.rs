@@ -396,8 +396,10 @@ pub fn failover_scenario(tag: &str, replica: Replica, sessions: usize) -> Scenar
         .unwrap_or_else(|e| panic!("sessions: {e:#}\n{}", logs(&lab)));
     // After the sessions' own connects: from here on the peer opens nothing.
     let counters_before = crate::peer_tcp_counters(&lab);
+    // A session stalled by a lost request (cold crash) holds a round for the stall
+    // limit (20 s) before it counts as broken: room for that and 25 rounds.
     let settle = |what: &str| {
-        load.wait_rounds(25, Duration::from_secs(30))
+        load.wait_rounds(25, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{what}: the load did not go on: {e}\n{}", logs(&lab)));
     };
     settle(PHASES[0]);

@@ -28,12 +28,34 @@ fn cold_mode_keeps_the_sockets_but_loses_the_state_at_every_failover() {
     // The check itself is sound: before any fault every reply is right.
     assert_eq!(f.wrong.first().copied(), Some(0), "{}", s.describe());
     assert!(f.right > 0);
-    // The sockets survive (the part cold mode does give).
-    s.assert_sessions_unbroken();
+    // The sockets survive (the part cold mode does give) — except where the crash
+    // caught the service between reading a request and answering all of it: the
+    // request was acknowledged, its answer never written, and a cold replica has
+    // neither (hot mode replays the input into a live mirror). Such a session waits
+    // for its answer and counts as broken; it may happen only at the crash, only as
+    // a missing reply, never as a wrong byte.
+    const CRASH: usize = 3;
+    for (session, phase, why) in &f.broken {
+        assert!(
+            *phase == CRASH && why.contains("no reply"),
+            "session {session} broke in phase {phase} ({why}): only the crash may \
+             lose a request in flight\n{}",
+            s.describe()
+        );
+    }
+    if f.broken.is_empty() {
+        s.assert_sessions_unbroken();
+    }
+    eprintln!(
+        "requests in flight lost at the crash (cold mode): {}",
+        f.broken.len()
+    );
     // Each failover loses every session's login, namespace and counter, and the
     // client sees it; the rejoin of a backup changes nothing for the sessions.
     for (p, name) in PHASES.iter().enumerate().skip(1) {
         let wrong_sessions = f.wrong_sessions.get(p).map_or(0, |s| s.len());
+        // Sessions that lost a request at the crash and wait for it send nothing more.
+        let lost = f.broken.iter().filter(|(_, phase, _)| *phase <= p).count();
         if p == 4 {
             assert_eq!(
                 wrong_sessions,
@@ -43,7 +65,7 @@ fn cold_mode_keeps_the_sockets_but_loses_the_state_at_every_failover() {
             );
         } else {
             assert_eq!(
-                wrong_sessions,
+                wrong_sessions + lost,
                 SESSIONS,
                 "{name}: every session must see its state lost\n{}",
                 s.describe()
