@@ -184,7 +184,34 @@ pub async fn restore_after_app_crashes(
         if mode.borrow().0 != Mode::Master {
             continue;
         }
+        // Park at once: peers' segments must not reach the orphaned sockets.
         interceptor.send(QueueCommand::AppDied);
+        // Then one look at the dead process's sockets: orphans still holding output
+        // never sent mark sessions that cannot be restored exactly.
+        let look = {
+            let ports = ports.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::session::handover::service_connections(vip, &ports)
+            })
+            .await
+        };
+        let sockets = match look {
+            Ok(Ok(conns)) => conns
+                .into_iter()
+                .map(|c| crate::session::risk::Observation {
+                    key: c.key,
+                    send_queue: c.send_queue,
+                    not_sent: c.not_sent,
+                    recv_queue: c.recv_queue,
+                })
+                .collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the dead service's sockets");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        interceptor.send(QueueCommand::DeadSockets(sockets));
         // Orphaned sockets (FIN_WAIT) would catch the forged SYNs of the restore.
         destroy_stale_sockets(vip, &ports).await;
         let limit = crate::app::RESTART_DELAY + std::time::Duration::from_secs(10);

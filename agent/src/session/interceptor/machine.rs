@@ -735,6 +735,7 @@ impl<M: Packet> Interceptor<M> {
                 self.publish_pending();
             }
             QueueCommand::AppDied => self.on_app_died(),
+            QueueCommand::DeadSockets(sockets) => self.on_dead_sockets(&sockets),
             QueueCommand::ServiceReady => {
                 self.awaiting_park = false;
                 self.restore_parked();

@@ -104,8 +104,13 @@ pub enum QueueCommand {
     },
     /// The service process died on this (master) node: drop the closes its kernel
     /// is sending (see [`close_quarantine`]) and park its sessions until
-    /// [`QueueCommand::ServiceReady`].
+    /// [`QueueCommand::ServiceReady`] — except those marked at risk, which it cannot
+    /// continue exactly (reset cleanly).
     AppDied,
+    /// The dead service's sockets, looked at right after [`QueueCommand::AppDied`]:
+    /// sessions whose orphaned socket still holds output never sent are reset
+    /// cleanly instead of restored.
+    DeadSockets(Vec<crate::session::risk::Observation>),
     /// The service listens (again): restore the parked sessions into it.
     ServiceReady,
     /// Freeze peers with a zero window (a planned switchover's drain) or thaw them.

@@ -235,7 +235,7 @@ impl<M: Packet> Interceptor<M> {
         self.drop_closes();
         self.restore_origin = Some(self.now);
         self.stats.app_deaths.fetch_add(1, Ordering::Relaxed);
-        let parked: Vec<SessionState> = self
+        let (at_risk, parked): (Vec<SessionState>, Vec<SessionState>) = self
             .tracker
             .sessions()
             .filter(|s| {
@@ -245,7 +245,16 @@ impl<M: Packet> Interceptor<M> {
                 )
             })
             .cloned()
-            .collect();
+            .partition(|s| s.at_risk);
+        // The dead process's sockets took their unsent output and unread input with
+        // them: a session that held some cannot be continued exactly — reset it
+        // cleanly, as a takeover does, rather than restore it with a hole.
+        for state in at_risk {
+            if let Some(record) = self.tracker.remove(&state.key) {
+                self.issue(record);
+            }
+            self.reset_at_risk_peer(&state);
+        }
         tracing::warn!(
             sessions = parked.len(),
             "service died: its sessions wait for the restarted service"
@@ -257,6 +266,35 @@ impl<M: Packet> Interceptor<M> {
             self.forged_acks.remove(&state.key);
             self.restores.park(state);
         }
+        self.publish_pending();
+    }
+
+    /// A look at the dead service's sockets, right after [`Interceptor::on_app_died`]
+    /// parked its sessions: an orphaned socket still holding output its kernel never
+    /// sent means output the restarted service will not write again — that session
+    /// cannot be continued exactly and is reset cleanly instead of restored.
+    pub(super) fn on_dead_sockets(&mut self, sockets: &[crate::session::risk::Observation]) {
+        for o in sockets {
+            if o.not_sent.is_some_and(|n| n > 0) {
+                self.reset_parked(&o.key);
+            }
+        }
+    }
+
+    /// A parked session the dead service cannot have continued exactly: taken out of
+    /// the restore, deleted everywhere, reset cleanly at the peer.
+    pub(super) fn reset_parked(&mut self, key: &SessionKey) {
+        if !self.restores.pending_for(key) {
+            return;
+        }
+        let Some(state) = self.tracker.session(key).cloned() else {
+            return;
+        };
+        self.restores.forget(key);
+        if let Some(record) = self.tracker.remove(key) {
+            self.issue(record);
+        }
+        self.reset_at_risk_peer(&state);
         self.publish_pending();
     }
 
@@ -564,16 +602,22 @@ impl<M: Packet> Interceptor<M> {
     /// segment with an exact one too, having no socket for it), deleted here and on
     /// the backup, counted, reported.
     pub(super) fn reset_at_risk(&mut self, state: &SessionState) {
+        self.issue(Record::Delete(state.key));
+        self.reset_at_risk_peer(state);
+    }
+
+    /// The peer's side of [`Interceptor::reset_at_risk`]: RSTs at both ends of what it
+    /// may have received, counted, logged and told as an event.
+    pub(super) fn reset_at_risk_peer(&mut self, state: &SessionState) {
         let key = state.key;
         self.inject(reset_to_peer(&key, state.snd_una));
         if state.snd_nxt != state.snd_una {
             self.inject(reset_to_peer(&key, state.snd_nxt));
         }
-        self.issue(Record::Delete(key));
         self.stats.sessions_reset.fetch_add(1, Ordering::Relaxed);
         self.stats.reset_at_risk.fetch_add(1, Ordering::Relaxed);
-        let reason = "the crashed master's service held output not sent or input not read";
-        tracing::warn!(session = %key, reason, "session reset at takeover");
+        let reason = "the dead service held output not sent or input not read";
+        tracing::warn!(session = %key, reason, "session reset instead of restored");
         if let Some(events) = &self.events {
             events.emit(nonstop_shared::control::EventKind::SessionReset {
                 peer: format!("{}:{}", key.peer_ip, key.peer_port),

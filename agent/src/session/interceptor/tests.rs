@@ -758,3 +758,118 @@ fn a_restored_sessions_reset_the_peer_would_ignore_is_refused_and_ends_nothing()
         .iter()
         .any(|(_, r)| matches!(r, Record::Delete(k) if *k == state.key)));
 }
+
+#[test]
+fn a_session_at_risk_when_the_service_dies_is_reset_not_restored_and_the_rest_wait() {
+    use crate::session::risk::Observation;
+    let mut t = Trace::master(false);
+    t.handshake();
+    let key = t.state().key;
+    // A second session, clean.
+    let a = t.packet(
+        seg()
+            .syn()
+            .seq(ISN_PEER)
+            .mss(1460)
+            .peer(PEER, PEER_PORT + 1),
+    );
+    let b = t.packet(
+        seg()
+            .from_us()
+            .syn()
+            .seq(ISN_US)
+            .ack(ISN_PEER + 1)
+            .mss(1460)
+            .peer(PEER, PEER_PORT + 1),
+    );
+    let c = t.packet(
+        seg()
+            .seq(ISN_PEER + 1)
+            .ack(ISN_US + 1)
+            .peer(PEER, PEER_PORT + 1),
+    );
+    t.tick(Duration::ZERO);
+    assert_eq!(
+        t.out(),
+        vec![Out::Accept(a), Out::Accept(b), Out::Accept(c)]
+    );
+    let owing = Observation {
+        key,
+        send_queue: 0,
+        not_sent: None,
+        recv_queue: 10,
+    };
+    for _ in 0..crate::session::interceptor::machine::RISK_POLLS {
+        t.command(QueueCommand::Observe(vec![owing]));
+    }
+    t.records();
+    t.command(QueueCommand::AppDied);
+    let out = t.out();
+    let resets = injected(&out);
+    assert!(!resets.is_empty(), "{out:?}");
+    assert!(resets.iter().all(|p| flags(p) & RST != 0));
+    assert!(t
+        .records()
+        .iter()
+        .any(|(_, r)| matches!(r, Record::Delete(k) if *k == key)));
+    assert_eq!(t.stats.reset_at_risk.load(Ordering::Relaxed), 1);
+    // Only the clean session waits for the restarted service.
+    assert_eq!((t.core.tracker.len(), t.core.restores.pending()), (1, 1));
+}
+
+#[test]
+fn a_dead_services_orphaned_socket_holding_unsent_output_loses_its_session_cleanly() {
+    use crate::session::risk::Observation;
+    // Two sessions: one whose orphaned socket still holds output never sent, one
+    // clean.
+    let mut t = Trace::master(false);
+    let ports = [PEER_PORT, PEER_PORT + 1];
+    for port in ports {
+        t.packet(seg().syn().seq(ISN_PEER).mss(1460).peer(PEER, port));
+        t.packet(
+            seg()
+                .from_us()
+                .syn()
+                .seq(ISN_US)
+                .ack(ISN_PEER + 1)
+                .mss(1460)
+                .peer(PEER, port),
+        );
+        t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).peer(PEER, port));
+    }
+    t.tick(Duration::ZERO);
+    t.out();
+    t.records();
+    let key_of = |port: u16| {
+        let mut key = t.core.tracker.sessions().next().expect("a session").key;
+        key.peer_port = port;
+        key
+    };
+    let (unsent, clean) = (key_of(ports[0]), key_of(ports[1]));
+    // The death parks both at once (a peer's segment must not reach an orphan).
+    t.command(QueueCommand::AppDied);
+    assert_eq!(t.core.restores.pending(), 2);
+    let orphan = Observation {
+        key: unsent,
+        send_queue: 500,
+        not_sent: Some(500),
+        recv_queue: 0,
+    };
+    let drained = Observation {
+        key: clean,
+        send_queue: 1,
+        not_sent: Some(0),
+        recv_queue: 0,
+    };
+    t.command(QueueCommand::DeadSockets(vec![orphan, drained]));
+    let out = t.out();
+    let resets = injected(&out);
+    assert!(!resets.is_empty() && resets.iter().all(|p| flags(p) & RST != 0));
+    assert!(t
+        .records()
+        .iter()
+        .any(|(_, r)| matches!(r, Record::Delete(k) if *k == unsent)));
+    assert_eq!(t.stats.reset_at_risk.load(Ordering::Relaxed), 1);
+    assert_eq!((t.core.tracker.len(), t.core.restores.pending()), (1, 1));
+    assert!(t.core.restores.pending_for(&clean), "the clean one waits");
+}
