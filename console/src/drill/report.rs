@@ -96,6 +96,8 @@ pub struct GroupSummary {
     pub broken_reasons: Vec<String>,
     /// The first few wrong replies (what came, what was due).
     pub wrong_examples: Vec<String>,
+    /// The first few clean resets (slow groups).
+    pub reset_reasons: Vec<String>,
 }
 
 /// The whole report.
@@ -262,6 +264,9 @@ impl Report {
                 }
                 for w in &g.wrong_examples {
                     let _ = writeln!(out, "\n- {}: wrong reply: {}", cell(&g.name), cell(w));
+                }
+                for r in &g.reset_reasons {
+                    let _ = writeln!(out, "\n- {}: {}", cell(&g.name), cell(r));
                 }
             }
         }
@@ -484,6 +489,7 @@ mod tests {
                     longest_gap_ms: 498,
                     broken_reasons: vec![],
                     wrong_examples: vec![],
+                    reset_reasons: vec![],
                 },
                 GroupSummary {
                     name: "kv".into(),
@@ -503,6 +509,7 @@ mod tests {
                     } else {
                         vec![]
                     },
+                    reset_reasons: vec![],
                 },
             ],
             error: None,

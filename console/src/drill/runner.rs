@@ -228,6 +228,13 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
                 })
                 .take(5)
                 .collect(),
+            reset_reasons: s
+                .sessions
+                .iter()
+                .enumerate()
+                .flat_map(|(i, x)| x.reset_log.iter().map(move |r| format!("session {i}: {r}")))
+                .take(10)
+                .collect(),
         });
     }
     // Sessions that broke (or replies that went wrong) after the last `expect` that
