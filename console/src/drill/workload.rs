@@ -38,6 +38,8 @@ const IO_TICK: Duration = Duration::from_millis(100);
 /// A reset counts as clean only if it came this soon after the session's last
 /// progress (later, the session stalled first).
 pub const RESET_PROMPT: Duration = Duration::from_secs(10);
+/// How long a slow session reset cleanly tries to connect again.
+pub const RECONNECT_LIMIT: Duration = Duration::from_secs(5);
 
 /// The echo/bulk message of `session` in `round`: a header naming both, then a
 /// pattern that depends on the position, `bytes` long, ending in a newline.
@@ -979,7 +981,18 @@ impl Worker {
         self.local[i].resets += 1;
         self.conns[i].slow = None;
         self.publish_reset(at);
-        let stream = match connect_for(Workload::Slow, &self.ns, self.addr) {
+        // As a client would: try again for a while (the pair may be in the middle
+        // of its takeover, the service not listening yet).
+        let deadline = Instant::now() + RECONNECT_LIMIT;
+        let stream = loop {
+            match connect_for(Workload::Slow, &self.ns, self.addr) {
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other,
+            }
+        };
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 self.break_session(
