@@ -36,7 +36,8 @@ impl Replica {
     }
 }
 
-/// A reply that does not come for this long breaks the session.
+/// A round whose replies do not all come within this long breaks the sessions still
+/// waiting (one deadline per round, so stalled sessions do not add up).
 pub const STALL_LIMIT: Duration = Duration::from_secs(20);
 const IO_TICK: Duration = Duration::from_millis(100);
 
@@ -121,6 +122,8 @@ pub struct KvLoad {
     stop: Arc<AtomicBool>,
     phase: Arc<AtomicUsize>,
     rounds: Arc<AtomicU64>,
+    /// The figures as of the last completed round.
+    latest: Arc<std::sync::Mutex<KvFigures>>,
     thread: std::thread::JoinHandle<KvFigures>,
 }
 
@@ -132,10 +135,9 @@ struct Conn {
 }
 
 impl Conn {
-    /// The next reply line (without its newline).
-    fn line(&mut self) -> Result<String, String> {
+    /// The next reply line (without its newline), if it comes before `deadline`.
+    fn line(&mut self, deadline: Instant) -> Result<String, String> {
         let mut buf = [0u8; 4096];
-        let mut last = Instant::now();
         loop {
             if let Some(pos) = self.inbox.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.inbox.drain(..=pos).collect();
@@ -146,13 +148,13 @@ impl Conn {
             }
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err("connection closed (EOF)".into()),
-                Ok(n) => {
-                    self.inbox.extend_from_slice(&buf[..n]);
-                    last = Instant::now();
-                }
+                Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if last.elapsed() >= STALL_LIMIT {
-                        return Err(format!("no reply for {} s", STALL_LIMIT.as_secs()));
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "no reply within {} s of the round's start",
+                            STALL_LIMIT.as_secs()
+                        ));
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -189,9 +191,10 @@ impl KvLoad {
                 .write_all(&encode(&opening))
                 .with_context(|| format!("session {i} login"))?;
         }
+        let deadline = Instant::now() + STALL_LIMIT;
         for (i, c) in conns.iter_mut().enumerate() {
             for r in c.check.opening() {
-                let reply = c.line().map_err(anyhow::Error::msg)?;
+                let reply = c.line(deadline).map_err(anyhow::Error::msg)?;
                 if let Err(expected) = c.check.judge(&r, &reply) {
                     bail!(
                         "session {i}: {:?} answered {reply:?}, not {expected:?}",
@@ -203,15 +206,22 @@ impl KvLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let phase = Arc::new(AtomicUsize::new(0));
         let rounds = Arc::new(AtomicU64::new(0));
-        let (s, p, r) = (Arc::clone(&stop), Arc::clone(&phase), Arc::clone(&rounds));
+        let latest = Arc::new(std::sync::Mutex::new(KvFigures::default()));
+        let (s, p, r, l) = (
+            Arc::clone(&stop),
+            Arc::clone(&phase),
+            Arc::clone(&rounds),
+            Arc::clone(&latest),
+        );
         let thread = std::thread::Builder::new()
             .name("kv-load".into())
-            .spawn(move || run(conns, interval, &s, &p, &r))
+            .spawn(move || run(conns, interval, &s, &p, &r, &l))
             .context("start the load thread")?;
         Ok(KvLoad {
             stop,
             phase,
             rounds,
+            latest,
             thread,
         })
     }
@@ -230,6 +240,14 @@ impl KvLoad {
     pub fn wait_rounds(&self, n: u64, within: Duration) -> anyhow::Result<()> {
         let target = self.rounds() + n;
         wait_for(within, || (self.rounds() >= target).then_some(()))
+    }
+
+    /// The figures as of the last completed round (while the load runs).
+    pub fn latest(&self) -> KvFigures {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops after the running round; the figures.
@@ -252,6 +270,7 @@ fn run(
     stop: &AtomicBool,
     phase: &AtomicUsize,
     rounds: &AtomicU64,
+    latest: &std::sync::Mutex<KvFigures>,
 ) -> KvFigures {
     let mut f = KvFigures {
         sessions: conns.len(),
@@ -283,12 +302,13 @@ fn run(
         if sent.is_empty() {
             break;
         }
+        let deadline = started + STALL_LIMIT;
         for (i, requests) in sent {
             let c = &mut conns[i];
             for r in &requests {
                 let p = phase.load(Ordering::SeqCst);
                 grow(&mut f, p);
-                match c.line() {
+                match c.line(deadline) {
                     Ok(reply) => match c.check.judge(r, &reply) {
                         Ok(()) => f.right += 1,
                         Err(expected) => {
@@ -321,6 +341,9 @@ fn run(
         rounds.fetch_add(1, Ordering::SeqCst);
         f.longest_gap = f.longest_gap.max(last_round.elapsed());
         last_round = Instant::now();
+        *latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = f.clone();
         if let Some(rest) = interval.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
         }
@@ -350,6 +373,36 @@ pub struct Scenario {
     pub peer_counters: ((u64, u64, u64), (u64, u64, u64)),
     /// The agents' logs at the end, for failure messages.
     pub logs: String,
+}
+
+/// Both nodes' mode, replicated sessions, held packets and replication position, for
+/// failure messages.
+pub fn pair_summary(lab: &Lab) -> String {
+    let (m, b) = statuses(lab);
+    [("master", m), ("backup", b)]
+        .into_iter()
+        .map(|(n, s)| match s {
+            None => format!("{n} host: unreachable"),
+            Some(s) => {
+                let r = &s.replication;
+                format!(
+                    "{n} host: {} epoch {}, {} sessions, connected {}, position {} acked {}, \
+                     {} held packets, {} restore pending, {} snapshots, {} errors",
+                    s.mode,
+                    s.epoch,
+                    r.sessions,
+                    r.connected,
+                    r.position,
+                    r.acked,
+                    r.held_packets,
+                    r.restore_pending,
+                    r.snapshots,
+                    r.errors
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn settled_master(lab: &Lab, master: Node, what: &str) {
@@ -400,7 +453,20 @@ pub fn failover_scenario(tag: &str, replica: Replica, sessions: usize) -> Scenar
     // limit (20 s) before it counts as broken: room for that and 25 rounds.
     let settle = |what: &str| {
         load.wait_rounds(25, Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("{what}: the load did not go on: {e}\n{}", logs(&lab)));
+            .unwrap_or_else(|e| {
+                let so_far = Scenario {
+                    replica,
+                    figures: load.latest(),
+                    peer_counters: (counters_before, counters_before),
+                    logs: String::new(),
+                };
+                panic!(
+                    "{what}: the load did not go on: {e}\n{}\n{}\n{}",
+                    so_far.describe(),
+                    pair_summary(&lab),
+                    logs(&lab)
+                )
+            });
     };
     settle(PHASES[0]);
     let switchover = |what: &str, new_master: Node| {

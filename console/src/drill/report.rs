@@ -29,6 +29,10 @@ impl Outcome {
     }
 }
 
+/// The `kind` of the check after the drill's last step (sessions that broke, or
+/// replies that went wrong, after the last `expect` that checked them).
+pub const FINAL_CHECK: &str = "final";
+
 /// One step as it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepRecord {
@@ -53,7 +57,9 @@ pub struct StepRecord {
 impl StepRecord {
     /// `round 3 step 2` or `setup step 1`.
     pub fn place(&self) -> String {
-        if self.round == 0 {
+        if self.kind == FINAL_CHECK {
+            "end".to_owned()
+        } else if self.round == 0 {
             format!("setup step {}", self.index)
         } else {
             format!("round {} step {}", self.round, self.index)
@@ -90,6 +96,8 @@ pub struct GroupSummary {
     pub broken_reasons: Vec<String>,
     /// The first few wrong replies (what came, what was due).
     pub wrong_examples: Vec<String>,
+    /// The first few clean resets (slow groups).
+    pub reset_reasons: Vec<String>,
 }
 
 /// The whole report.
@@ -256,6 +264,9 @@ impl Report {
                 }
                 for w in &g.wrong_examples {
                     let _ = writeln!(out, "\n- {}: wrong reply: {}", cell(&g.name), cell(w));
+                }
+                for r in &g.reset_reasons {
+                    let _ = writeln!(out, "\n- {}: {}", cell(&g.name), cell(r));
                 }
             }
         }
@@ -478,6 +489,7 @@ mod tests {
                     longest_gap_ms: 498,
                     broken_reasons: vec![],
                     wrong_examples: vec![],
+                    reset_reasons: vec![],
                 },
                 GroupSummary {
                     name: "kv".into(),
@@ -497,6 +509,7 @@ mod tests {
                     } else {
                         vec![]
                     },
+                    reset_reasons: vec![],
                 },
             ],
             error: None,
@@ -521,6 +534,25 @@ mod tests {
     #[test]
     fn junit_report_of_a_failed_drill() {
         insta::assert_snapshot!(sample(true).to_junit());
+    }
+
+    #[test]
+    fn the_final_check_is_placed_at_the_end() {
+        let mut r = sample(false);
+        r.steps.push(StepRecord {
+            round: 1,
+            index: 4,
+            kind: FINAL_CHECK.into(),
+            description: "the figures at the end are within each group's last expectations".into(),
+            duration_ms: 0,
+            outcome: Outcome::Failed,
+            detail: String::new(),
+            failures: vec!["web: 2 broken sessions, at most 0 expected".into()],
+        });
+        assert!(!r.passed());
+        assert!(r.to_markdown().contains(
+            "- end (the figures at the end are within each group's last expectations): web: 2 broken sessions"
+        ));
     }
 
     #[test]

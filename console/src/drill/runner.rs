@@ -3,7 +3,7 @@
 //! the agents' control API, and fills in the [`Report`].
 
 use super::progress::Progress;
-use super::report::{GroupSummary, Outcome, Report, StepRecord};
+use super::report::{GroupSummary, Outcome, Report, StepRecord, FINAL_CHECK};
 use super::spec::{Drill, Expect, Link, MasterIs, Replica, Role, Step};
 use super::workload::Group;
 use crate::client::{AgentAddr, AgentConnection};
@@ -65,6 +65,9 @@ struct Runner {
     first_master: Option<Node>,
     interrupted: Arc<AtomicBool>,
     progress: Progress,
+    /// Per group, the session limits of the last `expect` that checked it: the
+    /// figures at the end of the drill must still be within them.
+    last_limits: Vec<(String, Expect)>,
 }
 
 /// Runs `drill` (from `file`) on `target`; the report is complete even when the lab
@@ -118,6 +121,7 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
         first_master: None,
         interrupted,
         progress,
+        last_limits: Vec::new(),
     };
     match runner.settle(SETTLE) {
         Ok((master, _)) => runner.first_master = Some(master),
@@ -180,8 +184,16 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
         }
         report.steps.push(record);
     }
+    let since = runner.disruption.map(|(t, _)| t);
+    let mut late = Vec::new();
     for (mut group, _) in runner.groups.drain(..) {
         let s = group.stop();
+        if !stopped {
+            if let Some((_, limits)) = runner.last_limits.iter().find(|(g, _)| *g == s.name) {
+                let (_, failures) = judge_groups(limits, std::slice::from_ref(&s), since);
+                late.extend(failures.into_iter().map(|f| format!("{}: {f}", s.name)));
+            }
+        }
         report.groups.push(GroupSummary {
             name: s.name.clone(),
             workload: s.workload.to_string(),
@@ -216,6 +228,28 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
                 })
                 .take(5)
                 .collect(),
+            reset_reasons: s
+                .sessions
+                .iter()
+                .enumerate()
+                .flat_map(|(i, x)| x.reset_log.iter().map(move |r| format!("session {i}: {r}")))
+                .take(10)
+                .collect(),
+        });
+    }
+    // Sessions that broke (or replies that went wrong) after the last `expect` that
+    // checked them, e.g. while the groups drained at the end, fail the drill too.
+    if !late.is_empty() {
+        report.steps.push(StepRecord {
+            round: drill.rounds,
+            index: drill.steps.len() + 1,
+            kind: FINAL_CHECK.to_owned(),
+            description: "the figures at the end are within each group's last expectations"
+                .to_owned(),
+            duration_ms: 0,
+            outcome: Outcome::Failed,
+            detail: String::new(),
+            failures: late,
         });
     }
     if report.error.is_none() && runner.interrupted.load(Ordering::SeqCst) {
@@ -829,6 +863,17 @@ impl Runner {
             .iter()
             .map(|&i| self.groups[i].0.snapshot())
             .collect();
+        if e.broken.is_some() || e.lost_bytes.is_some() || e.wrong_replies.is_some() {
+            let limits = Expect {
+                master: None,
+                resumed_within_ms: None,
+                ..e.clone()
+            };
+            for s in &snaps {
+                self.last_limits.retain(|(g, _)| *g != s.name);
+                self.last_limits.push((s.name.clone(), limits.clone()));
+            }
+        }
         let (mut d, mut f) = judge_groups(e, &snaps, self.disruption.map(|(t, _)| t));
         detail.append(&mut d);
         failures.append(&mut f);

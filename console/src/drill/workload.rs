@@ -38,6 +38,8 @@ const IO_TICK: Duration = Duration::from_millis(100);
 /// A reset counts as clean only if it came this soon after the session's last
 /// progress (later, the session stalled first).
 pub const RESET_PROMPT: Duration = Duration::from_secs(10);
+/// How long a slow session reset cleanly tries to connect again.
+pub const RECONNECT_LIMIT: Duration = Duration::from_secs(5);
 
 /// The echo/bulk message of `session` in `round`: a header naming both, then a
 /// pattern that depends on the position, `bytes` long, ending in a newline.
@@ -133,6 +135,8 @@ pub struct SessionStats {
     pub first_wrong: Option<String>,
     /// Clean resets after which the session connected again (slow).
     pub resets: u64,
+    /// The first few of them: which connection, where in its stream, why.
+    pub reset_log: Vec<String>,
 }
 
 /// A group's figures, shared between its thread and the runner.
@@ -307,6 +311,7 @@ impl Group {
         }));
         let flags = Arc::new(Flags::default());
         let mut worker = Worker {
+            started: Instant::now(),
             ns: ns.to_owned(),
             addr,
             name: name.to_owned(),
@@ -414,6 +419,8 @@ enum IoEnd {
 }
 
 struct Worker {
+    /// When the group was opened.
+    started: Instant,
     /// Where sessions connect from and to (slow sessions connect again after a reset).
     ns: String,
     addr: SocketAddr,
@@ -967,13 +974,25 @@ impl Worker {
     fn reconnect_slow(&mut self, i: usize, why: &str) -> SlowRead {
         let at = Instant::now();
         let received = self.conns[i].slow.as_ref().map_or(0, |s| s.received);
+        let old_port = self.local[i].local_port;
         // The bytes written but never read back are not lost (the stream ended
         // visibly); count only what was read.
         self.local[i].sent = self.local[i].verified;
         self.local[i].resets += 1;
         self.conns[i].slow = None;
         self.publish_reset(at);
-        let stream = match connect_for(Workload::Slow, &self.ns, self.addr) {
+        // As a client would: try again for a while (the pair may be in the middle
+        // of its takeover, the service not listening yet).
+        let deadline = Instant::now() + RECONNECT_LIMIT;
+        let stream = loop {
+            match connect_for(Workload::Slow, &self.ns, self.addr) {
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other,
+            }
+        };
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 self.break_session(
@@ -995,6 +1014,15 @@ impl Worker {
         let target = self.bytes as u64;
         writer.allow(target);
         self.local[i].local_port = stream.local_addr().map_or(0, |a| a.port());
+        let s = &mut self.local[i];
+        if s.reset_log.len() < 8 {
+            s.reset_log.push(format!(
+                "port {old_port} reset cleanly at byte {received} of its stream ({why}), \
+                 {} ms after the group started; connected again from port {}",
+                at.duration_since(self.started).as_millis(),
+                s.local_port
+            ));
+        }
         self.conns[i].stream = stream;
         self.conns[i].slow = Some(SlowState {
             writer,
