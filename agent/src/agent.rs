@@ -29,7 +29,7 @@ use crate::shutdown::{self, ShutdownTrigger};
 use crate::status::StatusSources;
 use anyhow::Context;
 use nonstop_shared::auth::Key;
-use nonstop_shared::config::{AgentConfig, LoneMaster, ReplicationMode};
+use nonstop_shared::config::{AgentConfig, LoneMaster, OnBackup, ReplicaMode, ReplicationMode};
 use nonstop_shared::Mode;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -104,6 +104,30 @@ impl Agent {
             interceptor::spawn(interceptor_config, records_tx, seed, first_seq)
                 .context("interception")?;
         interceptor.send(QueueCommand::SetEventLog(Arc::clone(&events)));
+        let hot = config.service.replica == ReplicaMode::Hot;
+        let on_backup = if hot {
+            // A hot replica runs the service on the backup too (its mirrors).
+            OnBackup::Park
+        } else {
+            config.service.on_backup
+        };
+        let tap: Option<receiver::Tap> = if hot {
+            interceptor.send(QueueCommand::Hot {
+                backlog: config.service.mirror_backlog,
+            });
+            crate::vip::lo::prepare(&config.service.interface, config.service.vip.addr)
+                .await
+                .context("hot replica")?;
+            let mirrors = interceptor.clone();
+            Some(Arc::new(move |applied| {
+                mirrors.send(match applied {
+                    receiver::Applied::Snapshot => QueueCommand::MirrorSnapshot,
+                    receiver::Applied::Records(records) => QueueCommand::Mirror(records),
+                })
+            }))
+        } else {
+            None
+        };
 
         // Replication: the backup's listener and the master's sender.
         let stats = Arc::new(ReplicationStats::default());
@@ -117,6 +141,7 @@ impl Agent {
             shutdown: shutdown.clone(),
             key: key.clone(),
             max_sessions: config.session.max_sessions,
+            tap,
         })
         .await?;
         tokio::spawn(receiver);
@@ -173,6 +198,7 @@ impl Agent {
             ports: config.service.ports.clone(),
             vip: config.service.vip.addr,
             drain_limit: config.session.drain_limit(),
+            replica_mode: config.service.replica,
         };
 
         // Application manager; its crashes on a healthy master restore locally.
@@ -180,7 +206,7 @@ impl Agent {
             Some(command) => {
                 let (manager, handle) = crate::app::AppManager::new(
                     command,
-                    config.service.on_backup,
+                    on_backup,
                     Arc::clone(&events),
                     mode.clone(),
                     shutdown.clone(),
@@ -258,7 +284,7 @@ impl Agent {
         tokio::spawn(crate::host::check::run(crate::host::check::CheckParts {
             live: live.clone(),
             ports: config.service.ports.clone(),
-            on_backup: config.service.on_backup,
+            on_backup,
             mode: mode.clone(),
             control: handle.clone(),
             view: check_view,

@@ -182,6 +182,9 @@ pub async fn restore_after_app_crashes(
 ) {
     while exits.recv().await.is_some() {
         if mode.borrow().0 != Mode::Master {
+            // A hot replica's service: its mirrors are gone (cold); the master is
+            // not affected.
+            interceptor.send(QueueCommand::ReplicaServiceDied);
             continue;
         }
         interceptor.send(QueueCommand::AppDied);

@@ -114,6 +114,7 @@ fn session(i: usize, seq_shift: u64, t: u64) -> SessionInfo {
         unacked_bytes: (i % 5) * 100,
         record_seq: 10_000 + i64_ * 3 + t - seq_shift,
         last_activity_ms: NOW - (i64_ * 37 % 9_000),
+        replica: None,
     }
 }
 

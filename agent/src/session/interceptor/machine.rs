@@ -18,6 +18,7 @@
 use super::barrier::Barrier;
 use super::close_quarantine::{self, CloseQuarantine};
 use super::holding::{Holding, Offer};
+use super::mirroring::MirrorCommand;
 use super::restores::Restores;
 use super::{
     InterceptorStats, QueueCommand, Sequenced, ESTABLISHED_IDLE_MS, HANDSHAKE_IDLE_MS, INJECT_MARK,
@@ -146,6 +147,8 @@ pub struct Interceptor<M> {
     pub(super) restore_origin: Option<Instant>,
     /// The service's accept queues (for the barrier).
     pub(super) accept_probe: AcceptProbe,
+    /// Hot replica: the mirrors (backup) and whether input is replicated (master).
+    pub(super) mirrors: crate::session::mirror::Mirrors,
     /// The time of the current input.
     pub(super) now: Instant,
     /// Wall-clock milliseconds of the current input (session activity, expiry).
@@ -201,6 +204,7 @@ impl<M: Packet> Interceptor<M> {
             barrier: Barrier::new(MAX_HELD),
             restore_origin: None,
             accept_probe,
+            mirrors: crate::session::mirror::Mirrors::new(),
             now,
             now_ms: 0,
             last_expiry: now,
@@ -257,6 +261,7 @@ impl<M: Packet> Interceptor<M> {
         if self.restores.flying() > 0 {
             self.pump_restores();
         }
+        self.mirror_timeout();
     }
 
     /// How long the thread may sleep before [`Interceptor::handle_timeout`] is due.
@@ -274,6 +279,9 @@ impl<M: Packet> Interceptor<M> {
         }
         if let Some(due) = self.closing.next_due(now) {
             timeout = timeout.min(due + Duration::from_millis(1));
+        }
+        if let Some(due) = self.mirrors.deadline() {
+            timeout = timeout.min(due.saturating_duration_since(now) + Duration::from_millis(1));
         }
         timeout
     }
@@ -318,6 +326,9 @@ impl<M: Packet> Interceptor<M> {
             &self.stats.packets_in
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let Some(message) = self.mirror_packet(message, &peek) else {
+            return;
+        };
         // Our own forged handshake and fed input into the local stack: deliver
         // untouched, untracked.
         if !peek.outbound && (self.is_forged_inbound(&peek) || self.is_fed(&peek)) {
@@ -506,7 +517,10 @@ impl<M: Packet> Interceptor<M> {
     /// counted ([`Rejection`]).
     pub(super) fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
         match self.tracker.on_packet(packet, self.now_ms) {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                if self.replicates_input() {
+                    super::mirroring::attach_input(packet, self.vip, &mut outcome.records);
+                }
                 if let Some(rejection) = outcome.rejected {
                     self.stats
                         .segments_out_of_window
@@ -638,6 +652,17 @@ impl<M: Packet> Interceptor<M> {
                 }
             }
             QueueCommand::SetEventLog(events) => self.events = Some(events),
+            QueueCommand::Hot { backlog } => self.on_mirror_command(MirrorCommand::Enable(backlog)),
+            QueueCommand::Mirror(records) => {
+                self.on_mirror_command(MirrorCommand::Records(records));
+            }
+            QueueCommand::MirrorSnapshot => self.on_mirror_command(MirrorCommand::Snapshot),
+            QueueCommand::ReplicaServiceDied => {
+                self.on_mirror_command(MirrorCommand::ServiceDied);
+            }
+            QueueCommand::ReplicaStates(reply) => {
+                self.on_mirror_command(MirrorCommand::States(reply));
+            }
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.holding.last_seq(), self.tracker.snapshot()));
             }

@@ -80,8 +80,10 @@ pub struct Adopted {
     pub mirror_rcv_nxt: u32,
     /// The input from `mirror_rcv_nxt` on that the mirror has not acknowledged.
     pub backlog: Vec<u8>,
-    /// End of the mirror's output so far (peer space, its FIN not counted).
+    /// End of the mirror's output so far (peer space, its FIN counted).
     pub output_end: u32,
+    /// The mirror kernel's latest TSval, if timestamps are on.
+    pub mirror_tsval: Option<u32>,
 }
 
 /// How a mirror is doing, for status.
@@ -363,9 +365,8 @@ impl Mirror {
             synack: self.synack?,
             mirror_rcv_nxt: self.input_base,
             backlog: self.input.iter().copied().collect(),
-            output_end: self
-                .mirror_fin
-                .map_or(self.mirror_end, |_| self.mirror_end.wrapping_sub(1)),
+            output_end: self.mirror_end,
+            mirror_tsval: self.mirror_tsval,
         })
     }
 

@@ -235,6 +235,11 @@ impl Mirrors {
         self.ended.clear();
     }
 
+    /// Every session with a mirror, live or ended.
+    pub fn keys(&self) -> Vec<SessionKey> {
+        self.live.keys().chain(self.ended.keys()).copied().collect()
+    }
+
     /// How a session's replica stands (`None`: no mirror was ever opened for it).
     pub fn state(&self, key: &SessionKey) -> Option<ReplicaState> {
         if let Some(mirror) = self.live.get(key) {
