@@ -11,6 +11,8 @@
 //! - [`session`]: per-session recovery data and the records that carry it.
 //! - [`settings`]: an agent's effective settings and the pair comparison of `console check`.
 //! - [`record`]: the versioned binary layout of records, for replication and disk.
+//! - [`kv`]: the line protocol of `nonstop-kv`, the stateful test service (sans-IO
+//!   session, also the oracle of drills and tests).
 //!
 //! Nothing here does I/O (except reading the key file and the CSPRNG in [`auth`]); every decoder rejects bad input with a typed error.
 
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
+pub mod kv;
 #[cfg(feature = "man")]
 pub mod man;
 pub mod mode;

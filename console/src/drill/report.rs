@@ -80,10 +80,16 @@ pub struct GroupSummary {
     pub broken: u64,
     /// Bytes lost or corrupted.
     pub lost_bytes: u64,
+    /// Replies the protocol forbids (stateful groups).
+    pub wrong_replies: u64,
+    /// Clean resets after which a session connected again (slow groups).
+    pub resets: u64,
     /// Longest time between two completed rounds, milliseconds.
     pub longest_gap_ms: u64,
     /// The first few reasons sessions broke.
     pub broken_reasons: Vec<String>,
+    /// The first few wrong replies (what came, what was due).
+    pub wrong_examples: Vec<String>,
 }
 
 /// The whole report.
@@ -138,8 +144,17 @@ impl Report {
         let sessions: usize = self.groups.iter().map(|g| g.sessions).sum();
         let broken: u64 = self.groups.iter().map(|g| g.broken).sum();
         let lost: u64 = self.groups.iter().map(|g| g.lost_bytes).sum();
+        let wrong: u64 = self.groups.iter().map(|g| g.wrong_replies).sum();
+        let resets: u64 = self.groups.iter().map(|g| g.resets).sum();
+        let mut extra = String::new();
+        if wrong > 0 {
+            extra.push_str(&format!(", {wrong} wrong replies"));
+        }
+        if resets > 0 {
+            extra.push_str(&format!(", {resets} clean resets"));
+        }
         format!(
-            "{} {}: {} steps in {}, {sessions} sessions, {broken} broken, {lost} lost bytes{}",
+            "{} {}: {} steps in {}, {sessions} sessions, {broken} broken, {lost} lost bytes{extra}{}",
             if self.passed() { "PASSED" } else { "FAILED" },
             self.drill,
             self.steps
@@ -212,13 +227,16 @@ impl Report {
             let _ = writeln!(out, "\n## Sessions\n");
             let _ = writeln!(
                 out,
-                "| group | workload | sessions | rounds | sent | verified | broken | lost bytes | longest gap |"
+                "| group | workload | sessions | rounds | sent | verified | broken | lost bytes | wrong replies | resets | longest gap |"
             );
-            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             for g in &self.groups {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} ms |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ms |",
                     cell(&g.name),
                     g.workload,
                     g.sessions,
@@ -227,12 +245,17 @@ impl Report {
                     g.bytes_verified,
                     g.broken,
                     g.lost_bytes,
+                    g.wrong_replies,
+                    g.resets,
                     g.longest_gap_ms,
                 );
             }
             for g in &self.groups {
                 for r in &g.broken_reasons {
                     let _ = writeln!(out, "\n- {}: {}", cell(&g.name), cell(r));
+                }
+                for w in &g.wrong_examples {
+                    let _ = writeln!(out, "\n- {}: wrong reply: {}", cell(&g.name), cell(w));
                 }
             }
         }
@@ -278,6 +301,19 @@ impl Report {
             ("rounds", self.rounds.to_string()),
         ] {
             let _ = writeln!(out, "      <property name=\"{k}\" value=\"{}\"/>", xml(&v));
+        }
+        for g in &self.groups {
+            let _ = writeln!(
+                out,
+                "      <property name=\"group {}\" value=\"{} sessions={} broken={} lost_bytes={} wrong_replies={} resets={}\"/>",
+                xml(&g.name),
+                xml(&g.workload),
+                g.sessions,
+                g.broken,
+                g.lost_bytes,
+                g.wrong_replies,
+                g.resets
+            );
         }
         let _ = writeln!(out, "    </properties>");
         let class = format!("drill.{}", self.drill.replace(' ', "_"));
@@ -427,18 +463,42 @@ mod tests {
             started_unix_ms: 1_700_000_000_000,
             duration_ms: 5_321,
             steps,
-            groups: vec![GroupSummary {
-                name: "web".into(),
-                workload: "echo".into(),
-                sessions: 32,
-                rounds: 41,
-                bytes_sent: 83_968,
-                bytes_verified: 83_968,
-                broken: 0,
-                lost_bytes: 0,
-                longest_gap_ms: 498,
-                broken_reasons: vec![],
-            }],
+            groups: vec![
+                GroupSummary {
+                    name: "web".into(),
+                    workload: "echo".into(),
+                    sessions: 32,
+                    rounds: 41,
+                    bytes_sent: 83_968,
+                    bytes_verified: 83_968,
+                    broken: 0,
+                    lost_bytes: 0,
+                    wrong_replies: 0,
+                    resets: 0,
+                    longest_gap_ms: 498,
+                    broken_reasons: vec![],
+                    wrong_examples: vec![],
+                },
+                GroupSummary {
+                    name: "kv".into(),
+                    workload: "stateful".into(),
+                    sessions: 4,
+                    rounds: 120,
+                    bytes_sent: 12_000,
+                    bytes_verified: 11_950,
+                    broken: 0,
+                    lost_bytes: 0,
+                    wrong_replies: if fail { 2 } else { 0 },
+                    resets: 0,
+                    longest_gap_ms: 230,
+                    broken_reasons: vec![],
+                    wrong_examples: if fail {
+                        vec!["session 1 (port 40033): \"INCR hits\" answered \"ERR login first\", expected \"41\"".into()]
+                    } else {
+                        vec![]
+                    },
+                },
+            ],
             error: None,
         }
     }

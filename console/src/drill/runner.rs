@@ -4,7 +4,7 @@
 
 use super::progress::Progress;
 use super::report::{GroupSummary, Outcome, Report, StepRecord};
-use super::spec::{Drill, Expect, Link, MasterIs, Role, Service, Step};
+use super::spec::{Drill, Expect, Link, MasterIs, Replica, Role, Step};
 use super::workload::Group;
 use crate::client::{AgentAddr, AgentConnection};
 use crate::pair;
@@ -191,6 +191,8 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
             bytes_verified: s.sessions.iter().map(|x| x.verified).sum(),
             broken: s.broken(),
             lost_bytes: s.lost(),
+            wrong_replies: s.wrong_replies(),
+            resets: s.resets.len() as u64,
             longest_gap_ms: s.max_gap().as_millis() as u64,
             broken_reasons: s
                 .sessions
@@ -200,6 +202,17 @@ pub fn run(drill: &Drill, file: &str, target: Target) -> Report {
                     x.broken
                         .as_ref()
                         .map(|why| format!("session {i} (port {}): {why}", x.local_port))
+                })
+                .take(5)
+                .collect(),
+            wrong_examples: s
+                .sessions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| {
+                    x.first_wrong
+                        .as_ref()
+                        .map(|w| format!("session {i} (port {}): {w}", x.local_port))
                 })
                 .take(5)
                 .collect(),
@@ -250,10 +263,7 @@ fn open_lab(
             Ok((lab, None))
         }
         Target::Fresh { prefix } => {
-            let service = match drill.lab.service {
-                Service::Echo => "nonstop-echo",
-                Service::Chat => "nonstop-chat",
-            };
+            let service = drill.lab.service.binary();
             let bin = sibling_binary(service)?;
             let spec = LabSpec {
                 name: nonstop_lab::unique_name(prefix),
@@ -266,16 +276,44 @@ fn open_lab(
                 )),
             };
             progress.say(&format!(
-                "building lab {} ({service} under both agents)",
-                spec.name
+                "building lab {} ({service} under both agents, {} replica)",
+                spec.name,
+                match drill.lab.replica {
+                    Replica::Cold => "cold",
+                    Replica::Hot => "hot",
+                }
             ));
             let guard = LabGuard::up(&spec).context("cannot build the drill's lab")?;
+            if drill.lab.replica == Replica::Hot {
+                for node in Node::ALL {
+                    set_replica_hot(&guard.config_path(node))?;
+                }
+            }
             guard
                 .start_agents()
                 .context("cannot start the drill lab's agents")?;
             Ok((guard.0.clone(), Some(guard)))
         }
     }
+}
+
+/// Sets `service.replica = "hot"` in an agent's config file (an agent that does not
+/// know the key refuses to start, so the drill fails plainly).
+fn set_replica_hot(path: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("cannot parse {}", path.display()))?;
+    let service = doc
+        .entry("service")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(service) = service.as_table_mut() else {
+        bail!("{}: [service] is not a table", path.display());
+    };
+    service.insert("replica".into(), toml::Value::String("hot".into()));
+    let text = toml::to_string(&doc).context("cannot write the agent config")?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl Runner {
@@ -788,8 +826,24 @@ impl Runner {
             .map(|&i| self.groups[i].0.snapshot())
             .collect();
         if let Some(max) = e.broken {
+            let since = self.disruption.map(|(t, _)| t);
+            let resets: u64 = snaps
+                .iter()
+                .map(|s| since.map_or(s.resets.len() as u64, |t| s.resets_since(t)))
+                .sum();
+            let allowed = e.resets.unwrap_or(0);
             let broken: u64 = snaps.iter().map(|s| s.broken()).sum();
             detail.push(format!("{broken} broken"));
+            if resets > 0 || e.resets.is_some() {
+                detail.push(format!("{resets} clean resets ({allowed} allowed)"));
+            }
+            // A clean reset beyond the allowance is a broken session like any other.
+            if resets > allowed {
+                failures.push(format!(
+                    "{resets} sessions reset (cleanly, then connected again) since the last \
+                     disruptive step, at most {allowed} allowed"
+                ));
+            }
             if broken > max {
                 let reasons: Vec<String> = snaps
                     .iter()
@@ -813,6 +867,27 @@ impl Runner {
             detail.push(format!("{lost} lost bytes"));
             if lost > max {
                 failures.push(format!("{lost} bytes lost, at most {max} expected"));
+            }
+        }
+        if let Some(max) = e.wrong_replies {
+            let wrong: u64 = snaps.iter().map(|s| s.wrong_replies()).sum();
+            detail.push(format!("{wrong} wrong replies"));
+            if wrong > max {
+                let examples: Vec<String> = snaps
+                    .iter()
+                    .flat_map(|s| {
+                        s.sessions.iter().enumerate().filter_map(move |(i, x)| {
+                            x.first_wrong
+                                .as_ref()
+                                .map(|w| format!("{} session {i}: {w}", s.name))
+                        })
+                    })
+                    .take(3)
+                    .collect();
+                failures.push(format!(
+                    "{wrong} wrong replies, at most {max} expected (first: {})",
+                    examples.join("; ")
+                ));
             }
         }
         Ok(Done {

@@ -5,11 +5,12 @@
 //! name = "planned switchover"
 //! rounds = 2                      # the [[step]] list runs this many times
 //! [lab]                           # only when the drill builds its own lab
-//! service = "echo"                # echo | chat
+//! service = "echo"                # echo | chat | kv
+//! replica = "cold"                # cold | hot (the agents' service.replica)
 //! [[setup]]                       # runs once, before the rounds
 //! do = "open"
 //! group = "web"
-//! workload = "echo"               # echo | chat | bulk
+//! workload = "echo"               # echo | chat | bulk | slow (echo) | stateful (kv)
 //! sessions = 32
 //! [[step]]
 //! do = "switchover"
@@ -19,6 +20,8 @@
 //! resumed_within_ms = 3000
 //! broken = 0
 //! lost_bytes = 0
+//! wrong_replies = 0               # stateful groups: replies the protocol forbids
+//! resets = 0                      # slow groups: clean resets since the last fault
 //! ```
 
 use serde::Deserialize;
@@ -63,6 +66,29 @@ pub enum Service {
     Echo,
     /// `nonstop-chat`.
     Chat,
+    /// `nonstop-kv` (stateful line protocol).
+    Kv,
+}
+
+impl Service {
+    /// The service's binary.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Service::Echo => "nonstop-echo",
+            Service::Chat => "nonstop-chat",
+            Service::Kv => "nonstop-kv",
+        }
+    }
+}
+
+/// Whether the backup runs the service too (design §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replica {
+    /// Sessions are restored into a fresh service at takeover (the default).
+    Cold,
+    /// The backup mirrors every session in its own running service.
+    Hot,
 }
 
 /// What a session group does on each of its connections.
@@ -76,23 +102,42 @@ pub enum Workload {
     Chat,
     /// Large patterned chunks, echoed back and checked byte for byte.
     Bulk,
+    /// Slow readers: a small receive buffer, 1 KiB read every `interval_ms`, a
+    /// stream echoed back and checked byte for byte — the service's output waits in
+    /// its kernel. A session reset cleanly connects again (counted in `resets`).
+    Slow,
+    /// `nonstop-kv` sessions: each logs in, selects its own namespace, then sends
+    /// `INCR` and `WHO` every round; every reply must be what the protocol says.
+    Stateful,
 }
 
 impl Workload {
     /// The service this workload needs.
     pub fn service(self) -> Service {
         match self {
-            Workload::Echo | Workload::Bulk => Service::Echo,
+            Workload::Echo | Workload::Bulk | Workload::Slow => Service::Echo,
             Workload::Chat => Service::Chat,
+            Workload::Stateful => Service::Kv,
         }
     }
 
-    /// Default message size in bytes.
+    /// Default message size in bytes (slow: bytes per checked round).
     pub fn default_bytes(self) -> usize {
         match self {
             Workload::Echo => 64,
             Workload::Chat => 48,
             Workload::Bulk => 16 * 1024,
+            Workload::Slow => 64 * 1024,
+            Workload::Stateful => 0,
+        }
+    }
+
+    /// Default `interval_ms` (slow: the pause between reads).
+    pub fn default_interval_ms(self) -> i64 {
+        match self {
+            Workload::Slow => 5,
+            Workload::Stateful => 20,
+            _ => 100,
         }
     }
 }
@@ -103,6 +148,8 @@ impl fmt::Display for Workload {
             Workload::Echo => "echo",
             Workload::Chat => "chat",
             Workload::Bulk => "bulk",
+            Workload::Slow => "slow",
+            Workload::Stateful => "stateful",
         })
     }
 }
@@ -332,6 +379,14 @@ pub struct Expect {
     /// Most lost bytes allowed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_bytes: Option<u64>,
+    /// Most wrong replies allowed (stateful groups). Given as 0 when absent and the
+    /// step checks `broken` or `lost_bytes` of a stateful group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrong_replies: Option<u64>,
+    /// Clean resets allowed since the last disruptive step (slow groups connect
+    /// again after one); a reset beyond it counts as broken. 0 when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets: Option<u64>,
     /// Groups the session checks apply to (empty: every group).
     pub groups: Vec<String>,
 }
@@ -349,8 +404,14 @@ impl Expect {
         if let Some(n) = self.broken {
             parts.push(format!("≤ {n} broken"));
         }
+        if let Some(n) = self.resets {
+            parts.push(format!("≤ {n} clean resets"));
+        }
         if let Some(n) = self.lost_bytes {
             parts.push(format!("≤ {n} lost bytes"));
+        }
+        if let Some(n) = self.wrong_replies {
+            parts.push(format!("≤ {n} wrong replies"));
         }
         let groups = if self.groups.is_empty() {
             String::new()
@@ -366,6 +427,8 @@ impl Expect {
 pub struct LabPlan {
     /// The service both agents manage.
     pub service: Service,
+    /// Cold or hot replica.
+    pub replica: Replica,
     /// Heartbeat interval, milliseconds.
     pub heartbeat_ms: u64,
     /// Missed heartbeats before failover.
@@ -409,6 +472,7 @@ struct RawDrill {
 #[serde(deny_unknown_fields)]
 struct RawLab {
     service: Option<Spanned<String>>,
+    replica: Option<Spanned<String>>,
     heartbeat_ms: Option<Spanned<i64>>,
     misses: Option<Spanned<i64>>,
 }
@@ -435,6 +499,8 @@ struct RawStep {
     resumed_within_ms: Option<Spanned<i64>>,
     broken: Option<Spanned<i64>>,
     lost_bytes: Option<Spanned<i64>>,
+    wrong_replies: Option<Spanned<i64>>,
+    resets: Option<Spanned<i64>>,
     quiesce: Option<Spanned<bool>>,
 }
 
@@ -554,6 +620,8 @@ fn allowed_fields(kind: &str) -> &'static [&'static str] {
             "resumed_within_ms",
             "broken",
             "lost_bytes",
+            "wrong_replies",
+            "resets",
             "group",
             "groups",
         ],
@@ -588,6 +656,8 @@ impl RawStep {
             s("resumed_within_ms", &self.resumed_within_ms),
             s("broken", &self.broken),
             s("lost_bytes", &self.lost_bytes),
+            s("wrong_replies", &self.wrong_replies),
+            s("resets", &self.resets),
             s("quiesce", &self.quiesce),
         ]
         .into_iter()
@@ -624,6 +694,7 @@ pub fn parse(text: &str) -> Result<Drill, Vec<SpecError>> {
     let lab = match &raw.lab {
         None => LabPlan {
             service: Service::Echo,
+            replica: Replica::Cold,
             heartbeat_ms: 100,
             misses: 3,
         },
@@ -634,9 +705,23 @@ pub fn parse(text: &str) -> Result<Drill, Vec<SpecError>> {
                     .keyword(
                         s,
                         "lab.service",
-                        &[("echo", Service::Echo), ("chat", Service::Chat)],
+                        &[
+                            ("echo", Service::Echo),
+                            ("chat", Service::Chat),
+                            ("kv", Service::Kv),
+                        ],
                     )
                     .unwrap_or(Service::Echo),
+            },
+            replica: match &l.replica {
+                None => Replica::Cold,
+                Some(r) => c
+                    .keyword(
+                        r,
+                        "lab.replica",
+                        &[("cold", Replica::Cold), ("hot", Replica::Hot)],
+                    )
+                    .unwrap_or(Replica::Cold),
             },
             heartbeat_ms: c.int(&l.heartbeat_ms, "lab.heartbeat_ms", 10, 10_000, 100) as u64,
             misses: c.int(&l.misses, "lab.misses", 1, 100, 3) as u32,
@@ -746,7 +831,7 @@ fn check_steps(
                         c.error(
                             step.action.span(),
                             field("workload"),
-                            "missing: echo, chat or bulk".into(),
+                            "missing: echo, chat, bulk, slow or stateful".into(),
                         );
                         None
                     }
@@ -757,6 +842,8 @@ fn check_steps(
                             ("echo", Workload::Echo),
                             ("chat", Workload::Chat),
                             ("bulk", Workload::Bulk),
+                            ("slow", Workload::Slow),
+                            ("stateful", Workload::Stateful),
                         ],
                     ),
                 };
@@ -781,19 +868,37 @@ fn check_steps(
                     );
                 }
                 let sessions = c.int(&step.sessions, &field("sessions"), 1, MAX_SESSIONS, 1);
-                let max_bytes = if workload == Workload::Bulk {
-                    1 << 20
-                } else {
-                    4000
+                let max_bytes = match workload {
+                    Workload::Bulk | Workload::Slow => 1 << 20,
+                    _ => 4000,
                 };
-                let message_bytes = c.int(
-                    &step.message_bytes,
-                    &field("message_bytes"),
-                    32,
-                    max_bytes,
-                    workload.default_bytes() as i64,
+                if workload == Workload::Stateful {
+                    if let Some(b) = &step.message_bytes {
+                        c.error(
+                            b.span(),
+                            field("message_bytes"),
+                            "does not apply to the stateful workload (its requests are fixed)"
+                                .into(),
+                        );
+                    }
+                }
+                let message_bytes = match workload {
+                    Workload::Stateful => 0,
+                    _ => c.int(
+                        &step.message_bytes,
+                        &field("message_bytes"),
+                        32,
+                        max_bytes,
+                        workload.default_bytes() as i64,
+                    ),
+                };
+                let interval_ms = ms(
+                    c,
+                    &step.interval_ms,
+                    "interval_ms",
+                    0,
+                    workload.default_interval_ms(),
                 );
-                let interval_ms = ms(c, &step.interval_ms, "interval_ms", 0, 100);
                 groups.push((name.clone(), workload));
                 Step::Open {
                     group: name,
@@ -900,29 +1005,62 @@ fn check_steps(
                 let opt = |c: &mut Checker<'_>, v: &Option<Spanned<i64>>, name: &str, max: i64| {
                     v.as_ref().map(|_| c.int(v, &field(name), 0, max, 0) as u64)
                 };
-                let expect = Expect {
+                let mut expect = Expect {
                     master,
                     within_ms: ms(c, &step.within_ms, "within_ms", 1, 10_000),
                     resumed_within_ms: opt(c, &step.resumed_within_ms, "resumed_within_ms", MAX_MS),
                     broken: opt(c, &step.broken, "broken", i64::from(u32::MAX)),
                     lost_bytes: opt(c, &step.lost_bytes, "lost_bytes", i64::MAX),
+                    wrong_replies: opt(c, &step.wrong_replies, "wrong_replies", i64::MAX),
+                    resets: opt(c, &step.resets, "resets", i64::from(u32::MAX)),
                     groups: names.into_iter().map(Spanned::into_inner).collect(),
                 };
                 if step.master.is_none()
                     && step.resumed_within_ms.is_none()
                     && step.broken.is_none()
                     && step.lost_bytes.is_none()
+                    && step.wrong_replies.is_none()
                 {
                     c.error(
                         step.action.span(),
                         field("do"),
-                        "expects nothing: give master, resumed_within_ms, broken or lost_bytes"
+                        "expects nothing: give master, resumed_within_ms, broken, lost_bytes \
+                         or wrong_replies"
                             .into(),
                     );
                 }
+                if let (Some(r), None) = (&step.resets, &step.broken) {
+                    c.error(
+                        r.span(),
+                        field("resets"),
+                        "allows resets that `broken` would count: give broken too".into(),
+                    );
+                }
+                let checked: Vec<Workload> = groups
+                    .iter()
+                    .filter(|(g, _)| expect.groups.is_empty() || expect.groups.contains(g))
+                    .map(|(_, w)| *w)
+                    .collect();
+                if let Some(w) = &step.wrong_replies {
+                    if !checked.contains(&Workload::Stateful) {
+                        c.error(
+                            w.span(),
+                            field("wrong_replies"),
+                            "no stateful group is checked by this step".into(),
+                        );
+                    }
+                }
+                // A stateful group's replies are checked whenever its sessions are.
+                if expect.wrong_replies.is_none()
+                    && (expect.broken.is_some() || expect.lost_bytes.is_some())
+                    && checked.contains(&Workload::Stateful)
+                {
+                    expect.wrong_replies = Some(0);
+                }
                 let needs_sessions = expect.resumed_within_ms.is_some()
                     || expect.broken.is_some()
-                    || expect.lost_bytes.is_some();
+                    || expect.lost_bytes.is_some()
+                    || expect.wrong_replies.is_some();
                 if needs_sessions && groups.is_empty() {
                     c.error(
                         step.action.span(),
@@ -1055,7 +1193,7 @@ do = "explode"
         assert_eq!(
             e,
             vec![
-                "line 5, column 12: setup 1 (do = \"open\"), field workload: unknown value \"telnet\"; expected one of echo, chat, bulk",
+                "line 5, column 12: setup 1 (do = \"open\"), field workload: unknown value \"telnet\"; expected one of echo, chat, bulk, slow, stateful",
                 "line 12, column 12: setup 2 (do = \"open\"), field sessions: must be between 1 and 4096, got -4",
                 "line 17, column 9: step 1 (do = \"expect\"), field group: no session group \"nosuch\" is opened before this step (known: b)",
                 "line 22, column 9: step 2 (do = \"wait\"), field times: does not apply to do = \"wait\"",
@@ -1079,8 +1217,148 @@ do = "explode"
         let e = errors("name = \"x\"\n[[step]]\ndo = \"expect\"\n");
         assert_eq!(
             e,
-            vec!["line 3, column 6: step 1 (do = \"expect\"), field do: expects nothing: give master, resumed_within_ms, broken or lost_bytes"]
+            vec!["line 3, column 6: step 1 (do = \"expect\"), field do: expects nothing: give master, resumed_within_ms, broken, lost_bytes or wrong_replies"]
         );
+    }
+
+    #[test]
+    fn stateful_and_slow_groups_and_their_expectations() {
+        let drill = parse(
+            r#"name = "hot kv"
+[lab]
+service = "kv"
+replica = "hot"
+[[setup]]
+do = "open"
+group = "kv"
+workload = "stateful"
+sessions = 256
+[[step]]
+do = "switchover"
+[[step]]
+do = "expect"
+broken = 0
+"#,
+        )
+        .expect("valid");
+        assert_eq!(drill.lab.service, Service::Kv);
+        assert_eq!(drill.lab.replica, Replica::Hot);
+        assert_eq!(
+            drill.setup[0],
+            Step::Open {
+                group: "kv".into(),
+                workload: Workload::Stateful,
+                sessions: 256,
+                message_bytes: 0,
+                interval_ms: 20,
+            }
+        );
+        let Step::Expect(e) = &drill.steps[1] else {
+            panic!("expect step")
+        };
+        assert_eq!(e.wrong_replies, Some(0), "checked whenever sessions are");
+        assert_eq!(
+            drill.steps[1].describe(),
+            "expect ≤ 0 broken, ≤ 0 wrong replies"
+        );
+
+        let drill = parse(
+            r#"name = "slow"
+[[setup]]
+do = "open"
+group = "slow"
+workload = "slow"
+sessions = 2
+[[step]]
+do = "crash_master"
+[[step]]
+do = "expect"
+broken = 0
+resets = 2
+lost_bytes = 0
+group = "slow"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(drill.lab.replica, Replica::Cold);
+        assert_eq!(
+            drill.setup[0],
+            Step::Open {
+                group: "slow".into(),
+                workload: Workload::Slow,
+                sessions: 2,
+                message_bytes: 64 * 1024,
+                interval_ms: 5,
+            }
+        );
+        let Step::Expect(e) = &drill.steps[1] else {
+            panic!("expect step")
+        };
+        assert_eq!((e.resets, e.wrong_replies), (Some(2), None));
+        assert_eq!(
+            drill.steps[1].describe(),
+            "expect ≤ 0 broken, ≤ 2 clean resets, ≤ 0 lost bytes [slow]"
+        );
+    }
+
+    #[test]
+    fn stateful_and_slow_mistakes_are_reported() {
+        let e = errors(
+            r#"name = "x"
+[lab]
+replica = "warm"
+[[setup]]
+do = "open"
+group = "kv"
+workload = "stateful"
+sessions = 2
+message_bytes = 64
+[[step]]
+do = "expect"
+resets = 1
+wrong_replies = 0
+group = "kv"
+[[setup]]
+do = "open"
+group = "e"
+workload = "echo"
+sessions = 1
+[[step]]
+do = "expect"
+wrong_replies = 0
+group = "e"
+"#,
+        );
+        assert_eq!(
+            e,
+            vec![
+                "line 3, column 11: lab.replica: unknown value \"warm\"; expected one of cold, hot",
+                "line 7, column 12: setup 1 (do = \"open\"), field workload: a stateful workload needs the kv service, but [lab] service is \"echo\"",
+                "line 9, column 17: setup 1 (do = \"open\"), field message_bytes: does not apply to the stateful workload (its requests are fixed)",
+                "line 12, column 10: step 1 (do = \"expect\"), field resets: allows resets that `broken` would count: give broken too",
+                "line 22, column 17: step 2 (do = \"expect\"), field wrong_replies: no stateful group is checked by this step",
+            ]
+        );
+    }
+
+    /// Every drill shipped in scripts/drills/ parses (the hot ones too, which only
+    /// pass once hot mode exists).
+    #[test]
+    fn every_shipped_drill_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/drills");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("scripts/drills") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            if let Err(errors) = parse(&text) {
+                panic!("{}: {errors:?}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 8, "only {seen} drills found in {}", dir.display());
     }
 
     #[test]

@@ -5,15 +5,23 @@
 //! Each *round*, every live session of a group sends one message:
 //! - `echo`/`bulk`: the echo must come back byte-exact and in order;
 //! - `chat`: every member must hear every live member's line of that round, in
-//!   order per sender (lines from anybody else, e.g. people in the demo, are ignored).
+//!   order per sender (lines from anybody else, e.g. people in the demo, are ignored);
+//! - `slow`: the round's share of a stream (`message_bytes`) is written and read
+//!   back slowly ([`super::slow`]), byte for byte;
+//! - `stateful`: `INCR` and `WHO` to `nonstop-kv`; every reply must be what the
+//!   protocol says ([`super::stateful`]); a wrong one counts as a *wrong reply*.
 //!
 //! A session is *broken* on EOF, a reset or any other error, a corrupted byte, or no
-//! progress for [`STALL_LIMIT`]. *Lost bytes* are bytes sent that never came back (a
-//! broken echo session's outstanding bytes, chat lines a member never heard) and bytes
-//! that came back wrong. Message formats and checks are pure functions at the top of
-//! this file; the thread below them is the only I/O.
+//! progress for [`STALL_LIMIT`] — except that a slow session reset cleanly (at once,
+//! every byte so far exact) counts as a *reset* and connects again. *Lost bytes* are
+//! bytes sent that never came back (a broken echo session's outstanding bytes, chat
+//! lines a member never heard) and bytes that came back wrong, a hole included.
+//! Message formats and checks are pure functions at the top of this file and in
+//! [`super::slow`] and [`super::stateful`]; the thread below them is the only I/O.
 
+use super::slow;
 use super::spec::Workload;
+use super::stateful::{self, KvCheck, Request};
 use anyhow::Context;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +35,9 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(30);
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(15);
 /// Read/write timeout of each socket operation (the loop checks stop/stall between).
 const IO_TICK: Duration = Duration::from_millis(100);
+/// A reset counts as clean only if it came this soon after the session's last
+/// progress (later, the session stalled first).
+pub const RESET_PROMPT: Duration = Duration::from_secs(10);
 
 /// The echo/bulk message of `session` in `round`: a header naming both, then a
 /// pattern that depends on the position, `bytes` long, ending in a newline.
@@ -116,6 +127,12 @@ pub struct SessionStats {
     pub lost: u64,
     /// Why the session broke, if it did.
     pub broken: Option<String>,
+    /// Replies the protocol forbids (stateful).
+    pub wrong_replies: u64,
+    /// The first wrong reply: what came, what was due.
+    pub first_wrong: Option<String>,
+    /// Clean resets after which the session connected again (slow).
+    pub resets: u64,
 }
 
 /// A group's figures, shared between its thread and the runner.
@@ -129,9 +146,21 @@ pub struct GroupStats {
     pub sessions: Vec<SessionStats>,
     /// Completed rounds: (started, finished), in order.
     pub rounds: Vec<(Instant, Instant)>,
+    /// When each clean reset was seen.
+    pub resets: Vec<Instant>,
 }
 
 impl GroupStats {
+    /// Wrong replies over all sessions.
+    pub fn wrong_replies(&self) -> u64 {
+        self.sessions.iter().map(|s| s.wrong_replies).sum()
+    }
+
+    /// Clean resets seen at or after `t`.
+    pub fn resets_since(&self, t: Instant) -> u64 {
+        self.resets.iter().filter(|r| **r >= t).count() as u64
+    }
+
     /// Sessions that broke.
     pub fn broken(&self) -> u64 {
         self.sessions.iter().filter(|s| s.broken.is_some()).count() as u64
@@ -167,6 +196,48 @@ struct Conn {
     inbox: Vec<u8>,
     /// Chat: next round expected from each sender.
     next: Vec<u64>,
+    /// Stateful: the session's expected state.
+    kv: Option<KvCheck>,
+    /// Slow: the writer and how far the stream was read.
+    slow: Option<SlowState>,
+}
+
+/// A slow session's reading side.
+struct SlowState {
+    writer: slow::Writer,
+    /// Stream bytes read back (all exact).
+    received: u64,
+    /// Bytes of this connection's stream counted in the session's figures before it
+    /// (earlier connections of the session, reset cleanly).
+    base_sent: u64,
+    last_progress: Instant,
+}
+
+impl Conn {
+    fn new(
+        stream: TcpStream,
+        workload: Workload,
+        name: &str,
+        index: usize,
+        sessions: usize,
+    ) -> std::io::Result<Conn> {
+        let slow = match workload {
+            Workload::Slow => Some(SlowState {
+                writer: slow::Writer::start(&stream)?,
+                received: 0,
+                base_sent: 0,
+                last_progress: Instant::now(),
+            }),
+            _ => None,
+        };
+        Ok(Conn {
+            stream,
+            inbox: Vec::new(),
+            next: vec![1; sessions],
+            kv: (workload == Workload::Stateful).then(|| KvCheck::new(name, index)),
+            slow,
+        })
+    }
 }
 
 /// Controls shared with the group's thread.
@@ -216,29 +287,28 @@ impl Group {
         let mut conns = Vec::with_capacity(sessions);
         let mut stats = Vec::with_capacity(sessions);
         for i in 0..sessions {
-            let stream = connect_patiently(ns, addr)
+            let stream = connect_for(workload, ns, addr)
                 .with_context(|| format!("group {name}: session {i} cannot connect to {addr}"))?;
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(IO_TICK))?;
-            stream.set_write_timeout(Some(IO_TICK))?;
             stats.push(SessionStats {
                 local_port: stream.local_addr().map_or(0, |a| a.port()),
                 ..SessionStats::default()
             });
-            conns.push(Conn {
-                stream,
-                inbox: Vec::new(),
-                next: vec![1; sessions],
-            });
+            conns.push(
+                Conn::new(stream, workload, name, i, sessions)
+                    .context("cannot start a slow session's writer")?,
+            );
         }
         let shared = Arc::new(Mutex::new(GroupStats {
             name: name.to_owned(),
             workload,
             sessions: stats,
             rounds: Vec::new(),
+            resets: Vec::new(),
         }));
         let flags = Arc::new(Flags::default());
         let mut worker = Worker {
+            ns: ns.to_owned(),
+            addr,
             name: name.to_owned(),
             workload,
             bytes,
@@ -249,8 +319,10 @@ impl Group {
             local: lock(&shared).sessions.clone(),
             stop_deadline: None,
         };
-        if workload == Workload::Chat {
-            worker.join_chat()?;
+        match workload {
+            Workload::Chat => worker.join_chat()?,
+            Workload::Stateful => worker.open_kv()?,
+            _ => {}
         }
         let thread = std::thread::Builder::new()
             .name(format!("drill-{name}"))
@@ -306,6 +378,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Connects one session of `workload` and sets its socket up (slow: a small receive
+/// buffer, reads that only look).
+fn connect_for(workload: Workload, ns: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = if workload == Workload::Slow {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match slow::connect(ns, addr) {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        }
+    } else {
+        connect_patiently(ns, addr)?
+    };
+    stream.set_nodelay(true)?;
+    // A slow session's reads only look (its writer thread has its own timeout).
+    stream.set_read_timeout(Some(if workload == Workload::Slow {
+        Duration::from_millis(1)
+    } else {
+        IO_TICK
+    }))?;
+    stream.set_write_timeout(Some(IO_TICK))?;
+    Ok(stream)
+}
+
 /// Why a read or write gave up.
 enum IoEnd {
     /// The session is broken (reason).
@@ -315,6 +414,9 @@ enum IoEnd {
 }
 
 struct Worker {
+    /// Where sessions connect from and to (slow sessions connect again after a reset).
+    ns: String,
+    addr: SocketAddr,
     name: String,
     workload: Workload,
     bytes: usize,
@@ -342,6 +444,12 @@ impl Worker {
         }
     }
 
+    fn publish_reset(&self, at: Instant) {
+        let mut s = lock(&self.stats);
+        s.resets.push(at);
+        s.sessions.clone_from(&self.local);
+    }
+
     fn stopping(&mut self) -> bool {
         if self.flags.stop.load(Ordering::SeqCst) {
             self.stop_deadline
@@ -355,7 +463,7 @@ impl Worker {
     fn break_session(&mut self, i: usize, why: String) {
         let s = &mut self.local[i];
         if s.broken.is_none() {
-            if self.workload != Workload::Chat {
+            if !matches!(self.workload, Workload::Chat | Workload::Stateful) {
                 s.lost += s.sent.saturating_sub(s.verified + s.lost);
             }
             s.broken = Some(why);
@@ -499,15 +607,27 @@ impl Worker {
                 Workload::Echo => self.echo_round(round, &live),
                 Workload::Bulk => self.bulk_round(round, &live),
                 Workload::Chat => self.chat_round(round, &live),
+                Workload::Stateful => self.stateful_round(&live),
+                Workload::Slow => self.slow_round(&live),
             };
             let finished = Instant::now();
             self.publish(complete.then_some((started, finished)));
-            let until = Instant::now() + self.interval;
+            // Slow sessions pause between reads, not between rounds.
+            let pause = if self.workload == Workload::Slow {
+                Duration::ZERO
+            } else {
+                self.interval
+            };
+            let until = Instant::now() + pause;
             while Instant::now() < until && !self.stopping() {
                 std::thread::sleep(Duration::from_millis(5).min(self.interval));
             }
         }
         self.publish(None);
+        for conn in &mut self.conns {
+            // Stops and joins the writer threads.
+            conn.slow = None;
+        }
     }
 
     /// Verifies `len` bytes of session `i`'s inbox against `want`.
@@ -646,6 +766,258 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Stateful: every session logs in and selects its namespace; any reply but the
+    /// protocol's fails the opening.
+    fn open_kv(&mut self) -> anyhow::Result<()> {
+        let opening: Vec<Vec<Request>> = self
+            .conns
+            .iter()
+            .map(|c| c.kv.as_ref().map(KvCheck::opening).unwrap_or_default())
+            .collect();
+        for (i, requests) in opening.iter().enumerate() {
+            if let Err(IoEnd::Broken(why)) = self.write_fully(i, &stateful::encode(requests)) {
+                anyhow::bail!("group {}: session {i} cannot log in: {why}", self.name);
+            }
+        }
+        for (i, requests) in opening.iter().enumerate() {
+            for r in requests {
+                let reply = match self.next_line(i) {
+                    Ok(line) => line,
+                    Err(_) => anyhow::bail!(
+                        "group {}: session {i} got no reply to {:?}",
+                        self.name,
+                        r.line
+                    ),
+                };
+                let reply = String::from_utf8_lossy(&reply).trim_end().to_owned();
+                if let Some(Err(expected)) = self.conns[i].kv.as_mut().map(|k| k.judge(r, &reply)) {
+                    anyhow::bail!(
+                        "group {}: session {i}: {:?} answered {reply:?}, not {expected:?} \
+                         (is the service nonstop-kv?)",
+                        self.name,
+                        r.line
+                    );
+                }
+                self.local[i].verified += reply.len() as u64 + 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn stateful_round(&mut self, live: &[usize]) -> bool {
+        let mut ok = true;
+        let mut sent: Vec<(usize, Vec<Request>)> = Vec::with_capacity(live.len());
+        for &i in live {
+            let Some(requests) = self.conns[i].kv.as_mut().map(KvCheck::round) else {
+                continue;
+            };
+            match self.write_fully(i, &stateful::encode(&requests)) {
+                Ok(()) => sent.push((i, requests)),
+                Err(e) => {
+                    self.end(i, e);
+                    ok = false;
+                }
+            }
+        }
+        for (i, requests) in sent {
+            for r in &requests {
+                if self.local[i].broken.is_some() {
+                    break;
+                }
+                let reply = match self.next_line(i) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        self.end(i, e);
+                        ok = false;
+                        break;
+                    }
+                };
+                let text = String::from_utf8_lossy(&reply).trim_end().to_owned();
+                let verdict = self.conns[i].kv.as_mut().map(|k| k.judge(r, &text));
+                let s = &mut self.local[i];
+                match verdict {
+                    Some(Err(expected)) => {
+                        s.wrong_replies += 1;
+                        s.first_wrong.get_or_insert_with(|| {
+                            format!("{:?} answered {text:?}, expected {expected:?}", r.line)
+                        });
+                        ok = false;
+                    }
+                    _ => s.verified += reply.len() as u64,
+                }
+            }
+        }
+        ok
+    }
+
+    /// Slow: every live session's stream goes on by `bytes`, read back slowly.
+    fn slow_round(&mut self, live: &[usize]) -> bool {
+        let mut ok = true;
+        let mut targets: Vec<(usize, u64)> = Vec::with_capacity(live.len());
+        for &i in live {
+            if let Some(st) = &self.conns[i].slow {
+                let target = st.received + self.bytes as u64;
+                st.writer.allow(target);
+                targets.push((i, target));
+            }
+        }
+        let mut buf = vec![0u8; slow::CHUNK];
+        loop {
+            let mut waiting = false;
+            for (i, target) in targets.iter_mut() {
+                let i = *i;
+                if self.local[i].broken.is_some() {
+                    continue;
+                }
+                match self.slow_read(i, *target, &mut buf) {
+                    SlowRead::Done => {}
+                    SlowRead::More => waiting = true,
+                    SlowRead::Reconnected(new_target) => {
+                        *target = new_target;
+                        waiting = true;
+                    }
+                    SlowRead::Broken => ok = false,
+                }
+            }
+            if !waiting {
+                break;
+            }
+            std::thread::sleep(self.interval);
+        }
+        ok
+    }
+
+    /// One read of slow session `i` toward stream offset `target`.
+    fn slow_read(&mut self, i: usize, target: u64, buf: &mut [u8]) -> SlowRead {
+        let Some(st) = self.conns[i].slow.as_ref() else {
+            return SlowRead::Done;
+        };
+        let (received, last_progress) = (st.received, st.last_progress);
+        self.local[i].sent = st.base_sent + st.writer.written();
+        if received >= target {
+            return SlowRead::Done;
+        }
+        let want = (target - received).min(buf.len() as u64) as usize;
+        let n = match self.conns[i].stream.read(&mut buf[..want]) {
+            Ok(0) => return self.slow_reset(i, last_progress, "connection closed (EOF)"),
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => 0,
+            Err(e) if slow::is_reset(&e) => {
+                return self.slow_reset(i, last_progress, &format!("read: {e}"))
+            }
+            Err(e) => {
+                self.break_session(i, format!("read: {e}"));
+                return SlowRead::Broken;
+            }
+        };
+        if n == 0 {
+            if last_progress.elapsed() >= STALL_LIMIT {
+                let writer = self.conns[i]
+                    .slow
+                    .as_ref()
+                    .and_then(|s| s.writer.error())
+                    .map_or(String::new(), |e| format!(" (its writer: {e})"));
+                let why = format!(
+                    "slow reader stalled for {} s at byte {received} of its stream{writer}",
+                    STALL_LIMIT.as_secs()
+                );
+                self.break_session(i, why);
+                return SlowRead::Broken;
+            }
+            self.stopping();
+            if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                self.end(i, IoEnd::Drained);
+                return SlowRead::Broken;
+            }
+            return SlowRead::More;
+        }
+        if let Some(bad) = slow::first_wrong(received, &buf[..n]) {
+            self.local[i].verified += bad as u64;
+            let at = received + bad as u64;
+            self.break_session(
+                i,
+                format!("a hole or a wrong byte at byte {at} of the slow stream"),
+            );
+            return SlowRead::Broken;
+        }
+        if let Some(st) = self.conns[i].slow.as_mut() {
+            st.received += n as u64;
+            st.last_progress = Instant::now();
+        }
+        self.local[i].verified += n as u64;
+        SlowRead::More
+    }
+
+    /// Slow session `i` was reset or closed: clean if it came soon after its last
+    /// progress (then it connects again), broken otherwise.
+    fn slow_reset(&mut self, i: usize, last_progress: Instant, why: &str) -> SlowRead {
+        let quiet = last_progress.elapsed();
+        if quiet >= RESET_PROMPT {
+            self.break_session(
+                i,
+                format!("reset after {} s without progress: {why}", quiet.as_secs()),
+            );
+            return SlowRead::Broken;
+        }
+        self.reconnect_slow(i, why)
+    }
+
+    /// A slow session reset cleanly: counted, then connected again.
+    fn reconnect_slow(&mut self, i: usize, why: &str) -> SlowRead {
+        let at = Instant::now();
+        let received = self.conns[i].slow.as_ref().map_or(0, |s| s.received);
+        // The bytes written but never read back are not lost (the stream ended
+        // visibly); count only what was read.
+        self.local[i].sent = self.local[i].verified;
+        self.local[i].resets += 1;
+        self.conns[i].slow = None;
+        self.publish_reset(at);
+        let stream = match connect_for(Workload::Slow, &self.ns, self.addr) {
+            Ok(s) => s,
+            Err(e) => {
+                self.break_session(
+                    i,
+                    format!(
+                        "reset cleanly at byte {received} ({why}), then cannot connect again: {e}"
+                    ),
+                );
+                return SlowRead::Broken;
+            }
+        };
+        let writer = match slow::Writer::start(&stream) {
+            Ok(w) => w,
+            Err(e) => {
+                self.break_session(i, format!("cannot start a writer again: {e}"));
+                return SlowRead::Broken;
+            }
+        };
+        let target = self.bytes as u64;
+        writer.allow(target);
+        self.local[i].local_port = stream.local_addr().map_or(0, |a| a.port());
+        self.conns[i].stream = stream;
+        self.conns[i].slow = Some(SlowState {
+            writer,
+            received: 0,
+            base_sent: self.local[i].sent,
+            last_progress: Instant::now(),
+        });
+        SlowRead::Reconnected(target)
+    }
+}
+
+/// What one slow read came to.
+enum SlowRead {
+    /// The session reached its target.
+    Done,
+    /// Not yet.
+    More,
+    /// It was reset cleanly and connected again; its new target.
+    Reconnected(u64),
+    /// It broke.
+    Broken,
+}
+
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
@@ -706,7 +1078,10 @@ mod tests {
             workload: Workload::Echo,
             sessions: vec![],
             rounds: vec![(at(0), at(10)), (at(90), at(400)), (at(410), at(420))],
+            resets: vec![at(50), at(95)],
         };
+        assert_eq!(stats.resets_since(at(90)), 1);
+        assert_eq!(stats.resets_since(at(0)), 2);
         assert_eq!(
             stats.resumed_after(at(100)),
             Some(Duration::from_millis(320))
