@@ -85,6 +85,11 @@ impl<M: Packet> Interceptor<M> {
     /// (injected) and pass; a peer's segment before the takeover adopted the mirror
     /// is dropped (it retransmits). `Some(message)` if the session is not mirrored.
     pub(super) fn mirror_packet(&mut self, message: M, peek: &Peek) -> Option<M> {
+        if self.mirrors.enabled() && !peek.outbound && peek.rst && message.mark() == INJECT_MARK {
+            // Our RST removing a mirror from the service (its entry is gone already).
+            self.verdict_with(message, Decision::Accept);
+            return None;
+        }
         if self.mirrors.is_empty() || !self.mirrors.owns(&peek.key) {
             return Some(message);
         }
