@@ -121,7 +121,7 @@ impl Agent {
             let mirrors = interceptor.clone();
             Some(Arc::new(move |applied| {
                 mirrors.send(match applied {
-                    receiver::Applied::Snapshot => QueueCommand::MirrorSnapshot,
+                    receiver::Applied::Snapshot(records) => QueueCommand::MirrorSnapshot(records),
                     receiver::Applied::Records(records) => QueueCommand::Mirror(records),
                 })
             }))
@@ -178,6 +178,7 @@ impl Agent {
             Arc::clone(&replica),
             config.service.vip.addr,
             config.service.ports.clone(),
+            hot,
         ));
         if config.session.risk_poll_ms > 0 {
             tokio::spawn(crate::session::risk::watch(

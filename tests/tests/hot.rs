@@ -129,9 +129,14 @@ fn stateful_clients(lab: &Lab, n: usize) -> Vec<Kv> {
         .collect()
 }
 
-/// The backup's replica state of every session (`sessions --json`).
+/// The replica state of every session on the node that is backup now
+/// (`sessions --json`).
 fn replica_states(lab: &Lab) -> Vec<(String, String)> {
-    let (_, backup) = session_lists(lab);
+    let (a, b) = session_lists(lab);
+    let backup = [a, b]
+        .into_iter()
+        .flatten()
+        .find(|l| l.mode == Mode::Backup);
     backup
         .map(|l| {
             l.sessions
@@ -413,4 +418,139 @@ fn hot_echo_sessions_survive_a_master_crash_byte_exact() {
             .unwrap_or_else(|e| panic!("round {round} after the crash: {e:#}\n{}", logs(&lab)));
     }
     assert_eq!(clients.ports(), ports);
+}
+
+/// Clients driven by a thread of their own: each asks `INCR hits` every 20 ms and
+/// checks the reply against its oracle; failures are collected, not fatal.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Kv>, Vec<String>, u64, Duration)>,
+}
+
+impl Load {
+    fn start(mut clients: Vec<Kv>) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut rounds = 0u64;
+            let mut worst = Duration::ZERO;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                for kv in clients.iter_mut() {
+                    if let Err(e) = kv.send("INCR hits") {
+                        failures.push(format!("port {}: send: {e}", kv.port));
+                    }
+                }
+                for kv in clients.iter_mut() {
+                    match kv.answer("INCR hits") {
+                        Ok((got, want)) if got == want => {}
+                        Ok((got, want)) => {
+                            failures.push(format!("port {}: got {got:?}, want {want:?}", kv.port))
+                        }
+                        Err(e) => failures.push(format!("port {}: {e}", kv.port)),
+                    }
+                }
+                worst = worst.max(started.elapsed());
+                rounds += 1;
+                if failures.len() > 20 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (clients, failures, rounds, worst)
+        });
+        Load { stop, thread }
+    }
+
+    fn finish(self) -> (Vec<Kv>, Vec<String>, u64, Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}
+
+/// Runs `console switchover` and waits until `to` serves with no restore pending.
+fn switchover(lab: &Lab, to: Node) {
+    let (ok, out) = console(lab, &["switchover", "--json"]);
+    assert!(ok, "switchover failed: {out}\n{}", logs(lab));
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(lab, to)?;
+        (s.mode == Mode::Master && s.replication.restore_pending == 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{to} never served: {e}\n{}", logs(lab)));
+}
+
+/// Acceptance 1 (hot half) and 5: stateful sessions under load (`INCR` every 20 ms
+/// each) through a switchover (the pair stays hot: the old master's connections
+/// become mirrors), the way back, and a crash of the master host — every reply
+/// correct, same ports. Then the crashed host rejoins: cold for the old sessions,
+/// hot for new ones. `NONSTOP_HOT_SESSIONS` sets the number of sessions (default 32).
+#[test]
+fn hot_stateful_sessions_stay_correct_through_switchover_way_back_and_crash() {
+    if !require_root() {
+        return;
+    }
+    let n: usize = std::env::var("NONSTOP_HOT_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let lab = kv_lab("hotall", ReplicaMode::Hot, true);
+    let clients = stateful_clients(&lab, n);
+    let ports: Vec<u16> = clients.iter().map(|c| c.port).collect();
+    wait_states(&lab, n, "hot");
+    let load = Load::start(clients);
+    std::thread::sleep(Duration::from_millis(500));
+    switchover(&lab, Node::Backup);
+    let states = wait_states(&lab, n, "hot");
+    eprintln!(
+        "after the switchover: {} sessions hot on the old master",
+        states.len()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    switchover(&lab, Node::Master);
+    wait_states(&lab, n, "hot");
+    std::thread::sleep(Duration::from_millis(500));
+    let status = crash_master(&lab);
+    eprintln!(
+        "crash: {} adopted, {} cold",
+        status.replication.mirrors_adopted, status.replication.mirrors_fallback
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (mut clients, failures, rounds, worst) = load.finish();
+    eprintln!("{rounds} rounds of {n} requests, worst round {worst:?}");
+    assert!(failures.is_empty(), "{failures:#?}\n{}", logs(&lab));
+    assert_eq!(clients.iter().map(|c| c.port).collect::<Vec<_>>(), ports);
+    for kv in &mut clients {
+        kv.check("WHO", &lab);
+    }
+    // The crashed host rejoins: cold for the old sessions, hot for new ones.
+    lab.start_agent(Node::Master)
+        .expect("restart the master host's agent");
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Backup && s.app?.pid.is_some()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("the old master never rejoined: {e}\n{}", logs(&lab)));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut new = stateful_clients(&lab, 2);
+    let states = wait_for(Duration::from_secs(10), || {
+        let (rejoined, _) = session_lists(&lab);
+        let list = rejoined?;
+        let hot = list
+            .sessions
+            .iter()
+            .filter(|s| s.replica.as_deref() == Some("hot"))
+            .count();
+        let cold = list
+            .sessions
+            .iter()
+            .filter(|s| s.replica.as_deref() == Some("cold"))
+            .count();
+        (hot == 2 && cold == n).then_some((hot, cold))
+    })
+    .unwrap_or_else(|e| panic!("rejoined node: {e}\n{}", logs(&lab)));
+    eprintln!("rejoined node: {} hot, {} cold", states.0, states.1);
+    for kv in new.iter_mut().chain(clients.iter_mut()) {
+        kv.check("INCR hits", &lab);
+    }
 }

@@ -56,8 +56,8 @@ pub struct ReceiverParts {
 /// What the backup applied, for the hot replica's mirrors (design §9).
 #[derive(Debug)]
 pub enum Applied {
-    /// A snapshot replaced the table.
-    Snapshot,
+    /// A snapshot replaced the table with these (`Full`) records.
+    Snapshot(Vec<nonstop_shared::session::Record>),
     /// These records were applied, in order.
     Records(Vec<nonstop_shared::session::Record>),
 }
@@ -68,7 +68,7 @@ pub type Tap = Arc<dyn Fn(Applied) + Send + Sync>;
 /// The replica, with a copy of what was applied for the [`Tap`].
 struct Tapped<'a> {
     replica: &'a mut Replica,
-    snapshot: bool,
+    snapshot: Option<Vec<nonstop_shared::session::Record>>,
     records: Vec<nonstop_shared::session::Record>,
 }
 
@@ -85,7 +85,7 @@ impl crate::replication::follower::Target for Tapped<'_> {
         records: &[nonstop_shared::session::Record],
     ) -> anyhow::Result<()> {
         self.replica.reset_to(upto, records)?;
-        self.snapshot = true;
+        self.snapshot = Some(records.to_vec());
         self.records.clear();
         Ok(())
     }
@@ -264,12 +264,12 @@ async fn receive(
                 Some(tap) => {
                     let mut tapped = Tapped {
                         replica: &mut replica,
-                        snapshot: false,
+                        snapshot: None,
                         records: Vec::new(),
                     };
                     let progress = follower.process(&mut tapped)?;
-                    if tapped.snapshot {
-                        tap(Applied::Snapshot);
+                    if let Some(records) = tapped.snapshot.take() {
+                        tap(Applied::Snapshot(records));
                     }
                     if !tapped.records.is_empty() {
                         tap(Applied::Records(tapped.records));

@@ -25,6 +25,7 @@ pub async fn follow_mode(
     replica: Arc<Mutex<Replica>>,
     vip: std::net::Ipv4Addr,
     ports: Vec<u16>,
+    hot: bool,
 ) {
     // The epoch of the reign this node is master in.
     let mut reign: Option<u64> = None;
@@ -70,13 +71,18 @@ pub async fn follow_mode(
             // manager has stopped the app, none of its connections on the VIP may
             // survive (their RSTs are dropped by the queue): a later restore of the
             // same 4-tuples must meet no stale socket.
+            // A hot replica keeps the service's connections: after a planned
+            // switchover they are the new master's mirrors; the interceptor resets
+            // the others itself.
             if current != Mode::Startup && (reign.is_some() || !settled) {
                 interceptor.send(QueueCommand::ForgetSessions);
-                let (vip, ports) = (vip, ports.clone());
-                cleanup = Some(tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    destroy_stale_sockets(vip, &ports).await;
-                }));
+                if !(hot && reign.is_some()) {
+                    let (vip, ports) = (vip, ports.clone());
+                    cleanup = Some(tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        destroy_stale_sockets(vip, &ports).await;
+                    }));
+                }
             }
             reign = None;
         }

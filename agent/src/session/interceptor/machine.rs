@@ -149,6 +149,10 @@ pub struct Interceptor<M> {
     pub(super) accept_probe: AcceptProbe,
     /// Hot replica: the mirrors (backup) and whether input is replicated (master).
     pub(super) mirrors: crate::session::mirror::Mirrors,
+    /// Hot replica, after a planned switchover: peers' input waits (dropped, they
+    /// retransmit) until the new backup acknowledged a record from this number on
+    /// (its snapshot), so its mirrors miss no input (see `mirroring.rs`).
+    pub(super) input_gate: Option<(u64, Instant)>,
     /// The time of the current input.
     pub(super) now: Instant,
     /// Wall-clock milliseconds of the current input (session activity, expiry).
@@ -205,6 +209,7 @@ impl<M: Packet> Interceptor<M> {
             restore_origin: None,
             accept_probe,
             mirrors: crate::session::mirror::Mirrors::new(),
+            input_gate: None,
             now,
             now_ms: 0,
             last_expiry: now,
@@ -598,6 +603,7 @@ impl<M: Packet> Interceptor<M> {
             }
             QueueCommand::SetRole(master) => {
                 if self.master && !master {
+                    self.keep_as_mirrors();
                     self.forget_reign();
                 }
                 self.awaiting_park = master && (self.awaiting_park || !self.master);
@@ -656,7 +662,9 @@ impl<M: Packet> Interceptor<M> {
             QueueCommand::Mirror(records) => {
                 self.on_mirror_command(MirrorCommand::Records(records));
             }
-            QueueCommand::MirrorSnapshot => self.on_mirror_command(MirrorCommand::Snapshot),
+            QueueCommand::MirrorSnapshot(records) => {
+                self.on_mirror_command(MirrorCommand::Snapshot(records));
+            }
             QueueCommand::ReplicaServiceDied => {
                 self.on_mirror_command(MirrorCommand::ServiceDied);
             }

@@ -28,6 +28,10 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
+/// Longest the peers' input waits after a planned switchover for the new backup's
+/// snapshot ([`Interceptor::gated`]).
+pub const INPUT_GATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Puts the payload of an inbound `packet` (peer → `vip`) into the `Sync` record the
 /// tracker issued for it (hot replica, master).
 pub(super) fn attach_input(packet: &[u8], vip: Ipv4Addr, records: &mut [Record]) {
@@ -66,7 +70,11 @@ impl<M: Packet> Interceptor<M> {
                     self.mirrors.on_records(&records, self.now);
                 }
             }
-            MirrorCommand::Snapshot => self.mirrors.on_snapshot(),
+            MirrorCommand::Snapshot(records) => {
+                if !self.master {
+                    self.mirrors.on_snapshot(&records);
+                }
+            }
             MirrorCommand::ServiceDied => {
                 if !self.master {
                     self.mirrors.on_service_died();
@@ -85,6 +93,11 @@ impl<M: Packet> Interceptor<M> {
     /// (injected) and pass; a peer's segment before the takeover adopted the mirror
     /// is dropped (it retransmits). `Some(message)` if the session is not mirrored.
     pub(super) fn mirror_packet(&mut self, message: M, peek: &Peek) -> Option<M> {
+        if self.input_gate.is_some() && self.gated(&message, peek) {
+            self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
+            return None;
+        }
         if self.mirrors.enabled() && !peek.outbound && peek.rst && message.mark() == INJECT_MARK {
             // Our RST removing a mirror from the service (its entry is gone already).
             self.verdict_with(message, Decision::Accept);
@@ -97,7 +110,7 @@ impl<M: Packet> Interceptor<M> {
             self.mirrors
                 .on_output(peek.key, message.payload(), self.now);
             self.verdict_with(message, Decision::Drop);
-        } else if message.mark() == INJECT_MARK || !self.master {
+        } else if message.mark() == INJECT_MARK {
             self.verdict_with(message, Decision::Accept);
         } else {
             self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +118,97 @@ impl<M: Packet> Interceptor<M> {
         }
         self.flush_mirrors();
         None
+    }
+
+    /// This node stops serving (hot replica): after a planned switchover its
+    /// service's connections become mirrors of the new master's sessions, so the
+    /// pair stays hot. Sessions closing, reset or still being restored are left to
+    /// the usual clean-up.
+    pub(super) fn keep_as_mirrors(&mut self) {
+        if !self.mirrors.enabled() {
+            return;
+        }
+        // The agent does not destroy the service's sockets in hot mode (they may be
+        // mirrors now): those that do not become mirrors are reset here.
+        let restores = &self.restores;
+        let handed_over = self.handed_over;
+        let (kept, dropped): (Vec<&SessionState>, Vec<&SessionState>) =
+            self.tracker.sessions().partition(|s| {
+                handed_over
+                    && matches!(s.phase, Phase::Established | Phase::PeerClosed)
+                    && !restores.pending_for(&s.key)
+            });
+        let resets: Vec<Vec<u8>> = dropped
+            .iter()
+            .map(|s| crate::recovery::divergence::reset_to_app(&s.key, s.rcv_nxt))
+            .collect();
+        let live: Vec<(SessionState, u32, Option<u32>)> = kept
+            .into_iter()
+            .map(|s| {
+                let t = self.translators.get(&s.key);
+                (
+                    s.clone(),
+                    t.map_or(0, |t| t.delta()),
+                    t.and_then(|t| t.ts_offset()),
+                )
+            })
+            .collect();
+        for packet in resets {
+            self.inject(packet);
+        }
+        if live.is_empty() {
+            return;
+        }
+        tracing::info!(
+            sessions = live.len(),
+            "hot replica: the service's connections become the new master's mirrors"
+        );
+        self.mirrors.adopt_live(live);
+        self.flush_mirrors();
+    }
+
+    /// Whether a peer's input must wait: after a planned switchover in hot mode the
+    /// old master's connections are the new backup's mirrors, whose input goes on
+    /// from where the old master stood. Its replication starts with a snapshot,
+    /// which carries no input: input this node took before the snapshot would be
+    /// missing there. So the peers' data waits (dropped; TCP retransmits) until the
+    /// backup has acknowledged a record from the promotion on, or holding is off (a
+    /// lone master), or [`INPUT_GATE_LIMIT`] passed.
+    fn gated(&mut self, message: &M, peek: &Peek) -> bool {
+        let Some((seq, since)) = self.input_gate else {
+            return false;
+        };
+        if !self.master
+            || !self.holding.is_on()
+            || self.holding.acked() >= seq
+            || self.now.saturating_duration_since(since) >= INPUT_GATE_LIMIT
+        {
+            tracing::debug!("hot replica: the peers' input flows again");
+            self.input_gate = None;
+            return false;
+        }
+        !peek.outbound
+            && (peek.payload_len > 0 || peek.fin)
+            && message.mark() != INJECT_MARK
+            && self.tracker.session(&peek.key).is_some()
+    }
+
+    /// At a promotion after a planned switchover (the event log's last transition
+    /// of this node): gate the peers' input ([`Interceptor::gated`]).
+    fn gate_input_after_handover(&mut self) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let (history, _) = events.subscribe();
+        let handover = history.iter().rev().find_map(|e| match &e.kind {
+            EventKind::ModeChanged(t) if t.to == nonstop_shared::Mode::Master => {
+                Some(t.cause == nonstop_shared::control::Cause::HandoverReceived)
+            }
+            _ => None,
+        });
+        if handover == Some(true) {
+            self.input_gate = Some((self.holding.last_seq(), self.now));
+        }
     }
 
     /// The mirrors' timers.
@@ -202,6 +306,7 @@ impl<M: Packet> Interceptor<M> {
         }
         self.mirrors.clear();
         self.flush_mirrors();
+        self.gate_input_after_handover();
         self.stats
             .mirrors_fallback
             .fetch_add(fallback, Ordering::Relaxed);
@@ -287,7 +392,7 @@ impl<M: Packet> Interceptor<M> {
 pub(super) enum MirrorCommand {
     Enable(usize),
     Records(Vec<Record>),
-    Snapshot,
+    Snapshot(Vec<Record>),
     ServiceDied,
     States(tokio::sync::oneshot::Sender<HashMap<SessionKey, String>>),
 }

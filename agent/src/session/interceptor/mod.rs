@@ -150,8 +150,9 @@ pub enum QueueCommand {
     },
     /// Hot replica, backup: records the replication receiver applied, in order.
     Mirror(Vec<Record>),
-    /// Hot replica, backup: a snapshot replaced the table (every mirror turns cold).
-    MirrorSnapshot,
+    /// Hot replica, backup: a snapshot replaced the table with these records (mirrors
+    /// it does not contradict go on, the others turn cold).
+    MirrorSnapshot(Vec<Record>),
     /// Hot replica, backup: the local service died (its mirrors turn cold).
     ReplicaServiceDied,
     /// Hot replica: each mirrored session's state (`hot`, `cold`, `diverged`,

@@ -27,7 +27,7 @@ use crate::recovery::translate::Translator;
 use crate::tcp::flags;
 use crate::tcp::segment::Segment;
 use crate::tcp::wire::{self, Tcp};
-use nonstop_shared::session::{seq_le, seq_lt, SessionKey, SessionState, SessionSync};
+use nonstop_shared::session::{seq_le, seq_lt, seq_max, SessionKey, SessionState, SessionSync};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -185,6 +185,111 @@ impl Mirror {
         };
         let syn = forge::forged_syn(state);
         (mirror, syn)
+    }
+
+    /// A mirror made of a connection the service already has: this node served the
+    /// session until a planned switchover (design §9: the pair stays hot). Its socket
+    /// numbers output `delta` below the peer's space (0 unless it was itself
+    /// restored) and its TSvals `ts_offset` below; it has written up to the end of
+    /// the replicated tail and received up to `rcv_nxt`.
+    pub fn from_live(
+        state: &SessionState,
+        delta: u32,
+        ts_offset: Option<u32>,
+        backlog_limit: usize,
+    ) -> Mirror {
+        let n = &state.negotiated;
+        let app_isn = state.our_isn.wrapping_sub(delta);
+        let mut opened = state.clone();
+        opened.snd_nxt = state.our_isn.wrapping_add(1);
+        opened.snd_una = opened.snd_nxt;
+        opened.unacked.clear();
+        opened.unread_input.clear();
+        let synack = SynAck {
+            new_isn: app_isn,
+            wscale: n.our_wscale,
+            mss: if n.our_mss == 0 {
+                forge::DEFAULT_MSS
+            } else {
+                n.our_mss
+            },
+            tsval: n.timestamps.then(|| {
+                state
+                    .our_tsval
+                    .wrapping_sub(ts_offset.unwrap_or(0))
+                    .wrapping_add(1)
+            }),
+            window: state.our_window,
+        };
+        let translator = Translator::new(&opened, &synack);
+        let written = crate::recovery::translate::tail_end(state);
+        let end = state
+            .our_fin
+            .map_or(written, |fin| seq_max(written, fin.wrapping_add(1)));
+        let wscale = n.our_wscale.unwrap_or(0).min(14);
+        Mirror {
+            key: state.key,
+            opened_from: opened,
+            stage: Stage::Open,
+            synack: Some(synack),
+            translator: Some(translator),
+            delta,
+            backlog_limit,
+            input: VecDeque::new(),
+            input_base: state.rcv_nxt,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            peer_fin: state.peer_fin,
+            sent: state.rcv_nxt,
+            high: state.rcv_nxt,
+            edge: state
+                .rcv_nxt
+                .wrapping_add((u32::from(state.our_window) << wscale).max(1)),
+            refeed_at: None,
+            peer_tsval: state.peer_tsval,
+            mirror_tsval: None,
+            peer_acked: state.snd_una,
+            acked_to_mirror: state.snd_una.wrapping_sub(delta),
+            last_answer: None,
+            cmp: written,
+            out_start: state.our_isn.wrapping_add(1),
+            master_out: VecDeque::new(),
+            mirror_out: VecDeque::new(),
+            master_fin: state.our_fin,
+            mirror_fin: state.our_fin,
+            mirror_end: end,
+        }
+    }
+
+    /// A snapshot from the master holds this session in `state` (records before it
+    /// may have been missed): the mirror goes on if it lacks no input the master
+    /// acknowledged; output it cannot compare any more is skipped.
+    pub fn on_snapshot(&mut self, state: &SessionState) -> Result<(), End> {
+        if seq_lt(self.input_end(), state.rcv_nxt) {
+            return Err(End::Cold(
+                "a replication snapshot: input records were missed".into(),
+            ));
+        }
+        let master_end = self.cmp.wrapping_add(self.master_out.len() as u32);
+        if seq_lt(master_end, state.snd_una) {
+            let skip = state.snd_una.wrapping_sub(self.cmp) as usize;
+            self.master_out.clear();
+            let n = skip.min(self.mirror_out.len());
+            self.mirror_out.drain(..n);
+            self.cmp = state.snd_una;
+        }
+        let unacked: Vec<u8> = state.unacked.iter().copied().collect();
+        self.add_master_output(state.snd_una, &unacked);
+        if seq_lt(self.peer_acked, state.snd_una) {
+            self.peer_acked = state.snd_una;
+        }
+        if state.peer_fin.is_some() {
+            self.peer_fin = state.peer_fin;
+        }
+        if state.our_fin.is_some() {
+            self.master_fin = state.our_fin;
+        }
+        self.compare()
     }
 
     /// Whether a state is one a mirror can start from: established, nothing sent

@@ -153,9 +153,45 @@ impl Mirrors {
     }
 
     /// A snapshot replaced the backup's table (a new replication connection or a
-    /// resync): records may have been missed, so every mirror turns cold.
-    pub fn on_snapshot(&mut self) {
-        self.all_cold("a replication snapshot (records may be missing)");
+    /// resync): records may have been missed. A mirror goes on if the snapshot holds
+    /// its session and it lacks no input the master acknowledged
+    /// ([`Mirror::on_snapshot`]); the others turn cold.
+    pub fn on_snapshot(&mut self, records: &[Record]) {
+        let states: HashMap<SessionKey, &SessionState> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Full(s) => Some((s.key, s)),
+                _ => None,
+            })
+            .collect();
+        let keys: Vec<SessionKey> = self.live.keys().copied().collect();
+        for key in keys {
+            let result = match (self.live.get_mut(&key), states.get(&key)) {
+                (Some(mirror), Some(state)) => mirror.on_snapshot(state),
+                _ => Err(End::Cold(
+                    "a replication snapshot without this session".into(),
+                )),
+            };
+            if let Err(end) = result {
+                self.end(key, end);
+            }
+        }
+    }
+
+    /// This node stops serving after a planned switchover (design §9): its service's
+    /// connections become mirrors of the new master's sessions. `live` gives each
+    /// session with its translation (Δ and TSval offset; 0 and none unless it was
+    /// itself restored).
+    pub fn adopt_live(&mut self, live: Vec<(SessionState, u32, Option<u32>)>) {
+        if !self.enabled {
+            return;
+        }
+        for (state, delta, ts_offset) in live {
+            let mirror = Mirror::from_live(&state, delta, ts_offset, self.backlog_limit);
+            self.counts.opened += 1;
+            self.ended.remove(&state.key);
+            self.live.insert(state.key, mirror);
+        }
     }
 
     /// The replica's service died: its mirror connections are gone.
