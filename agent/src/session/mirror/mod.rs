@@ -166,11 +166,12 @@ impl Mirrors {
             .collect();
         let keys: Vec<SessionKey> = self.live.keys().copied().collect();
         for key in keys {
+            // A session the snapshot lacks may still come in a `Full` record (a new
+            // master announces what it took over right after its snapshot); one
+            // that never does is reset at the next takeover ([`Mirrors::clear`]).
             let result = match (self.live.get_mut(&key), states.get(&key)) {
                 (Some(mirror), Some(state)) => mirror.on_snapshot(state),
-                _ => Err(End::Cold(
-                    "a replication snapshot without this session".into(),
-                )),
+                _ => Ok(()),
             };
             if let Err(end) = result {
                 self.end(key, end);
@@ -290,9 +291,12 @@ impl Mirrors {
     }
 
     fn on_full(&mut self, state: &SessionState, now: Instant) {
-        if self.live.contains_key(&state.key) {
-            // The master announces a session again (a risk mark, a hand-over): the
-            // mirror goes on from the records.
+        if let Some(mirror) = self.live.get_mut(&state.key) {
+            // The master announces a session again (a new master's takeover, a risk
+            // mark, a hand-over): the mirror goes on if it lacks nothing.
+            if let Err(end) = mirror.on_snapshot(state) {
+                self.end(state.key, end);
+            }
             return;
         }
         if !Mirror::can_open(state) {

@@ -332,14 +332,74 @@ fn a_reset_from_the_replicas_service_turns_the_session_cold() {
 }
 
 #[test]
-fn a_snapshot_or_a_dead_service_turns_every_mirror_cold() {
-    let (mut m, _) = open(60_000, 1 << 20);
-    m.on_snapshot();
-    assert!(m.is_empty());
+fn a_snapshot_keeps_a_mirror_that_lacks_nothing_and_a_dead_service_ends_all() {
+    let (mut m, now) = open(60_000, 1 << 20);
+    m.on_records(&[Record::Sync(input(501, b"abc"))], now);
+    let mut same = state();
+    same.rcv_nxt = 504;
+    m.on_snapshot(&[Record::Full(same.clone())]);
+    assert!(
+        m.owns(&state().key),
+        "the snapshot says nothing the mirror lacks"
+    );
+    m.on_snapshot(&[]);
+    assert!(
+        m.owns(&state().key),
+        "its Full record may follow the snapshot"
+    );
+    let mut ahead = same;
+    ahead.rcv_nxt = 510;
+    m.on_snapshot(&[Record::Full(ahead)]);
+    assert!(!m.owns(&state().key), "input records were missed");
     assert_eq!(m.counts().cold, 1);
     let (mut m, _) = open(60_000, 1 << 20);
     m.on_service_died();
     assert!(m.is_empty());
+    assert!(matches!(m.poll_ended().map(|e| e.end), Some(End::Cold(r)) if r.contains("died")));
+}
+
+#[test]
+fn after_a_switchover_the_old_masters_connection_is_a_mirror_with_its_delta() {
+    let now = Instant::now();
+    let mut m = Mirrors::new();
+    m.enable(1 << 20);
+    // The old master served 5 bytes each way; its socket was restored once (Δ 100).
+    let mut s = state();
+    s.rcv_nxt = 506;
+    s.snd_nxt = OUR_ISN + 6;
+    s.snd_una = OUR_ISN + 6;
+    s.bytes_in = 5;
+    s.bytes_out = 5;
+    m.adopt_live(vec![(s.clone(), 100, None)]);
+    assert!(m.owns(&s.key));
+    assert_eq!(m.state(&s.key), Some(ReplicaState::Hot));
+    // The new master's records: input, then its output and the peer's ACK of it.
+    let mut sync = input(506, b"next");
+    sync.data_seq = OUR_ISN + 6;
+    sync.data = b"reply".to_vec();
+    sync.snd_una = OUR_ISN + 11;
+    m.on_records(&[Record::Sync(sync)], now);
+    let sent = drain(&mut m);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].seq, &sent[0].payload[..]), (506, &b"next"[..]));
+    assert_eq!(
+        sent[0].ack,
+        Some(OUR_ISN + 6 - 100),
+        "in the socket's own space"
+    );
+    // The socket answers the same at its own sequence numbers: in step, acknowledged.
+    let answer = out()
+        .seq(OUR_ISN + 6 - 100)
+        .ack(510)
+        .payload(b"reply")
+        .build();
+    m.on_output(s.key, &answer, now);
+    assert!(m.poll_ended().is_none());
+    let acks = drain(&mut m);
+    assert_eq!(acks.last().and_then(|a| a.ack), Some(OUR_ISN + 11 - 100));
+    let adopted = m.adopt(&s.key).expect("hot");
+    assert_eq!(adopted.translator.delta(), 100);
+    assert_eq!(adopted.output_end, OUR_ISN + 11);
 }
 
 #[test]
