@@ -118,6 +118,10 @@ impl Agent {
             crate::vip::lo::prepare(&config.service.interface, config.service.vip.addr)
                 .await
                 .context("hot replica")?;
+            // Connections of a service that outlived an earlier agent go now, before
+            // any mirror opens (a hot node never destroys sockets later: they may be
+            // mirrors).
+            crate::sockets::destroy_stale(config.service.vip.addr, &config.service.ports).await;
             let mirrors = interceptor.clone();
             Some(Arc::new(move |applied| {
                 mirrors.send(match applied {

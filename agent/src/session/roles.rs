@@ -76,7 +76,9 @@ pub async fn follow_mode(
             // the others itself.
             if current != Mode::Startup && (reign.is_some() || !settled) {
                 interceptor.send(QueueCommand::ForgetSessions);
-                if !(hot && reign.is_some()) {
+                // Hot: stale sockets went at the agent's start (`agent.rs`); now
+                // they may be mirrors.
+                if !hot {
                     let (vip, ports) = (vip, ports.clone());
                     cleanup = Some(tokio::spawn(async move {
                         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 /// How often an unanswered forged SYN goes again.
 pub const SYN_RETRY: Duration = Duration::from_millis(300);
-/// Forged SYNs before the mirror is given up.
-pub const SYN_TRIES: u32 = 10;
+/// Forged SYNs before the mirror is given up (6 s: a replica's service that is
+/// still starting gets time to listen).
+pub const SYN_TRIES: u32 = 20;
 /// How long without progress before input the mirror did not acknowledge goes again.
 pub const REFEED: Duration = Duration::from_millis(200);
 /// Least time between two ACKs answering the mirror's retransmissions and probes.
@@ -369,6 +370,11 @@ impl Mirror {
             return Ok(Vec::new());
         };
         if seg.rst {
+            if let Stage::Opening { .. } = self.stage {
+                // No listener yet (the replica's service is starting): the forged
+                // SYN goes again at the retry.
+                return Ok(Vec::new());
+            }
             return Err(End::Cold(
                 "the replica's service reset the connection".into(),
             ));

@@ -141,6 +141,10 @@ fn an_unanswered_syn_is_sent_again_then_given_up() {
     assert_eq!(drain(&mut m).len(), 1);
     m.on_timeout(now + Duration::from_millis(100));
     assert!(drain(&mut m).is_empty(), "not before the retry interval");
+    // No listener yet: the kernel answers with an RST; the SYN goes again later.
+    let refused = out().rst().ack(501).build();
+    m.on_output(state().key, &refused, now);
+    assert!(m.owns(&state().key) && m.poll_ended().is_none());
     let mut t = now;
     for _ in 1..machine::SYN_TRIES {
         t += machine::SYN_RETRY;
