@@ -51,6 +51,8 @@ pub struct Agent {
     app: Option<JoinHandle<()>>,
     /// The notify hooks' task, and how long shutdown waits for it.
     hooks: (JoinHandle<()>, Duration),
+    /// Hot replica: the VIP on `lo`, removed at shutdown.
+    vip_on_lo: Option<std::net::Ipv4Addr>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -305,6 +307,7 @@ impl Agent {
             control,
             app,
             hooks: (hooks, hook_limit),
+            vip_on_lo: hot.then_some(config.service.vip.addr),
         })
     }
 
@@ -323,6 +326,7 @@ impl Agent {
             control,
             app,
             hooks,
+            vip_on_lo,
         } = self;
         let on_signal = trigger.clone();
         tokio::spawn(async move {
@@ -350,6 +354,11 @@ impl Agent {
         }
         interceptor.send(QueueCommand::Stop);
         let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
+        if let Some(vip) = vip_on_lo {
+            if let Err(e) = crate::vip::lo::undo(vip).await {
+                tracing::warn!(error = format!("{e:#}"), "the VIP stays on lo");
+            }
+        }
         // The hooks of shutdown's own transition, then the `stop` hook, each bounded.
         let _ = tokio::time::timeout(hooks.1, hooks.0).await;
         result

@@ -17,12 +17,22 @@ use std::time::{Duration, Instant};
 /// replication connected, the backup's service running when hot).
 fn kv_lab(tag: &str, replica: ReplicaMode, start_backup: bool) -> LabGuard {
     let kv = bin("nonstop-kv");
+    service_lab(
+        tag,
+        &format!("{} --listen 0.0.0.0:7000", kv.display()),
+        replica,
+        start_backup,
+    )
+}
+
+/// A lab whose agents run `service` in `replica` mode, settled.
+fn service_lab(tag: &str, service: &str, replica: ReplicaMode, start_backup: bool) -> LabGuard {
     let spec = LabSpec {
         name: unique_name(tag),
         peers: 1,
         heartbeat_ms: 100,
         misses: 3,
-        service: Some(format!("{} --listen 0.0.0.0:7000", kv.display())),
+        service: Some(service.to_owned()),
     };
     let lab = LabGuard::up(&spec).expect("lab up");
     lab.set_replica(replica).expect("replica mode");
@@ -376,6 +386,53 @@ fn a_late_backup_is_cold_for_old_sessions_hot_for_new_ones_and_a_replica_crash_t
         ),
         "a replica crash is an event"
     );
+}
+
+/// Acceptance 6 (partly): an off-the-shelf server (Debian's socat, one forked `cat`
+/// per connection) in hot mode through a switchover and a master crash: byte-exact,
+/// same ports, every session taken over by its mirror both times.
+#[test]
+fn an_off_the_shelf_server_is_hot_through_a_switchover_and_a_crash() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 16;
+    let lab = service_lab(
+        "hotsocat",
+        "exec socat TCP-LISTEN:7000,reuseaddr,fork EXEC:cat",
+        ReplicaMode::Hot,
+        true,
+    );
+    let mut clients = EchoClients::connect(&lab, N).expect("connect");
+    for _ in 0..3 {
+        clients.round().expect("round");
+    }
+    wait_states(&lab, N, "hot");
+    let ports = clients.ports();
+    switchover(&lab, Node::Backup);
+    for round in 0..3 {
+        clients.round().unwrap_or_else(|e| {
+            panic!("round {round} after the switchover: {e:#}\n{}", logs(&lab))
+        });
+    }
+    let taken = status_of(&lab, Node::Backup).expect("status").replication;
+    assert_eq!(taken.mirrors_adopted, N as u64, "{}", logs(&lab));
+    wait_states(&lab, N, "hot");
+    // Crash the host serving now (the backup node).
+    lab.kill_all("backup").expect("crash the serving host");
+    wait_for(Duration::from_secs(10), || {
+        let s = status_of(&lab, Node::Master)?;
+        (s.mode == Mode::Master && s.replication.restore_pending == 0).then_some(s)
+    })
+    .unwrap_or_else(|e| panic!("no takeover: {e}\n{}", logs(&lab)));
+    for round in 0..3 {
+        clients
+            .round()
+            .unwrap_or_else(|e| panic!("round {round} after the crash: {e:#}\n{}", logs(&lab)));
+    }
+    let taken = status_of(&lab, Node::Master).expect("status").replication;
+    assert_eq!(taken.mirrors_adopted, N as u64, "{}", logs(&lab));
+    assert_eq!(clients.ports(), ports);
 }
 
 /// Echo sessions in hot mode through a master crash: byte-exact, same ports, every

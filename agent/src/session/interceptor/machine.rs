@@ -153,6 +153,8 @@ pub struct Interceptor<M> {
     /// retransmit) until the new backup acknowledged a record from this number on
     /// (its snapshot), so its mirrors miss no input (see `mirroring.rs`).
     pub(super) input_gate: Option<(u64, Instant)>,
+    /// The peers' input waiting at the gate, in order.
+    pub(super) gated_input: VecDeque<M>,
     /// The time of the current input.
     pub(super) now: Instant,
     /// Wall-clock milliseconds of the current input (session activity, expiry).
@@ -210,6 +212,7 @@ impl<M: Packet> Interceptor<M> {
             accept_probe,
             mirrors: crate::session::mirror::Mirrors::new(),
             input_gate: None,
+            gated_input: VecDeque::new(),
             now,
             now_ms: 0,
             last_expiry: now,
@@ -267,6 +270,7 @@ impl<M: Packet> Interceptor<M> {
             self.pump_restores();
         }
         self.mirror_timeout();
+        self.check_input_gate();
     }
 
     /// How long the thread may sleep before [`Interceptor::handle_timeout`] is due.
@@ -284,6 +288,9 @@ impl<M: Packet> Interceptor<M> {
         }
         if let Some(due) = self.closing.next_due(now) {
             timeout = timeout.min(due + Duration::from_millis(1));
+        }
+        if self.input_gate.is_some() {
+            timeout = timeout.min(Duration::from_millis(5));
         }
         if let Some(due) = self.mirrors.deadline() {
             timeout = timeout.min(due.saturating_duration_since(now) + Duration::from_millis(1));

@@ -94,8 +94,13 @@ impl<M: Packet> Interceptor<M> {
     /// is dropped (it retransmits). `Some(message)` if the session is not mirrored.
     pub(super) fn mirror_packet(&mut self, message: M, peek: &Peek) -> Option<M> {
         if self.input_gate.is_some() && self.gated(&message, peek) {
-            self.stats.not_master_drops.fetch_add(1, Ordering::Relaxed);
-            self.verdict_with(message, Decision::Drop);
+            if self.gated_input.len() < super::MAX_HELD {
+                self.gated_input.push_back(message);
+            } else {
+                // Full: this one is dropped (the peer retransmits it).
+                self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
+                self.verdict_with(message, Decision::Drop);
+            }
             return None;
         }
         if self.mirrors.enabled() && !peek.outbound && peek.rst && message.mark() == INJECT_MARK {
@@ -171,26 +176,53 @@ impl<M: Packet> Interceptor<M> {
     /// old master's connections are the new backup's mirrors, whose input goes on
     /// from where the old master stood. Its replication starts with a snapshot,
     /// which carries no input: input this node took before the snapshot would be
-    /// missing there. So the peers' data waits (dropped; TCP retransmits) until the
-    /// backup has acknowledged a record from the promotion on, or holding is off (a
-    /// lone master), or [`INPUT_GATE_LIMIT`] passed.
+    /// missing there. So the peers' data is held in the queue (in order, bounded)
+    /// until the backup has acknowledged a record from the promotion on, or holding
+    /// is off (a lone master), or [`INPUT_GATE_LIMIT`] passed.
     fn gated(&mut self, message: &M, peek: &Peek) -> bool {
-        let Some((seq, since)) = self.input_gate else {
-            return false;
-        };
-        if !self.master
-            || !self.holding.is_on()
-            || self.holding.acked() >= seq
-            || self.now.saturating_duration_since(since) >= INPUT_GATE_LIMIT
-        {
-            tracing::debug!("hot replica: the peers' input flows again");
-            self.input_gate = None;
+        if self.gate_open() {
             return false;
         }
         !peek.outbound
             && (peek.payload_len > 0 || peek.fin)
             && message.mark() != INJECT_MARK
             && self.tracker.session(&peek.key).is_some()
+    }
+
+    /// Whether the input gate is open (lifting it when its time has come).
+    fn gate_open(&mut self) -> bool {
+        let Some((seq, since)) = self.input_gate else {
+            return true;
+        };
+        if !self.master
+            || !self.holding.is_on()
+            || self.holding.acked() >= seq
+            || self.now.saturating_duration_since(since) >= INPUT_GATE_LIMIT
+        {
+            tracing::debug!(
+                held = self.gated_input.len(),
+                "hot replica: the peers' input flows again"
+            );
+            self.input_gate = None;
+            return true;
+        }
+        false
+    }
+
+    /// Lets the input held at the gate go on, in order, once it opens (a node that
+    /// stopped serving drops it: the peers retransmit to the new master).
+    pub(super) fn check_input_gate(&mut self) {
+        if self.gated_input.is_empty() || !self.gate_open() {
+            return;
+        }
+        let held: Vec<M> = self.gated_input.drain(..).collect();
+        for message in held {
+            if self.master {
+                self.on_packet(message);
+            } else {
+                self.verdict_with(message, Decision::Drop);
+            }
+        }
     }
 
     /// At a promotion after a planned switchover (the event log's last transition
@@ -404,5 +436,46 @@ pub fn describe(state: ReplicaState) -> String {
         ReplicaState::Cold => "cold".to_owned(),
         ReplicaState::Diverged => "diverged".to_owned(),
         ReplicaState::Lagging(bytes) => format!("lagging {bytes} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::records::{full, sync_of};
+    use crate::test_support::segment::seg;
+
+    #[test]
+    fn the_peers_payload_goes_into_its_sync_record_and_nothing_else_does() {
+        let state = full(40_001, 7000);
+        let vip = state.key.local_ip;
+        let peer = seg()
+            .peer([198, 18, 1, 10], 40_001)
+            .local([198, 18, 1, 100], 7)
+            .seq(501)
+            .ack(7001)
+            .payload(b"GET /")
+            .build();
+        let mut records = vec![Record::Sync(sync_of(&state, state.snd_nxt, b""))];
+        attach_input(&peer, vip, &mut records);
+        let Record::Sync(sync) = &records[0] else {
+            unreachable!("a sync");
+        };
+        assert_eq!((sync.input_seq, &sync.input[..]), (501, &b"GET /"[..]));
+        // Our own output is never input.
+        let ours = seg()
+            .from_us()
+            .peer([198, 18, 1, 10], 40_001)
+            .local([198, 18, 1, 100], 7)
+            .seq(7001)
+            .ack(506)
+            .payload(b"200")
+            .build();
+        let mut records = vec![Record::Sync(sync_of(&state, 7001, b"200"))];
+        attach_input(&ours, vip, &mut records);
+        let Record::Sync(sync) = &records[0] else {
+            unreachable!("a sync");
+        };
+        assert!(sync.input.is_empty());
     }
 }
