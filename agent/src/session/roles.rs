@@ -126,7 +126,8 @@ async fn restore_when_listening(
 }
 
 /// `lone_master = "serve"` in sync mode: once no backup has been connected for the
-/// detection window, output is released unreplicated (the service stays available;
+/// detection window (counted from when the replication connection went, also while
+/// this node was still backup), output is released unreplicated (the service stays available;
 /// the sessions are still stored locally), and held again as soon as a backup
 /// connects (its snapshot covers everything). Both changes are events.
 pub async fn serve_when_alone(
@@ -148,12 +149,16 @@ pub async fn serve_when_alone(
         let master = mode.borrow().0 == Mode::Master;
         let connected = stats.connected.load(Ordering::Relaxed);
         let now = tokio::time::Instant::now();
-        alone_since = match (master && !connected, alone_since) {
+        // Counted from when the replication connection went, whatever the role: a
+        // backup that promotes because its master crashed has had no master to
+        // replicate from for a detection window already, so it serves at once
+        // instead of holding its output for one more window.
+        alone_since = match (!connected, alone_since) {
             (true, None) => Some(now),
             (true, since) => since,
             (false, _) => None,
         };
-        let alone = alone_since.is_some_and(|since| now - since >= grace);
+        let alone = master && alone_since.is_some_and(|since| now - since >= grace);
         if alone {
             // Re-sent every tick: a mode change elsewhere re-enables holding.
             interceptor.send(QueueCommand::SetHolding(false));
