@@ -434,3 +434,46 @@ fn a_mirror_behind_the_master_shows_lagging() {
     m.on_records(&[Record::Sync(input(501, &[1u8; 20_000]))], now);
     assert_eq!(m.state(&state().key), Some(ReplicaState::Lagging(20_000)),);
 }
+
+#[test]
+fn an_adopted_translator_never_acks_what_the_mirror_has_not_written_nor_goes_back_in_time() {
+    let mut s = state();
+    s.negotiated.timestamps = true;
+    s.our_tsval = 1_000;
+    s.peer_tsval = 50;
+    let now = Instant::now();
+    let mut m = Mirrors::new();
+    m.enable(1 << 20);
+    m.on_records(&[Record::Full(s.clone())], now);
+    drain(&mut m);
+    // The mirror's clock is 200 ms behind the master's once translated.
+    let synack = out()
+        .syn()
+        .seq(MIRROR_ISN)
+        .ack(501)
+        .win(60_000)
+        .ts(5_000, 50)
+        .build();
+    m.on_output(s.key, &synack, now);
+    drain(&mut m);
+    let mut adopted = m.adopt(&s.key).expect("open");
+    // At the takeover the master had written 10 bytes, all acknowledged, and its
+    // last TSval was 1,300; the mirror has written nothing yet.
+    let mut at = s.clone();
+    at.snd_nxt = OUR_ISN + 11;
+    at.snd_una = OUR_ISN + 11;
+    at.our_tsval = 1_300;
+    adopted
+        .translator
+        .adopt(&at, adopted.output_end, Some(5_100));
+    let t = &adopted.translator;
+    assert_eq!(
+        t.app_ack(OUR_ISN + 11),
+        MIRROR_ISN + 1,
+        "the peer's ACK is clamped to what the mirror wrote"
+    );
+    assert!(
+        !nonstop_shared::session::seq_lt(t.peer_tsval(5_100), 1_300),
+        "the peer never sees a TSval older than the master's last"
+    );
+}
