@@ -209,3 +209,8 @@ fn a_malformed_drill_is_rejected_before_anything_runs() {
     );
     let _ = std::fs::remove_dir_all(&reports);
 }
+
+#[test]
+fn echo_soak_drill_passes_a_few_rounds() {
+    shipped("soak-echo", &["--rounds", "2"]);
+}

@@ -48,6 +48,38 @@ pub fn heal_script() -> String {
     format!("table {FAULT_FAMILY} {FAULT_TABLE}\ndelete table {FAULT_FAMILY} {FAULT_TABLE}\n")
 }
 
+/// The nftables table holding service-LAN (peer link) faults, in the switch namespace:
+/// a table of its own, so a sync-link fault and a peer-link fault can be set and
+/// healed independently.
+pub const PEER_FAULT_TABLE: &str = "nonstop_lab_peer_fault";
+
+/// The nftables script that replaces the peer fault table with one dropping `percent`%
+/// (1..=100) of the frames on each peer's service port, in each direction: frames the
+/// peer sends (entering the bridge at its port) and frames sent to it (leaving by its
+/// port), whichever node they come from. One transaction, like [`sync_fault_script`].
+pub fn peer_fault_script(percent: u8, peers: usize) -> String {
+    let ports = (1..=peers)
+        .map(|k| format!("\"{}\"", naming::peer_port(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let verdict = if percent >= 100 {
+        "drop".to_owned()
+    } else {
+        format!("numgen random mod 100 < {percent} drop")
+    };
+    format!(
+        "table {FAULT_FAMILY} {PEER_FAULT_TABLE}\n\
+         delete table {FAULT_FAMILY} {PEER_FAULT_TABLE}\n\
+         table {FAULT_FAMILY} {PEER_FAULT_TABLE} {{\n\
+         \tchain peer_fault {{\n\
+         \t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\tiifname {{ {ports} }} {verdict}\n\
+         \t\toifname {{ {ports} }} {verdict}\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
 impl Lab {
     /// Sets one switch-side port (`m-svc`, `b-sync`, `p2-svc`, …) down or up.
     pub fn set_port(&self, port: &str, up: bool) -> Result<()> {
@@ -109,6 +141,30 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops `percent`% of the frames between the peers and the service LAN, at
+    /// random and independently in each direction (5 % means 5 % of what the peers send
+    /// and 5 % of what they receive); 0 heals. The sync link is untouched.
+    pub fn peer_loss(&self, percent: u8) -> Result<()> {
+        if percent > 100 {
+            bail!("loss must be 0..=100 %, got {percent}");
+        }
+        let sw = self.namespace("switch");
+        let script = if percent == 0 {
+            format!(
+                "table {FAULT_FAMILY} {PEER_FAULT_TABLE}\ndelete table {FAULT_FAMILY} {PEER_FAULT_TABLE}\n"
+            )
+        } else {
+            peer_fault_script(percent, self.peers)
+        };
+        netns::nft_in(&sw, &script).with_context(|| {
+            format!(
+                "cannot set {percent}% loss on the peer links of lab `{}`",
+                self.name
+            )
+        })?;
+        Ok(())
+    }
+
     /// SIGKILLs every process on `host` (agent, service, anything started with
     /// [`Lab::spawn`]) and waits until they are gone: a host crash, minus the links.
     pub fn kill_all(&self, host: &str) -> Result<()> {
@@ -143,6 +199,28 @@ impl Lab {
                 .unwrap_or("100");
             faults.push(format!(
                 "sync link: {loss}% drop (nft table {FAULT_FAMILY} {FAULT_TABLE} in {sw})"
+            ));
+        }
+        if let Ok(text) = netns::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &sw,
+                "nft",
+                "list",
+                "table",
+                FAULT_FAMILY,
+                PEER_FAULT_TABLE,
+            ],
+            None,
+        ) {
+            let loss = text
+                .split_once("numgen random mod 100 < ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("100");
+            faults.push(format!(
+                "peer links: {loss}% drop each way (nft table {FAULT_FAMILY} {PEER_FAULT_TABLE} in {sw})"
             ));
         }
         for link in netns::ip_json(&sw, &["link", "show"])? {
@@ -183,6 +261,20 @@ mod tests {
     fn loss_script_uses_numgen() {
         assert!(sync_fault_script(20)
             .contains("iifname { \"m-sync\", \"b-sync\" } numgen random mod 100 < 20 drop"));
+    }
+
+    #[test]
+    fn peer_loss_script_drops_each_direction_of_every_peer_port() {
+        let script = peer_fault_script(5, 2);
+        assert!(script.starts_with(
+            "table bridge nonstop_lab_peer_fault\ndelete table bridge nonstop_lab_peer_fault\n"
+        ));
+        assert!(
+            script.contains("iifname { \"p1-svc\", \"p2-svc\" } numgen random mod 100 < 5 drop\n")
+        );
+        assert!(
+            script.contains("oifname { \"p1-svc\", \"p2-svc\" } numgen random mod 100 < 5 drop\n")
+        );
     }
 
     #[test]

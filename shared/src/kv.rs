@@ -2,7 +2,7 @@
 //! sans-IO core: [`Session`] takes one request line and returns the reply; [`Lines`]
 //! splits a byte stream into bounded lines. The service (`agent/src/bin/nonstop-kv.rs`)
 //! drives them over TCP; drills and tests run a [`Session`] of their own next to each
-//! connection as the oracle of what every reply must be.
+//! connection as the oracle of what every reply must be ([`check`]).
 //!
 //! Every reply is a pure function of the connection's own input (except `TIME`), so a
 //! hot replica that receives the same bytes answers the same, and a replica that lost
@@ -30,6 +30,8 @@
 //! longer than [`MAX_LINE`] is answered `ERR line too long` once and skipped.
 
 use std::collections::BTreeMap;
+
+pub mod check;
 
 /// Longest request line, without its newline.
 pub const MAX_LINE: usize = 4096;

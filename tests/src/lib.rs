@@ -28,6 +28,7 @@ pub fn require_root() -> bool {
 }
 
 pub mod blind;
+pub mod kv;
 pub mod slow;
 
 /// A lab name unique to this process and tag: `t` + tag + pid in base 36.
@@ -608,6 +609,20 @@ pub fn peer_tcp_counters(lab: &Lab) -> (u64, u64, u64) {
         get("TcpActiveOpens"),
         get("TcpExtTCPAbortOnData"),
     )
+}
+
+/// Segments the peer's kernel has retransmitted so far (`TcpRetransSegs`): proof that
+/// a loss fault really dropped the peer's traffic.
+pub fn peer_retransmits(lab: &Lab) -> u64 {
+    let out = lab
+        .exec("peer", &["nstat", "-az", "TcpRetransSegs"])
+        .expect("nstat in the peer namespace");
+    assert!(out.status.success(), "nstat failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("TcpRetransSegs"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("TcpRetransSegs in nstat's output")
 }
 
 /// Which nodes hold the VIP on their service interface right now.

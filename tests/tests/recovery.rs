@@ -1150,3 +1150,86 @@ fn a_crash_resets_sessions_whose_slow_service_had_unread_input() {
     let r = status_of(&lab, Node::Backup).expect("status").replication;
     assert_eq!(r.reset_at_risk, CLIENTS as u64, "counted");
 }
+
+/// Sessions in the lossy-link scenario (issue 13, acceptance 6).
+const LOSSY_SESSIONS: usize = 64;
+
+/// Trials of each kind (switchover, crash) in the lossy-link scenario.
+const LOSSY_TRIALS: usize = 10;
+
+/// 5 % loss each way between the peers and the service LAN, for the whole scenario:
+/// 10 planned switchovers (alternating direction) and 10 crashes of the master host
+/// (the crashed node rejoins as backup each time), 64 echo sessions with rounds before
+/// and after each failover. Lost kicks, lost GARPs, lost forged handshakes' answers and
+/// lost retransmissions must all be recovered from: every session goes on byte-exact on
+/// the same socket, and the peer's kernel counts no reset, no new connection, no abort.
+#[test]
+fn sessions_survive_switchovers_and_crashes_under_five_percent_loss_each_way() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab_with_managed_echo("lossy5");
+    let (mut clients, ports_before, counters_before) = clients_in_step(&lab, LOSSY_SESSIONS);
+    lab.peer_loss(5).expect("5% loss on the peer links");
+    let retransmits_before = peer_retransmits(&lab);
+    let mut master = Node::Master;
+    let round = |clients: &mut EchoClients, what: &str| {
+        for r in 0..3 {
+            clients.round().unwrap_or_else(|e| {
+                panic!(
+                    "{what}, round {r}: a session broke or lost bytes: {e:#}\n{}",
+                    logs(&lab)
+                )
+            });
+        }
+    };
+    let started = std::time::Instant::now();
+    for trial in 1..=LOSSY_TRIALS {
+        round(&mut clients, &format!("before switchover {trial}"));
+        quiesce(&lab, &clients);
+        switchover(&lab);
+        master = other(master);
+        wait_for(Duration::from_secs(10), || {
+            let s = status_of(&lab, master)?;
+            (s.mode == Mode::Master && s.replication.restore_pending == 0).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("switchover {trial}: not taken over: {e}\n{}", logs(&lab)));
+        round(&mut clients, &format!("after switchover {trial}"));
+    }
+    eprintln!(
+        "{LOSSY_TRIALS} switchovers under 5% loss each way: {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    for trial in 1..=LOSSY_TRIALS {
+        round(&mut clients, &format!("before crash {trial}"));
+        quiesce(&lab, &clients);
+        let restored = status_of(&lab, other(master))
+            .map(|s| s.replication.restored)
+            .unwrap_or(0);
+        crash_and_wait_takeover(&lab, master, LOSSY_SESSIONS as u64, restored);
+        let crashed = master;
+        master = other(master);
+        round(&mut clients, &format!("after crash {trial}"));
+        rejoin_as_backup(&lab, crashed);
+    }
+    eprintln!(
+        "{LOSSY_TRIALS} crashes under 5% loss each way: {:?}",
+        started.elapsed()
+    );
+    quiesce(&lab, &clients);
+    let retransmits = peer_retransmits(&lab) - retransmits_before;
+    lab.peer_loss(0).expect("heal the peer links");
+    eprintln!("the peer retransmitted {retransmits} segments under the loss");
+    assert!(retransmits > 0, "the loss fault dropped nothing");
+    assert_eq!(
+        clients.ports(),
+        ports_before,
+        "same sockets, same local ports"
+    );
+    assert_eq!(
+        peer_tcp_counters(&lab),
+        counters_before,
+        "(resets, opens, aborts) at the peer"
+    );
+}

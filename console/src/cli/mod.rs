@@ -8,7 +8,7 @@ mod inject;
 mod render;
 mod sessions;
 mod status;
-mod switchover;
+pub(crate) mod switchover;
 
 use crate::client::AgentAddr;
 use clap::{Parser, Subcommand};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// How long a switchover's reply may take: the master drains before it hands over
 /// (bounded by its `session.drain_ms`, at most 60 s).
-const DRAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(65);
+pub(crate) const DRAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Runs a planned switchover and reports how long it took.
 pub fn run(

@@ -6,8 +6,6 @@
 //! - [`workload`]: session groups from the lab's peer namespace that send numbered
 //!   data and check every byte continuously (echo, chat, bulk, slow, stateful).
 //! - [`slow`]: the slow readers' stream and writer thread (issue 13).
-//! - [`stateful`]: the `nonstop-kv` sessions' check: every reply is what the
-//!   protocol says (pure; the service's own protocol core is the oracle).
 //! - [`runner`]: the driver — builds or opens the lab, carries out the steps, measures.
 //! - [`report`]: the report as data, rendered as Markdown, JSON and JUnit XML (pure).
 //! - [`progress`]: live progress on stderr.
@@ -17,7 +15,6 @@ pub mod report;
 pub mod runner;
 pub mod slow;
 pub mod spec;
-pub mod stateful;
 pub mod workload;
 
 use anyhow::Context;

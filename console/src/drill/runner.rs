@@ -700,6 +700,10 @@ impl Runner {
         let old = self.disrupt()?;
         let t0 = Instant::now();
         let mut conn = AgentConnection::connect(&self.agents[index(old)], Duration::from_secs(2))?;
+        // The reply comes once the master has drained (`session.drain_ms`, at most 60 s),
+        // as for `nonstop-console switchover`: a loaded host drains 1,000 sessions in
+        // more than the 2 s an ordinary request may take.
+        conn.set_read_timeout(Some(crate::cli::switchover::DRAIN_REPLY_TIMEOUT))?;
         match conn.request(&Request::Switchover)? {
             Reply::Ack { .. } => {}
             Reply::Error { message } => {
@@ -825,71 +829,9 @@ impl Runner {
             .iter()
             .map(|&i| self.groups[i].0.snapshot())
             .collect();
-        if let Some(max) = e.broken {
-            let since = self.disruption.map(|(t, _)| t);
-            let resets: u64 = snaps
-                .iter()
-                .map(|s| since.map_or(s.resets.len() as u64, |t| s.resets_since(t)))
-                .sum();
-            let allowed = e.resets.unwrap_or(0);
-            let broken: u64 = snaps.iter().map(|s| s.broken()).sum();
-            detail.push(format!("{broken} broken"));
-            if resets > 0 || e.resets.is_some() {
-                detail.push(format!("{resets} clean resets ({allowed} allowed)"));
-            }
-            // A clean reset beyond the allowance is a broken session like any other.
-            if resets > allowed {
-                failures.push(format!(
-                    "{resets} sessions reset (cleanly, then connected again) since the last \
-                     disruptive step, at most {allowed} allowed"
-                ));
-            }
-            if broken > max {
-                let reasons: Vec<String> = snaps
-                    .iter()
-                    .flat_map(|s| {
-                        s.sessions.iter().enumerate().filter_map(move |(i, x)| {
-                            x.broken
-                                .as_ref()
-                                .map(|w| format!("{} session {i}: {w}", s.name))
-                        })
-                    })
-                    .take(3)
-                    .collect();
-                failures.push(format!(
-                    "{broken} broken sessions, at most {max} expected (first: {})",
-                    reasons.join("; ")
-                ));
-            }
-        }
-        if let Some(max) = e.lost_bytes {
-            let lost: u64 = snaps.iter().map(|s| s.lost()).sum();
-            detail.push(format!("{lost} lost bytes"));
-            if lost > max {
-                failures.push(format!("{lost} bytes lost, at most {max} expected"));
-            }
-        }
-        if let Some(max) = e.wrong_replies {
-            let wrong: u64 = snaps.iter().map(|s| s.wrong_replies()).sum();
-            detail.push(format!("{wrong} wrong replies"));
-            if wrong > max {
-                let examples: Vec<String> = snaps
-                    .iter()
-                    .flat_map(|s| {
-                        s.sessions.iter().enumerate().filter_map(move |(i, x)| {
-                            x.first_wrong
-                                .as_ref()
-                                .map(|w| format!("{} session {i}: {w}", s.name))
-                        })
-                    })
-                    .take(3)
-                    .collect();
-                failures.push(format!(
-                    "{wrong} wrong replies, at most {max} expected (first: {})",
-                    examples.join("; ")
-                ));
-            }
-        }
+        let (mut d, mut f) = judge_groups(e, &snaps, self.disruption.map(|(t, _)| t));
+        detail.append(&mut d);
+        failures.append(&mut f);
         Ok(Done {
             outcome: if failures.is_empty() {
                 Outcome::Passed
@@ -902,9 +844,193 @@ impl Runner {
     }
 }
 
+/// The session expectations of `e` (broken, resets, lost bytes, wrong replies) over
+/// the selected groups' figures; `since` is when the last disruptive step began
+/// (resets are counted from there). Pure: (details, failures).
+pub fn judge_groups(
+    e: &Expect,
+    snaps: &[super::workload::GroupStats],
+    since: Option<Instant>,
+) -> (Vec<String>, Vec<String>) {
+    let mut detail = Vec::new();
+    let mut failures = Vec::new();
+    if let Some(max) = e.broken {
+        let resets: u64 = snaps
+            .iter()
+            .map(|s| since.map_or(s.resets.len() as u64, |t| s.resets_since(t)))
+            .sum();
+        let allowed = e.resets.unwrap_or(0);
+        let broken: u64 = snaps.iter().map(|s| s.broken()).sum();
+        detail.push(format!("{broken} broken"));
+        if resets > 0 || e.resets.is_some() {
+            detail.push(format!("{resets} clean resets ({allowed} allowed)"));
+        }
+        // A clean reset beyond the allowance is a broken session like any other.
+        if resets > allowed {
+            failures.push(format!(
+                "{resets} sessions reset (cleanly, then connected again) since the last \
+                 disruptive step, at most {allowed} allowed"
+            ));
+        }
+        if broken > max {
+            let reasons: Vec<String> = snaps
+                .iter()
+                .flat_map(|s| {
+                    s.sessions.iter().enumerate().filter_map(move |(i, x)| {
+                        x.broken
+                            .as_ref()
+                            .map(|w| format!("{} session {i}: {w}", s.name))
+                    })
+                })
+                .take(3)
+                .collect();
+            failures.push(format!(
+                "{broken} broken sessions, at most {max} expected (first: {})",
+                reasons.join("; ")
+            ));
+        }
+    }
+    if let Some(max) = e.lost_bytes {
+        let lost: u64 = snaps.iter().map(|s| s.lost()).sum();
+        detail.push(format!("{lost} lost bytes"));
+        if lost > max {
+            failures.push(format!("{lost} bytes lost, at most {max} expected"));
+        }
+    }
+    if let Some(max) = e.wrong_replies {
+        let wrong: u64 = snaps.iter().map(|s| s.wrong_replies()).sum();
+        detail.push(format!("{wrong} wrong replies"));
+        if wrong > max {
+            let examples: Vec<String> = snaps
+                .iter()
+                .flat_map(|s| {
+                    s.sessions.iter().enumerate().filter_map(move |(i, x)| {
+                        x.first_wrong
+                            .as_ref()
+                            .map(|w| format!("{} session {i}: {w}", s.name))
+                    })
+                })
+                .take(3)
+                .collect();
+            failures.push(format!(
+                "{wrong} wrong replies, at most {max} expected (first: {})",
+                examples.join("; ")
+            ));
+        }
+    }
+    (detail, failures)
+}
+
 fn index(node: Node) -> usize {
     match node {
         Node::Master => 0,
         Node::Backup => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::spec::Workload;
+    use crate::drill::workload::{GroupStats, SessionStats};
+
+    fn expect() -> Expect {
+        Expect {
+            master: None,
+            within_ms: 0,
+            resumed_within_ms: None,
+            broken: Some(0),
+            lost_bytes: Some(0),
+            wrong_replies: None,
+            resets: None,
+            groups: vec![],
+        }
+    }
+
+    fn group(workload: Workload, sessions: Vec<SessionStats>, resets: Vec<Instant>) -> GroupStats {
+        GroupStats {
+            name: workload.to_string(),
+            workload,
+            sessions,
+            rounds: vec![],
+            resets,
+        }
+    }
+
+    #[test]
+    fn clean_resets_are_allowed_per_fault_and_holes_are_lost_bytes() {
+        let t0 = Instant::now();
+        let fault = t0 + Duration::from_secs(10);
+        let slow = group(
+            Workload::Slow,
+            vec![SessionStats::default(), SessionStats::default()],
+            // One reset in an earlier round, two after this fault.
+            vec![
+                t0 + Duration::from_secs(1),
+                fault,
+                fault + Duration::from_millis(5),
+            ],
+        );
+        let mut e = expect();
+        e.resets = Some(2);
+        let (detail, failures) = judge_groups(&e, std::slice::from_ref(&slow), Some(fault));
+        assert_eq!(failures, Vec::<String>::new());
+        assert_eq!(
+            detail,
+            vec!["0 broken", "2 clean resets (2 allowed)", "0 lost bytes"]
+        );
+        // Without the allowance, resets fail the step.
+        e.resets = None;
+        let (_, failures) = judge_groups(&e, std::slice::from_ref(&slow), Some(fault));
+        assert_eq!(
+            failures,
+            vec!["2 sessions reset (cleanly, then connected again) since the last disruptive step, at most 0 allowed"]
+        );
+        // A hole: the session is broken and its bytes count as lost.
+        let holed = group(
+            Workload::Slow,
+            vec![SessionStats {
+                sent: 5000,
+                verified: 3000,
+                lost: 2000,
+                broken: Some("a hole or a wrong byte at byte 3000 of the slow stream".into()),
+                ..SessionStats::default()
+            }],
+            vec![],
+        );
+        let (_, failures) = judge_groups(&expect(), &[holed], Some(fault));
+        assert_eq!(
+            failures,
+            vec![
+                "1 broken sessions, at most 0 expected (first: slow session 0: a hole or a wrong byte at byte 3000 of the slow stream)",
+                "2000 bytes lost, at most 0 expected",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_replies_fail_the_step_with_an_example() {
+        let kv = group(
+            Workload::Stateful,
+            vec![
+                SessionStats::default(),
+                SessionStats {
+                    wrong_replies: 2,
+                    first_wrong: Some(
+                        "\"INCR hits\" answered \"ERR login first\", expected \"8\"".into(),
+                    ),
+                    ..SessionStats::default()
+                },
+            ],
+            vec![],
+        );
+        let mut e = expect();
+        e.wrong_replies = Some(0);
+        let (detail, failures) = judge_groups(&e, &[kv], None);
+        assert_eq!(detail, vec!["0 broken", "0 lost bytes", "2 wrong replies"]);
+        assert_eq!(
+            failures,
+            vec!["2 wrong replies, at most 0 expected (first: stateful session 1: \"INCR hits\" answered \"ERR login first\", expected \"8\")"]
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! - `slow`: the round's share of a stream (`message_bytes`) is written and read
 //!   back slowly ([`super::slow`]), byte for byte;
 //! - `stateful`: `INCR` and `WHO` to `nonstop-kv`; every reply must be what the
-//!   protocol says ([`super::stateful`]); a wrong one counts as a *wrong reply*.
+//!   protocol says (`nonstop_shared::kv::check`); a wrong one counts as a *wrong reply*.
 //!
 //! A session is *broken* on EOF, a reset or any other error, a corrupted byte, or no
 //! progress for [`STALL_LIMIT`] — except that a slow session reset cleanly (at once,
@@ -17,12 +17,12 @@
 //! bytes sent that never came back (a broken echo session's outstanding bytes, chat
 //! lines a member never heard) and bytes that came back wrong, a hole included.
 //! Message formats and checks are pure functions at the top of this file and in
-//! [`super::slow`] and [`super::stateful`]; the thread below them is the only I/O.
+//! [`super::slow`] and `nonstop_shared::kv::check`; the thread below them is the only I/O.
 
 use super::slow;
 use super::spec::Workload;
-use super::stateful::{self, KvCheck, Request};
 use anyhow::Context;
+use nonstop_shared::kv::check::{self as stateful, KvCheck, Request};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -27,6 +27,16 @@ use super::{
 
 /// Looks in a row a session must owe output or input before it is marked at risk.
 pub const RISK_POLLS: u32 = 4;
+
+/// How long a restored session's translator outlives the session in the tracker: the
+/// segments that end a close (the peer's last ACK, the service's retransmitted FIN,
+/// a late retransmission) still cross in the right space. Without it the last ACK was
+/// dropped and the service's socket stayed in LAST-ACK, retransmitting its FIN
+/// untranslated, for minutes. Twice Linux's TIME-WAIT.
+pub const TRANSLATOR_LINGER: Duration = Duration::from_secs(120);
+
+/// At most this many ended sessions' translators linger (the oldest go first).
+pub const MAX_LINGERING: usize = 65_536;
 use crate::recovery::divergence::{Divergence, Probation};
 use crate::recovery::feed::Feed;
 use crate::recovery::freeze::zero_window;
@@ -76,9 +86,24 @@ pub enum Output<M> {
     Continue(Vec<i32>),
 }
 
-/// Looks at the service's listening sockets: true when no connection waits in an
-/// accept queue of these ports.
-pub type AcceptProbe = Box<dyn FnMut(&[u16]) -> bool + Send>;
+/// The service's accept queues on the service ports, summed over its listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueues {
+    /// Connections completed by the kernel, not `accept()`ed yet.
+    pub queued: u64,
+    /// What the queues hold at most (the `listen()` backlogs); `u64::MAX` unknown.
+    pub limit: u64,
+}
+
+impl AcceptQueues {
+    /// Connections the queues can still take.
+    pub fn room(&self) -> u64 {
+        self.limit.saturating_sub(self.queued)
+    }
+}
+
+/// Looks at the service's listening sockets on these ports.
+pub type AcceptProbe = Box<dyn FnMut(&[u16]) -> AcceptQueues + Send>;
 
 /// Settings of the core.
 pub struct CoreConfig {
@@ -108,6 +133,9 @@ pub struct Interceptor<M> {
     /// Forged ACK sent (value: the ACK number it carries), to let it through once.
     pub(super) forged_acks: HashMap<SessionKey, u32>,
     pub(super) translators: HashMap<SessionKey, Translator>,
+    /// Ended restored sessions whose translator is kept until the deadline
+    /// ([`TRANSLATOR_LINGER`]); a new SYN on the 4-tuple ends it at once.
+    pub(super) lingering: HashMap<SessionKey, Instant>,
     /// Restored sessions whose replicated tail the peer has not acknowledged yet.
     pub(super) tails: HashMap<SessionKey, Tail>,
     /// When the tails' timers were last looked at.
@@ -147,11 +175,13 @@ pub struct Interceptor<M> {
     pub(super) restore_origin: Option<Instant>,
     /// The service's accept queues (for the barrier).
     pub(super) accept_probe: AcceptProbe,
+    /// The service's accept queues at the last look, and when (restore pacing).
+    pub(super) accept_seen: Option<(Instant, AcceptQueues)>,
     /// Hot replica: the mirrors (backup) and whether input is replicated (master).
     pub(super) mirrors: crate::session::mirror::Mirrors,
-    /// Hot replica, after a planned switchover: peers' input waits (dropped, they
-    /// retransmit) until the new backup acknowledged a record from this number on
-    /// (its snapshot), so its mirrors miss no input (see `mirroring.rs`).
+    /// Hot replica, after a planned switchover: peers' input is held until the new
+    /// backup acknowledged a record from this number on (its snapshot), so its
+    /// mirrors miss no input (see `mirroring.rs`).
     pub(super) input_gate: Option<(u64, Instant)>,
     /// The peers' input waiting at the gate, in order.
     pub(super) gated_input: VecDeque<M>,
@@ -191,6 +221,7 @@ impl<M: Packet> Interceptor<M> {
             restores: Restores::default(),
             forged_acks: HashMap::new(),
             translators: HashMap::new(),
+            lingering: HashMap::new(),
             tails: HashMap::new(),
             tails_checked: None,
             feeds: HashMap::new(),
@@ -210,6 +241,7 @@ impl<M: Packet> Interceptor<M> {
             barrier: Barrier::new(MAX_HELD),
             restore_origin: None,
             accept_probe,
+            accept_seen: None,
             mirrors: crate::session::mirror::Mirrors::new(),
             input_gate: None,
             gated_input: VecDeque::new(),
@@ -253,6 +285,7 @@ impl<M: Packet> Interceptor<M> {
         self.now_ms = now_ms;
         if now.saturating_duration_since(self.last_expiry) >= Duration::from_secs(1) {
             self.last_expiry = now;
+            self.expire_lingering();
             for record in self
                 .tracker
                 .expire(now_ms, HANDSHAKE_IDLE_MS, ESTABLISHED_IDLE_MS)
@@ -266,16 +299,49 @@ impl<M: Packet> Interceptor<M> {
         self.check_probations();
         self.check_tails();
         self.check_barrier();
-        if self.restores.flying() > 0 {
+        if self.restores.flying() > 0 || self.restores.waiting() > 0 {
             self.pump_restores();
         }
         self.mirror_timeout();
         self.check_input_gate();
     }
 
+    /// Keeps an ended session's translator for [`TRANSLATOR_LINGER`] (bounded by
+    /// [`MAX_LINGERING`]: the one due first goes when the set is full).
+    fn linger(&mut self, key: SessionKey) {
+        if self.lingering.len() >= MAX_LINGERING {
+            if let Some(oldest) = self
+                .lingering
+                .iter()
+                .min_by_key(|(_, due)| **due)
+                .map(|(k, _)| *k)
+            {
+                self.lingering.remove(&oldest);
+                self.translators.remove(&oldest);
+            }
+        }
+        self.lingering.insert(key, self.now + TRANSLATOR_LINGER);
+    }
+
+    /// Drops the translators of ended sessions whose linger is over.
+    fn expire_lingering(&mut self) {
+        let now = self.now;
+        let translators = &mut self.translators;
+        self.lingering.retain(|key, due| {
+            let keep = *due > now;
+            if !keep {
+                translators.remove(key);
+            }
+            keep
+        });
+    }
+
     /// How long the thread may sleep before [`Interceptor::handle_timeout`] is due.
     pub fn poll_timeout(&self, now: Instant) -> Duration {
-        let mut timeout = if self.restores.flying() == 0 {
+        let mut timeout = if self.restores.waiting() > 0 {
+            // Queued for room in the service's accept queue.
+            super::restore::ACCEPT_POLL
+        } else if self.restores.flying() == 0 {
             Duration::from_millis(1000)
         } else {
             Duration::from_millis(50)
@@ -402,6 +468,11 @@ impl<M: Packet> Interceptor<M> {
 
     /// Translates (restored sessions), tracks and passes on or holds a packet.
     pub(super) fn forward(&mut self, mut message: M, peek: Peek) {
+        if !peek.outbound && peek.syn && !peek.ack && self.lingering.remove(&peek.key).is_some() {
+            // A new connection on the 4-tuple of an ended restored session: its
+            // numbers have nothing to do with the old translation.
+            self.translators.remove(&peek.key);
+        }
         if self.frozen && peek.outbound {
             let mut packet = message.payload().to_vec();
             if zero_window(&mut packet).is_ok() {
@@ -434,6 +505,11 @@ impl<M: Packet> Interceptor<M> {
                     return;
                 };
                 match translator.outbound(&mut packet) {
+                    Ok(Verdict::Accept)
+                        if peek.rst && self.reset_outside_window(&peek, &packet) =>
+                    {
+                        self.verdict_with(message, Decision::Drop);
+                    }
                     Ok(Verdict::Accept) => {
                         self.track(&packet);
                         self.feed_input(&peek);
@@ -455,6 +531,38 @@ impl<M: Packet> Interceptor<M> {
         } else {
             self.verdict_with(message, Decision::Accept);
         }
+    }
+
+    /// The service kernel's RST of a restored session, translated: one the peer would
+    /// ignore — its sequence number outside what the peer can have received,
+    /// `[snd_una, snd_nxt]` — is refused (counted with the out-of-window segments)
+    /// instead of ending the session here and on the backup while the peer goes on.
+    /// Seen when the first peer segments released after a large restore reached a
+    /// connection the service kernel had not finished: it answered with a reset the
+    /// peer ignored, and the next crash lost the session.
+    pub(super) fn reset_outside_window(&mut self, peek: &Peek, translated: &[u8]) -> bool {
+        let Some(session) = self.tracker.session(&peek.key) else {
+            return false;
+        };
+        let Some(seq) = Peek::of(translated, self.vip).map(|p| p.seq) else {
+            return false;
+        };
+        let from_una = seq.wrapping_sub(session.snd_una);
+        let window = session.snd_nxt.wrapping_sub(session.snd_una);
+        if from_una <= window {
+            return false;
+        }
+        self.stats
+            .segments_out_of_window
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            session = %peek.key,
+            seq,
+            snd_una = session.snd_una,
+            snd_nxt = session.snd_nxt,
+            "service reset outside the peer's window refused"
+        );
+        true
     }
 
     /// A peer's segment of a restored session: checked against the kernel's rules in
@@ -572,7 +680,9 @@ impl<M: Packet> Interceptor<M> {
     /// Numbers a record and hands it to replication.
     pub(super) fn issue(&mut self, record: Record) {
         if let Record::Delete(key) = &record {
-            self.translators.remove(key);
+            if self.translators.contains_key(key) {
+                self.linger(*key);
+            }
             self.tails.remove(key);
             self.feeds.remove(key);
             self.restores.forget(key);
@@ -703,6 +813,7 @@ impl<M: Packet> Interceptor<M> {
         self.restores.clear();
         self.forged_acks.clear();
         self.translators.clear();
+        self.lingering.clear();
         self.tails.clear();
         self.feeds.clear();
         self.handed_over = false;

@@ -357,11 +357,18 @@ impl Packet for nfq::Message {
 /// The restore barrier's look at the service: no connection waits in the accept
 /// queue of its listeners on `vip` at `ports` (IPv4 and dual-stack IPv6; the kernel
 /// walks only its listening hash). Unreadable counts as empty.
-fn accept_queue_empty(vip: Ipv4Addr, ports: &[u16]) -> bool {
-    crate::sockets::diag::Diag::open()
-        .and_then(|mut diag| diag.accept_backlog(vip, ports))
-        .map(|backlog| backlog == 0)
-        .unwrap_or(true)
+fn accept_queues(vip: Ipv4Addr, ports: &[u16]) -> machine::AcceptQueues {
+    match crate::sockets::diag::Diag::open().and_then(|mut diag| diag.listeners(vip, ports)) {
+        Ok(listeners) if !listeners.is_empty() => machine::AcceptQueues {
+            queued: listeners.iter().map(|l| u64::from(l.accept_queue)).sum(),
+            limit: listeners.iter().map(|l| u64::from(l.backlog)).sum(),
+        },
+        // Unknown: nothing seen waiting, no limit known.
+        _ => machine::AcceptQueues {
+            queued: 0,
+            limit: u64::MAX,
+        },
+    }
 }
 
 /// The `p` quantile (0..=1) of sorted values, nearest rank; 0 if empty.
@@ -425,7 +432,7 @@ impl Worker {
             stats,
             {
                 let vip = config.vip;
-                Box::new(move |ports: &[u16]| accept_queue_empty(vip, ports))
+                Box::new(move |ports: &[u16]| accept_queues(vip, ports))
             },
             Instant::now(),
         );

@@ -17,6 +17,11 @@ use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// How often restore pacing looks at the service's accept queues (a sock_diag dump
+/// of its listeners). Completed connections wait in the queue until the service
+/// accepts them; a look this often keeps the pacing close to the queue's room.
+pub const ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl<M: Packet> Interceptor<M> {
     /// Starts (or ends) a freeze: tells every peer at once with a pure ACK announcing
     /// a zero window (or the window reopened).
@@ -329,7 +334,8 @@ impl<M: Packet> Interceptor<M> {
     /// Starts queued handshakes while fewer than [`MAX_HANDSHAKES`] are in flight, and
     /// re-sends forged SYNs that went unanswered ([`Restores::pump`]).
     pub(super) fn pump_restores(&mut self) {
-        let pumped = self.restores.pump(self.now);
+        let room = self.accept_room();
+        let pumped = self.restores.pump(self.now, room);
         for key in &pumped.given_up {
             self.stats.restore_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(session = %key, "restore given up: no SYN-ACK from the service");
@@ -352,12 +358,31 @@ impl<M: Packet> Interceptor<M> {
 
     /// Opens the restore barrier when it is time ([`Barrier::check`]): the peers'
     /// input held there goes on, in order.
+    /// New handshakes the service's accept queues can take now: their room at the
+    /// last look (at most every [`ACCEPT_POLL`]), less the connections on their way
+    /// into them (forged SYNs unanswered, forged ACKs not through the queue yet).
+    /// Without it a batch larger than the service's `listen()` backlog overflowed
+    /// the queue: the kernel dropped our forged ACKs and answered the peers'
+    /// segments with resets.
+    pub(super) fn accept_room(&mut self) -> usize {
+        let fresh = self
+            .accept_seen
+            .is_some_and(|(at, _)| self.now.saturating_duration_since(at) < ACCEPT_POLL);
+        if !fresh {
+            let seen = (self.accept_probe)(&self.ports);
+            self.accept_seen = Some((self.now, seen));
+        }
+        let room = self.accept_seen.map_or(u64::MAX, |(_, seen)| seen.room());
+        let coming = (self.restores.flying() + self.forged_acks.len()) as u64;
+        usize::try_from(room.saturating_sub(coming)).unwrap_or(usize::MAX)
+    }
+
     pub(super) fn check_barrier(&mut self) {
         let acks_in_flight = !self.forged_acks.is_empty();
         let (probe, ports) = (&mut self.accept_probe, &self.ports);
         let Some(opened) = self
             .barrier
-            .check(self.now, acks_in_flight, || probe(ports))
+            .check(self.now, acks_in_flight, || probe(ports).queued == 0)
         else {
             return;
         };

@@ -79,8 +79,10 @@ impl Restores {
     }
 
     /// Re-sends unanswered SYNs (or gives up), then starts queued handshakes while
-    /// fewer than [`MAX_HANDSHAKES`] are in flight.
-    pub fn pump(&mut self, now: Instant) -> Pumped {
+    /// fewer than [`MAX_HANDSHAKES`] are in flight and at most `room` new ones: the
+    /// connections the service's accept queue can still take (a connection completed
+    /// into a full accept queue is dropped by the kernel, our forged ACK with it).
+    pub fn pump(&mut self, now: Instant, room: usize) -> Pumped {
         let mut out = Pumped::default();
         let mut retry: Vec<SessionKey> = self
             .in_flight
@@ -102,7 +104,8 @@ impl Restores {
             r.sent_at = now;
             out.syns.push(forged_syn(&r.state));
         }
-        while self.in_flight.len() < MAX_HANDSHAKES {
+        let mut room = room;
+        while self.in_flight.len() < MAX_HANDSHAKES && room > 0 {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
@@ -110,6 +113,7 @@ impl Restores {
                 continue;
             };
             out.started += 1;
+            room -= 1;
             out.syns.push(forged_syn(&state));
             self.in_flight.insert(
                 key,
@@ -137,6 +141,11 @@ impl Restores {
     /// `key` is being restored (queued, parked or in flight).
     pub fn pending_for(&self, key: &SessionKey) -> bool {
         self.in_flight.contains_key(key) || self.queued.contains_key(key)
+    }
+
+    /// Sessions queued for a handshake (the service listens; not started yet).
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
     }
 
     /// Handshakes in flight.
@@ -179,21 +188,32 @@ mod tests {
         let now = Instant::now();
         let mut r = parked(40);
         assert!(
-            r.pump(now).syns.is_empty(),
+            r.pump(now, usize::MAX).syns.is_empty(),
             "nothing before the service listens"
         );
         assert_eq!(r.pending(), 40);
         assert_eq!(r.unpark(|_| None), 40);
-        let first = r.pump(now);
+        let first = r.pump(now, usize::MAX);
         assert_eq!((first.syns.len(), first.started), (MAX_HANDSHAKES, 32));
         assert_eq!(r.flying(), MAX_HANDSHAKES);
         // An answer frees a slot for the next queued session, in parking order.
         let done = r.answered(&full(1, 1000).key).expect("in flight");
         assert_eq!(done.state.key.peer_port, 1);
-        let next = r.pump(now);
+        let next = r.pump(now, usize::MAX);
         assert_eq!(next.started, 1);
         assert!(r.in_flight(&full(33, 33_000).key));
         assert_eq!(r.pending(), 39);
+    }
+
+    #[test]
+    fn no_more_handshakes_start_than_the_accept_queue_has_room_for() {
+        let now = Instant::now();
+        let mut r = parked(40);
+        r.unpark(|_| None);
+        assert_eq!(r.pump(now, 5).started, 5);
+        assert_eq!(r.pump(now, 0).started, 0, "a full accept queue: none");
+        assert_eq!(r.flying(), 5);
+        assert_eq!(r.pending(), 40);
     }
 
     #[test]
@@ -201,12 +221,12 @@ mod tests {
         let t0 = Instant::now();
         let mut r = parked(1);
         r.unpark(|_| None);
-        assert_eq!(r.pump(t0).syns.len(), 1);
-        assert!(r.pump(t0 + HANDSHAKE_RETRY / 2).syns.is_empty());
+        assert_eq!(r.pump(t0, usize::MAX).syns.len(), 1);
+        assert!(r.pump(t0 + HANDSHAKE_RETRY / 2, usize::MAX).syns.is_empty());
         let mut at = t0;
         for _ in 1..HANDSHAKE_TRIES {
             at += HANDSHAKE_RETRY;
-            let p = r.pump(at);
+            let p = r.pump(at, usize::MAX);
             assert_eq!(
                 (p.syns.len(), p.started),
                 (1, 0),
@@ -214,7 +234,7 @@ mod tests {
             );
         }
         at += HANDSHAKE_RETRY;
-        let p = r.pump(at);
+        let p = r.pump(at, usize::MAX);
         assert_eq!(p.given_up, vec![full(1, 1000).key]);
         assert!(p.syns.is_empty());
         assert_eq!(r.pending(), 0);
@@ -228,7 +248,7 @@ mod tests {
         latest.rcv_nxt += 100;
         let expected = latest.clone();
         assert_eq!(r.unpark(|_| Some(latest.clone())), 1);
-        let p = r.pump(Instant::now());
+        let p = r.pump(Instant::now(), usize::MAX);
         assert_eq!(p.syns, vec![forged_syn(&expected)]);
     }
 }

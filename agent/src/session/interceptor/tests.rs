@@ -82,7 +82,10 @@ impl Trace {
                 first_seq: 1,
             },
             Arc::clone(&stats),
-            Box::new(move |_ports: &[u16]| probe.load(Ordering::Relaxed)),
+            Box::new(move |_ports: &[u16]| super::machine::AcceptQueues {
+                queued: u64::from(!probe.load(Ordering::Relaxed)),
+                limit: 128,
+            }),
             now,
         );
         Trace {
@@ -619,4 +622,139 @@ fn sessions_holding_output_or_input_are_marked_at_risk_after_a_few_looks() {
     let late = t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).payload(b"late"));
     assert_eq!(t.out(), vec![Out::Drop(late)]);
     assert_eq!(t.stats.sessions_at_risk.load(Ordering::Relaxed), 0);
+}
+
+/// A restored session, its batch finished (the service accepted it): the peer's input
+/// goes straight through, translated.
+fn restored(service_isn: u32) -> (Trace, SessionState) {
+    let (mut t, state) = taken_over(false);
+    t.command(QueueCommand::ServiceReady);
+    t.out();
+    t.packet(synack(&state, service_isn));
+    let out = t.out();
+    let ack = injected(&out).into_iter().next().expect("forged ACK");
+    t.packet_bytes(ack);
+    t.accepted_all.store(true, Ordering::Relaxed);
+    t.tick(Duration::from_millis(10));
+    t.out();
+    t.records();
+    (t, state)
+}
+
+fn seq_of(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[24], packet[25], packet[26], packet[27]])
+}
+
+fn ack_of(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[28], packet[29], packet[30], packet[31]])
+}
+
+impl Trace {
+    /// The bytes of the verdict on packet `id`.
+    fn verdict_bytes(&self, id: u32) -> Vec<u8> {
+        self.last_payload
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|(_, b)| b.clone())
+            .expect("a verdict on the packet")
+    }
+}
+
+#[test]
+fn a_restored_sessions_close_is_translated_to_its_last_ack_and_fin_retransmission() {
+    let (mut t, state) = restored(7000);
+    // The service's space: its ISN 7000, so its next byte is 7001; the peer's is
+    // `state.snd_nxt`.
+    let delta = state.snd_nxt.wrapping_sub(7001);
+    let peer_fin = t.packet(seg().seq(state.rcv_nxt).ack(state.snd_nxt).fin());
+    assert_eq!(t.out(), vec![Out::Accept(peer_fin)]);
+    assert_eq!(
+        ack_of(&t.verdict_bytes(peer_fin)),
+        7001,
+        "ACK into the service's space"
+    );
+    let our_fin = t.packet(seg().from_us().seq(7001).ack(state.rcv_nxt + 1).fin());
+    t.tick(CLOSE_GRACE + Duration::from_millis(1));
+    assert_eq!(t.out(), vec![Out::Accept(our_fin)]);
+    assert_eq!(
+        seq_of(&t.verdict_bytes(our_fin)),
+        7001u32.wrapping_add(delta)
+    );
+    // The peer's last ACK ends the session in the tracker (a Delete record) …
+    let last_ack = t.packet(seg().seq(state.rcv_nxt + 1).ack(state.snd_nxt + 1));
+    assert_eq!(
+        t.out(),
+        vec![Out::Accept(last_ack)],
+        "the last ACK is not dropped"
+    );
+    assert!(t
+        .records()
+        .iter()
+        .any(|(_, r)| matches!(r, Record::Delete(k) if *k == state.key)));
+    // … and still reaches the service in its space, so its socket leaves LAST-ACK.
+    assert_eq!(ack_of(&t.verdict_bytes(last_ack)), 7002);
+    // A retransmission of the service's FIN still leaves translated.
+    let again = t.packet(seg().from_us().seq(7001).ack(state.rcv_nxt + 1).fin());
+    assert_eq!(t.out(), vec![Out::Accept(again)]);
+    assert_eq!(seq_of(&t.verdict_bytes(again)), 7001u32.wrapping_add(delta));
+    // After the linger the translation is gone.
+    t.tick(super::machine::TRANSLATOR_LINGER + Duration::from_secs(2));
+    t.out();
+    let late = t.packet(seg().from_us().seq(7001).ack(state.rcv_nxt + 1).fin());
+    assert_eq!(t.out(), vec![Out::Accept(late)]);
+    assert_eq!(
+        seq_of(&t.verdict_bytes(late)),
+        7001,
+        "untranslated once forgotten"
+    );
+}
+
+#[test]
+fn a_new_syn_on_an_ended_restored_sessions_tuple_is_not_translated() {
+    let (mut t, state) = restored(7000);
+    t.packet(seg().seq(state.rcv_nxt).ack(state.snd_nxt).fin());
+    t.packet(seg().from_us().seq(7001).ack(state.rcv_nxt + 1).fin());
+    t.tick(CLOSE_GRACE + Duration::from_millis(1));
+    t.packet(seg().seq(state.rcv_nxt + 1).ack(state.snd_nxt + 1));
+    t.out();
+    // The peer opens a new connection from the same port.
+    let syn = t.packet(seg().syn().seq(90_000).mss(1460));
+    let synack = t.packet(seg().from_us().syn().seq(50_000).ack(90_001).mss(1460));
+    let ack = t.packet(seg().seq(90_001).ack(50_001));
+    assert_eq!(
+        t.out(),
+        vec![Out::Accept(syn), Out::Accept(synack), Out::Accept(ack)]
+    );
+    assert_eq!(
+        seq_of(&t.verdict_bytes(synack)),
+        50_000,
+        "the new session's own numbers"
+    );
+    assert_eq!(ack_of(&t.verdict_bytes(ack)), 50_001);
+}
+
+#[test]
+fn a_restored_sessions_reset_the_peer_would_ignore_is_refused_and_ends_nothing() {
+    let (mut t, state) = restored(7000);
+    // The service's kernel resets at a number far from the session's (its answer to
+    // a segment that reached a connection it had not finished).
+    let stray = t.packet(seg().from_us().seq(7001u32.wrapping_sub(5_000_000)).rst());
+    t.tick(CLOSE_GRACE + Duration::from_millis(1));
+    assert_eq!(t.out(), vec![Out::Drop(stray)]);
+    assert!(
+        !t.records()
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Delete(_))),
+        "the session goes on"
+    );
+    assert_eq!(t.stats.segments_out_of_window.load(Ordering::Relaxed), 1);
+    // A reset at the session's own number still ends it.
+    let real = t.packet(seg().from_us().seq(7001).rst());
+    t.tick(CLOSE_GRACE + Duration::from_millis(1));
+    assert_eq!(t.out(), vec![Out::Accept(real)]);
+    assert!(t
+        .records()
+        .iter()
+        .any(|(_, r)| matches!(r, Record::Delete(k) if *k == state.key)));
 }

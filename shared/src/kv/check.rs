@@ -1,7 +1,8 @@
-//! The `stateful` workload's check, pure: what one `nonstop-kv` session sends each
-//! round and whether each reply is what the protocol says it must be. The oracle is
-//! the service's own protocol core ([`nonstop_shared::kv::Session`]) fed the same
-//! requests: every reply is a pure function of the connection's input.
+//! The client's check of a `nonstop-kv` session, pure: what one session sends each
+//! round and whether each reply is what the protocol says it must be. Used by the
+//! drills' `stateful` workload and the lab tests. The oracle is the service's own
+//! protocol core ([`Session`]) fed the same requests: every reply is a pure function
+//! of the connection's input.
 //!
 //! A session logs in as `<group>-<n>`, selects namespace `ns-<group>-<n>`, then each
 //! round sends `INCR hits` and `WHO`: the counter must go on +1, login and namespace
@@ -9,7 +10,7 @@
 //! client would: `LOGIN`, `USE`, `INCR` (whatever positive count the service has is
 //! adopted) and `WHO` — so every later fault is seen again and counted again.
 
-use nonstop_shared::kv::Session;
+use super::Session;
 
 /// The key every session counts.
 pub const KEY: &str = "hits";
