@@ -290,17 +290,11 @@ impl<M: Packet> Interceptor<M> {
 
     /// Each mirrored session's state as words for `sessions`.
     fn replica_states(&self) -> HashMap<SessionKey, String> {
-        let mut out = HashMap::new();
-        for state in self.mirror_keys() {
-            if let Some(s) = self.mirrors.state(&state) {
-                out.insert(state, describe(s));
-            }
-        }
-        out
-    }
-
-    fn mirror_keys(&self) -> Vec<SessionKey> {
-        self.mirrors.keys()
+        self.mirrors
+            .keys()
+            .into_iter()
+            .filter_map(|key| Some((key, describe(self.mirrors.state(&key)?))))
+            .collect()
     }
 
     /// At a takeover: adopts the open mirrors of `states` (they serve on, nothing is
