@@ -29,7 +29,7 @@ use crate::shutdown::{self, ShutdownTrigger};
 use crate::status::StatusSources;
 use anyhow::Context;
 use nonstop_shared::auth::Key;
-use nonstop_shared::config::{AgentConfig, LoneMaster, ReplicationMode};
+use nonstop_shared::config::{AgentConfig, LoneMaster, OnBackup, ReplicaMode, ReplicationMode};
 use nonstop_shared::Mode;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -51,6 +51,8 @@ pub struct Agent {
     app: Option<JoinHandle<()>>,
     /// The notify hooks' task, and how long shutdown waits for it.
     hooks: (JoinHandle<()>, Duration),
+    /// Hot replica: the VIP on `lo`, removed at shutdown.
+    vip_on_lo: Option<std::net::Ipv4Addr>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -104,6 +106,34 @@ impl Agent {
             interceptor::spawn(interceptor_config, records_tx, seed, first_seq)
                 .context("interception")?;
         interceptor.send(QueueCommand::SetEventLog(Arc::clone(&events)));
+        let hot = config.service.replica == ReplicaMode::Hot;
+        let on_backup = if hot {
+            // A hot replica runs the service on the backup too (its mirrors).
+            OnBackup::Park
+        } else {
+            config.service.on_backup
+        };
+        let tap: Option<receiver::Tap> = if hot {
+            interceptor.send(QueueCommand::Hot {
+                backlog: config.service.mirror_backlog,
+            });
+            crate::vip::lo::prepare(&config.service.interface, config.service.vip.addr)
+                .await
+                .context("hot replica")?;
+            // Connections of a service that outlived an earlier agent go now, before
+            // any mirror opens (a hot node never destroys sockets later: they may be
+            // mirrors).
+            crate::sockets::destroy_stale(config.service.vip.addr, &config.service.ports).await;
+            let mirrors = interceptor.clone();
+            Some(Arc::new(move |applied| {
+                mirrors.send(match applied {
+                    receiver::Applied::Snapshot(records) => QueueCommand::MirrorSnapshot(records),
+                    receiver::Applied::Records(records) => QueueCommand::Mirror(records),
+                })
+            }))
+        } else {
+            None
+        };
 
         // Replication: the backup's listener and the master's sender.
         let stats = Arc::new(ReplicationStats::default());
@@ -117,6 +147,7 @@ impl Agent {
             shutdown: shutdown.clone(),
             key: key.clone(),
             max_sessions: config.session.max_sessions,
+            tap,
         })
         .await?;
         tokio::spawn(receiver);
@@ -153,6 +184,7 @@ impl Agent {
             Arc::clone(&replica),
             config.service.vip.addr,
             config.service.ports.clone(),
+            hot,
         ));
         if config.session.risk_poll_ms > 0 {
             tokio::spawn(crate::session::risk::watch(
@@ -173,6 +205,7 @@ impl Agent {
             ports: config.service.ports.clone(),
             vip: config.service.vip.addr,
             drain_limit: config.session.drain_limit(),
+            replica_mode: config.service.replica,
         };
 
         // Application manager; its crashes on a healthy master restore locally.
@@ -180,7 +213,7 @@ impl Agent {
             Some(command) => {
                 let (manager, handle) = crate::app::AppManager::new(
                     command,
-                    config.service.on_backup,
+                    on_backup,
                     Arc::clone(&events),
                     mode.clone(),
                     shutdown.clone(),
@@ -258,7 +291,7 @@ impl Agent {
         tokio::spawn(crate::host::check::run(crate::host::check::CheckParts {
             live: live.clone(),
             ports: config.service.ports.clone(),
-            on_backup: config.service.on_backup,
+            on_backup,
             mode: mode.clone(),
             control: handle.clone(),
             view: check_view,
@@ -274,6 +307,7 @@ impl Agent {
             control,
             app,
             hooks: (hooks, hook_limit),
+            vip_on_lo: hot.then_some(config.service.vip.addr),
         })
     }
 
@@ -292,6 +326,7 @@ impl Agent {
             control,
             app,
             hooks,
+            vip_on_lo,
         } = self;
         let on_signal = trigger.clone();
         tokio::spawn(async move {
@@ -319,6 +354,11 @@ impl Agent {
         }
         interceptor.send(QueueCommand::Stop);
         let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
+        if let Some(vip) = vip_on_lo {
+            if let Err(e) = crate::vip::lo::undo(vip).await {
+                tracing::warn!(error = format!("{e:#}"), "the VIP stays on lo");
+            }
+        }
         // The hooks of shutdown's own transition, then the `stop` hook, each bounded.
         let _ = tokio::time::timeout(hooks.1, hooks.0).await;
         result

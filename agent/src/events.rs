@@ -107,6 +107,11 @@ fn log_event(event: &AgentEvent) {
         EventKind::Check { healthy, detail } => {
             tracing::warn!(healthy, %detail, "service health check changed")
         }
+        EventKind::Mirror {
+            peer,
+            state,
+            detail,
+        } => tracing::info!(%peer, %state, %detail, "hot replica"),
         EventKind::Error { detail } => tracing::warn!(%detail, "error"),
     }
 }

@@ -710,6 +710,7 @@ mod tests {
             unacked_bytes: 0,
             record_seq: 0,
             last_activity_ms: 0,
+            replica: None,
         }
     }
 

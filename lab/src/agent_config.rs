@@ -60,6 +60,8 @@ pub struct AgentKnobs {
     pub misses: u32,
     /// Service command line the agents manage, if any.
     pub service: Option<String>,
+    /// `cold` or `hot` replica (design §9), the same on both agents.
+    pub replica: nonstop_shared::config::ReplicaMode,
 }
 
 /// The validated config of `node` in a lab with address plan `plan` whose lab
@@ -86,6 +88,8 @@ pub fn agent_config(
             command: knobs.service.clone(),
             on_backup: Default::default(),
             check: None,
+            replica: knobs.replica,
+            mirror_backlog: nonstop_shared::config::DEFAULT_MIRROR_BACKLOG,
         },
         sync: SyncConfig {
             address: sync(node),
@@ -130,6 +134,7 @@ mod tests {
             heartbeat_ms: 50,
             misses: 4,
             service: Some("nonstop-echo --port 7000".to_owned()),
+            replica: Default::default(),
         }
     }
 

@@ -73,6 +73,7 @@ impl LabSpec {
             heartbeat_ms: self.heartbeat_ms,
             misses: self.misses,
             service: self.service.clone(),
+            replica: Default::default(),
         }
     }
 }
@@ -326,6 +327,30 @@ impl Lab {
     /// The config file of a node's agent (`<dir>/master.toml`).
     pub fn config_path(&self, node: Node) -> PathBuf {
         self.dir.join(format!("{node}.toml"))
+    }
+
+    /// Sets `service.replica` (design §9) in both agents' configs (`up --replica`);
+    /// running agents apply it at their next start.
+    pub fn set_replica(&self, mode: nonstop_shared::config::ReplicaMode) -> Result<()> {
+        for node in Node::ALL {
+            let path = self.config_path(node);
+            let mut config = nonstop_shared::config::AgentConfig::load(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if config.service.replica == mode {
+                continue;
+            }
+            config.service.replica = mode;
+            std::fs::write(&path, config.to_toml())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The `service.replica` of the master's agent config (`cold` if unreadable).
+    pub fn replica(&self) -> nonstop_shared::config::ReplicaMode {
+        nonstop_shared::config::AgentConfig::load(&self.config_path(Node::Master))
+            .map(|c| c.service.replica)
+            .unwrap_or_default()
     }
 
     /// The log of a node's agent, stdout and stderr (`<dir>/master.log`).

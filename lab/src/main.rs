@@ -1,7 +1,7 @@
 //! `nonstop-lab`: the command line over the `nonstop_lab` library.
 //!
 //! ```text
-//! nonstop-lab up     [--name N] [--peers K] [--agents] [--service CMD | --no-service] [--heartbeat-ms MS] [--misses M]
+//! nonstop-lab up     [--name N] [--peers K] [--agents] [--service CMD | --no-service] [--heartbeat-ms MS] [--misses M] [--replica cold|hot]
 //! nonstop-lab down   [--name N | --all-with-prefix P]
 //! nonstop-lab status [--name N] [--json]
 //! nonstop-lab exec   [--name N] HOST -- CMD...
@@ -50,6 +50,10 @@ enum Cmd {
         /// Missed heartbeats before an agent declares its peer dead.
         #[arg(long, default_value_t = 3)]
         misses: u32,
+        /// `cold` (default) or `hot`: a hot replica runs the service on the backup too
+        /// and mirrors every session in it (design §9).
+        #[arg(long, default_value = "cold")]
+        replica: nonstop_shared::config::ReplicaMode,
     },
     /// Remove the lab: processes, namespaces, links, rules, directory.
     Down {
@@ -219,6 +223,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             no_service,
             heartbeat_ms,
             misses,
+            replica,
         } => {
             let service = if no_service {
                 None
@@ -233,6 +238,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 service,
             };
             let lab = Lab::up(&spec)?;
+            lab.set_replica(replica)?;
             let stale: Vec<Node> = Node::ALL
                 .into_iter()
                 .filter(|&node| lab.agent_config_stale(node))

@@ -247,6 +247,74 @@ pub struct ServiceConfig {
     /// Health check of the service (`[service.check]`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckConfig>,
+    /// `cold` (default) or `hot` (design §9). A hot replica runs the service on the
+    /// backup too and opens every session in it as a *mirror* fed the peer's input, so
+    /// the service's per-connection state survives a failover; it implies
+    /// `on_backup = "park"`. Cold is the default because a hot replica runs the
+    /// service twice: its outside effects (mail sent, rows written elsewhere) happen
+    /// twice, and it costs the backup the service's CPU and the sync link the input.
+    #[serde(default, skip_serializing_if = "ReplicaMode::is_cold")]
+    pub replica: ReplicaMode,
+    /// Hot replica: most input bytes a mirror may owe its service (received by the
+    /// master, not yet taken by the mirror). Beyond it the mirror is given up and the
+    /// session turns cold (counted, an event): a takeover restores it cold.
+    #[serde(
+        default = "default_mirror_backlog",
+        skip_serializing_if = "is_default_mirror_backlog"
+    )]
+    pub mirror_backlog: usize,
+}
+
+/// Default [`ServiceConfig::mirror_backlog`]: 4 MiB.
+pub const DEFAULT_MIRROR_BACKLOG: usize = 4 << 20;
+
+fn default_mirror_backlog() -> usize {
+    DEFAULT_MIRROR_BACKLOG
+}
+
+fn is_default_mirror_backlog(n: &usize) -> bool {
+    *n == DEFAULT_MIRROR_BACKLOG
+}
+
+/// How the backup keeps the service (design §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaMode {
+    /// Sessions are restored into a fresh service at takeover: the sockets survive,
+    /// the service's per-connection state does not.
+    #[default]
+    Cold,
+    /// The backup's service mirrors every session: its state survives a takeover.
+    Hot,
+}
+
+impl ReplicaMode {
+    /// Whether this is [`ReplicaMode::Cold`].
+    pub fn is_cold(&self) -> bool {
+        *self == ReplicaMode::Cold
+    }
+
+    /// The config word (`cold`, `hot`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaMode::Cold => "cold",
+            ReplicaMode::Hot => "hot",
+        }
+    }
+}
+
+impl std::str::FromStr for ReplicaMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ReplicaMode, String> {
+        match s {
+            "cold" => Ok(ReplicaMode::Cold),
+            "hot" => Ok(ReplicaMode::Hot),
+            other => Err(format!(
+                "replica mode must be `cold` or `hot`, not `{other}`"
+            )),
+        }
+    }
 }
 
 /// What the application manager does with the service on a node that is not master.
@@ -499,6 +567,12 @@ impl AgentConfig {
             return Err(invalid(
                 "service.interface",
                 "must be an interface name of 1..=15 bytes",
+            ));
+        }
+        if self.service.mirror_backlog < 64 * 1024 || self.service.mirror_backlog > 1 << 30 {
+            return Err(invalid(
+                "service.mirror_backlog",
+                "must be 64 KiB ..= 1 GiB (bytes)",
             ));
         }
         if self.service.ports.is_empty() {

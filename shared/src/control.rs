@@ -200,6 +200,10 @@ pub struct SessionInfo {
     pub record_seq: u64,
     /// Wall-clock ms of the last packet.
     pub last_activity_ms: u64,
+    /// Hot replica, on the backup: `hot`, `cold`, `diverged` or `lagging N B`
+    /// (design §9); absent in cold mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 impl SessionInfo {
@@ -217,6 +221,7 @@ impl SessionInfo {
             unacked_bytes: state.unacked.len(),
             record_seq,
             last_activity_ms: state.last_activity_ms,
+            replica: None,
         }
     }
 }
@@ -299,6 +304,24 @@ pub struct ReplicationView {
     /// sent at the backup's request.
     #[serde(default)]
     pub resyncs: u64,
+    /// `service.replica`: `cold` or `hot` (design §9; empty from older agents).
+    #[serde(default)]
+    pub replica: String,
+    /// Hot replica, backup: sessions mirrored now (open or opening).
+    #[serde(default)]
+    pub mirrors: u64,
+    /// Hot replica, backup: mirrors whose output differed from the master's.
+    #[serde(default)]
+    pub mirrors_diverged: u64,
+    /// Hot replica, backup: mirrors given up (their sessions turned cold).
+    #[serde(default)]
+    pub mirrors_cold: u64,
+    /// Hot replica: sessions taken over by their mirror at a promotion (no restore).
+    #[serde(default)]
+    pub mirrors_adopted: u64,
+    /// Hot replica: sessions a promotion restored cold (no usable mirror).
+    #[serde(default)]
+    pub mirrors_fallback: u64,
 }
 
 /// Why a node changed mode.
@@ -644,6 +667,16 @@ pub enum EventKind {
         /// Whether the service is healthy now.
         healthy: bool,
         /// The last result and what the agent does about it.
+        detail: String,
+    },
+    /// Hot replica (design §9): a mirror diverged or turned cold, or a takeover
+    /// adopted the mirrors (`state` = `takeover`, `peer` empty).
+    Mirror {
+        /// The peer, `IP:PORT` (empty for a takeover's summary).
+        peer: String,
+        /// `diverged`, `cold` or `takeover`.
+        state: String,
+        /// What happened.
         detail: String,
     },
     /// Something failed that the operator should know about.

@@ -80,13 +80,20 @@
 //! | …      | 4    | `data_seq`, only if flag bit 2                                 |
 //! | …      | 4    | n = data length, only if flag bit 2                            |
 //! | …      | n    | data, only if flag bit 2                                       |
+//! | …      | 4    | `input_seq`, only if flag bit 3 (hot replica, design §9)       |
+//! | …      | 4    | m = input length, only if flag bit 3                           |
+//! | …      | m    | the peer's payload of this segment, only if flag bit 3         |
 //!
 //! Size: **84 bytes** ([`SYNC_FIXED_LEN`]) for a sync without FINs and without payload
 //! (a pure ACK or window update), +4 per FIN present, +8 + n with a payload. The data
 //! part is written when `data` is non-empty or `data_seq != snd_nxt`; when it is absent
 //! the decoder yields `data_seq = snd_nxt` and empty data (so a tracker that fills
 //! `data_seq` with `snd_nxt` for payload-less updates gets the short form, and every
-//! record still round-trips exactly).
+//! record still round-trips exactly). The input part (flag bit 3) is written only by a
+//! master in hot-replica mode (`service.replica = "hot"`), when the peer's segment
+//! carried payload: `input` is that payload at peer sequence `input_seq`, so the
+//! backup can play it to its mirror; cold mode never writes it (its records do not
+//! grow), and an empty input part is never written (one encoding per record).
 //!
 //! ## `delete` — [`Record::Delete`]
 //!
@@ -175,7 +182,8 @@ const FULL_FLAGS_KNOWN: u8 = 0b0111_1111;
 const SYNC_FLAG_OUR_FIN: u8 = 1 << 0;
 const SYNC_FLAG_PEER_FIN: u8 = 1 << 1;
 const SYNC_FLAG_DATA: u8 = 1 << 2;
-const SYNC_FLAGS_KNOWN: u8 = 0b0000_0111;
+const SYNC_FLAG_INPUT: u8 = 1 << 3;
+const SYNC_FLAGS_KNOWN: u8 = 0b0000_1111;
 
 /// Why bytes are not (yet) a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -239,6 +247,9 @@ pub fn encoded_len(record: &Record) -> usize {
             if sync_has_data_part(s) {
                 n += 8 + s.data.len();
             }
+            if !s.input.is_empty() {
+                n += 8 + s.input.len();
+            }
             n
         }
         Record::Delete(_) => DELETE_LEN,
@@ -280,7 +291,10 @@ pub fn try_encode_record(
 ) -> Result<usize, RecordError> {
     match record {
         Record::Full(s) => check_full(s)?,
-        Record::Sync(s) => check_payload(s.data.len())?,
+        Record::Sync(s) => {
+            check_payload(s.data.len())?;
+            check_payload(s.input.len())?;
+        }
         Record::Delete(_) => {}
     }
     let before = out.len();
@@ -523,6 +537,9 @@ fn put_sync(out: &mut Vec<u8>, s: &SessionSync) {
     if data_part {
         flags |= SYNC_FLAG_DATA;
     }
+    if !s.input.is_empty() {
+        flags |= SYNC_FLAG_INPUT;
+    }
     put_key(out, &s.key);
     out.push(s.phase.code());
     out.push(flags);
@@ -547,6 +564,11 @@ fn put_sync(out: &mut Vec<u8>, s: &SessionSync) {
         put_u32(out, s.data_seq);
         put_u32(out, u32::try_from(s.data.len()).unwrap_or(u32::MAX));
         out.extend_from_slice(&s.data);
+    }
+    if !s.input.is_empty() {
+        put_u32(out, s.input_seq);
+        put_u32(out, u32::try_from(s.input.len()).unwrap_or(u32::MAX));
+        out.extend_from_slice(&s.input);
     }
 }
 
@@ -742,6 +764,17 @@ fn read_sync(r: &mut Reader<'_>) -> Result<SessionSync, RecordError> {
     } else {
         (snd_nxt, Vec::new())
     };
+    let (input_seq, input) = if flags & SYNC_FLAG_INPUT != 0 {
+        let input_seq = r.u32()?;
+        let input = r.payload()?;
+        if input.is_empty() {
+            // The encoder never writes an empty input part: not canonical.
+            return Err(RecordError::BadField("input"));
+        }
+        (input_seq, input)
+    } else {
+        (0, Vec::new())
+    };
     Ok(SessionSync {
         key,
         phase,
@@ -757,6 +790,8 @@ fn read_sync(r: &mut Reader<'_>) -> Result<SessionSync, RecordError> {
         peer_fin,
         data_seq,
         data,
+        input_seq,
+        input,
         bytes_in,
         bytes_out,
         last_activity_ms,
@@ -830,10 +865,38 @@ mod tests {
                 u32::MAX - 3
             },
             data,
+            input_seq: 0,
+            input: Vec::new(),
             bytes_in: 10,
             bytes_out: 20,
             last_activity_ms: 30,
         }
+    }
+
+    #[test]
+    fn sync_input_part_round_trips_and_cold_records_do_not_grow() {
+        let cold = Record::Sync(sync(b"out".to_vec()));
+        let cold_len = encode(7, &cold).len();
+        let mut hot = sync(b"out".to_vec());
+        hot.input_seq = 4000;
+        hot.input = b"peer bytes".to_vec();
+        let hot = Record::Sync(hot);
+        let bytes = encode(7, &hot);
+        assert_eq!(bytes.len(), cold_len + 8 + 10);
+        assert_eq!(bytes.len(), encoded_len(&hot));
+        assert_eq!(bytes[31] & SYNC_FLAG_INPUT, SYNC_FLAG_INPUT);
+        let (seq, back, used) = decode_record(&bytes).expect("decodes");
+        assert_eq!((seq, &back, used), (7, &hot, bytes.len()));
+        // An empty input part is not canonical.
+        let mut forged = bytes.clone();
+        let at = forged.len() - 10 - 4;
+        forged.truncate(at);
+        forged.extend_from_slice(&0u32.to_be_bytes());
+        let len = (forged.len() - 4) as u32;
+        forged[0..4].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32fast::hash(&forged[8..]);
+        forged[4..8].copy_from_slice(&crc.to_be_bytes());
+        assert!(decode_record(&forged).is_err());
     }
 
     fn encode(seq: u64, record: &Record) -> Vec<u8> {
@@ -1287,6 +1350,8 @@ mod tests {
                         peer_fin,
                         data_seq: if seq_is_nxt { s[2] } else { dseq },
                         data,
+                        input_seq: 0,
+                        input: Vec::new(),
                         bytes_in: c[0],
                         bytes_out: c[1],
                         last_activity_ms: c[2],

@@ -188,6 +188,14 @@ pub struct SessionSync {
     pub data_seq: u32,
     /// The payload bytes (may be empty).
     pub data: Vec<u8>,
+    /// Hot replica only (design §9): sequence number of `input[0]` in the peer's
+    /// space (0 when `input` is empty).
+    #[serde(default)]
+    pub input_seq: u32,
+    /// Hot replica only: the peer's payload of the segment this update describes, for
+    /// the backup's mirror (empty in cold mode; never applied to the table).
+    #[serde(default)]
+    pub input: Vec<u8>,
     /// New [`SessionState::bytes_in`].
     pub bytes_in: u64,
     /// New [`SessionState::bytes_out`].

@@ -138,6 +138,10 @@ pub struct Translator {
     peer_wscale: u8,
     /// Window scale the app kernel assumes for the peer's windows (0: scaling off).
     app_peer_wscale: u8,
+    /// A hot replica's mirror that took over ([`Translator::adopt`]): the end of
+    /// what it has written (peer space). The peer's ACK is clamped to it (a mirror
+    /// behind the master must not hear of bytes it has not written yet).
+    app_sent: Option<u32>,
 }
 
 impl Translator {
@@ -180,6 +184,25 @@ impl Translator {
             old_wscale: n.our_wscale.unwrap_or(0).min(MAX_WSCALE),
             peer_wscale,
             app_peer_wscale: if app_scaling { peer_wscale } else { 0 },
+            app_sent: None,
+        }
+    }
+
+    /// A hot replica's mirror takes over the session (design §9): this translator
+    /// was built when the mirror opened (`tail_end` = the master's first byte); now
+    /// the peer's position is the replicated `state`'s, the mirror has written up to
+    /// `app_sent` (peer space), and its TSvals (latest `app_tsval`) are moved
+    /// forward if needed so the peer never sees one older than the master's last.
+    pub fn adopt(&mut self, state: &SessionState, app_sent: u32, app_tsval: Option<u32>) {
+        self.peer_acked = seq_max(self.peer_acked, state.snd_una);
+        self.snd_max = seq_max(self.snd_max, tail_end(state));
+        self.ack_floor = state.rcv_nxt;
+        self.app_sent = Some(app_sent);
+        if let (Some(ts), Some(app_tsval)) = (&mut self.ts, app_tsval) {
+            if seq_lt(app_tsval.wrapping_add(ts.offset), state.our_tsval) {
+                ts.offset = state.our_tsval.wrapping_sub(app_tsval).wrapping_add(1);
+            }
+            ts.last = seq_max(ts.last, state.our_tsval);
         }
     }
 
@@ -232,6 +255,10 @@ impl Translator {
     /// the end of the replicated tail (the peer is still acking bytes the app never
     /// wrote) becomes `new_isn + 1`, which acknowledges nothing the app sent.
     pub fn app_ack(&self, ack: u32) -> u32 {
+        let ack = match self.app_sent {
+            Some(sent) if seq_lt(sent, ack) => sent,
+            _ => ack,
+        };
         if seq_lt(ack, self.tail_end) {
             self.app_isn.wrapping_add(1)
         } else {
@@ -368,6 +395,10 @@ impl Translator {
         }
         if !rst {
             self.snd_max = seq_max(self.snd_max, self.peer_seq(end));
+            let end = self.peer_seq(end);
+            if let Some(sent) = &mut self.app_sent {
+                *sent = seq_max(*sent, end);
+            }
         }
         finish(packet, &l);
         Ok(Verdict::Accept)

@@ -49,6 +49,46 @@ pub struct ReceiverParts {
     pub key: Key,
     /// Largest snapshot accepted (`session.max_sessions`).
     pub max_sessions: usize,
+    /// Hot replica: told what was applied, in order (the mirrors follow it).
+    pub tap: Option<Tap>,
+}
+
+/// What the backup applied, for the hot replica's mirrors (design §9).
+#[derive(Debug)]
+pub enum Applied {
+    /// A snapshot replaced the table with these (`Full`) records.
+    Snapshot(Vec<nonstop_shared::session::Record>),
+    /// These records were applied, in order.
+    Records(Vec<nonstop_shared::session::Record>),
+}
+
+/// Where [`Applied`] goes (called on the receiving task, before the acknowledgement).
+pub type Tap = Arc<dyn Fn(Applied) + Send + Sync>;
+
+/// The replica, with a copy of what was applied for the [`Tap`].
+struct Tapped<'a> {
+    replica: &'a mut Replica,
+    snapshot: Option<Vec<nonstop_shared::session::Record>>,
+    records: Vec<nonstop_shared::session::Record>,
+}
+
+impl crate::replication::follower::Target for Tapped<'_> {
+    fn apply(&mut self, seq: u64, record: &nonstop_shared::session::Record) -> anyhow::Result<()> {
+        self.replica.apply(seq, record)?;
+        self.records.push(record.clone());
+        Ok(())
+    }
+
+    fn reset_to(
+        &mut self,
+        upto: u64,
+        records: &[nonstop_shared::session::Record],
+    ) -> anyhow::Result<()> {
+        self.replica.reset_to(upto, records)?;
+        self.snapshot = Some(records.to_vec());
+        self.records.clear();
+        Ok(())
+    }
 }
 
 /// Binds the listener now (so a bind error stops the agent) and serves until shutdown.
@@ -83,10 +123,11 @@ async fn serve(listener: TcpListener, parts: ReceiverParts) {
                 let replica = Arc::clone(&parts.replica);
                 let stats = Arc::clone(&parts.stats);
                 let mode = parts.mode.clone();
+                let tap = parts.tap.clone();
                 current = Some(tokio::spawn(async move {
                     let from = ready.from;
                     stats.connected.store(true, Ordering::Relaxed);
-                    if let Err(e) = receive(ready, &replica, &stats, mode).await {
+                    if let Err(e) = receive(ready, &replica, &stats, mode, tap).await {
                         tracing::warn!(%from, error = format!("{e:#}"), "replication stream ended");
                     }
                     stats.connected.store(false, Ordering::Relaxed);
@@ -205,6 +246,7 @@ async fn receive(
     replica: &Mutex<Replica>,
     stats: &ReplicationStats,
     mut mode: watch::Receiver<(Mode, u64)>,
+    tap: Option<Tap>,
 ) -> anyhow::Result<()> {
     let Authenticated {
         mut stream,
@@ -217,7 +259,24 @@ async fn receive(
         // acknowledge or ask for a snapshot.
         {
             let mut replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
-            let progress = follower.process(&mut *replica)?;
+            let progress = match &tap {
+                None => follower.process(&mut *replica)?,
+                Some(tap) => {
+                    let mut tapped = Tapped {
+                        replica: &mut replica,
+                        snapshot: None,
+                        records: Vec::new(),
+                    };
+                    let progress = follower.process(&mut tapped)?;
+                    if let Some(records) = tapped.snapshot.take() {
+                        tap(Applied::Snapshot(records));
+                    }
+                    if !tapped.records.is_empty() {
+                        tap(Applied::Records(tapped.records));
+                    }
+                    progress
+                }
+            };
             if progress.stored() {
                 replica.maintain()?;
             }
@@ -310,6 +369,7 @@ mod tests {
             shutdown,
             key: key(),
             max_sessions,
+            tap: None,
         })
         .await
         .expect("bind");

@@ -15,6 +15,7 @@
 pub mod drain;
 pub mod handover;
 pub mod interceptor;
+pub mod mirror;
 pub mod queue_rules;
 pub mod replica;
 pub mod risk;

@@ -25,6 +25,7 @@ pub async fn follow_mode(
     replica: Arc<Mutex<Replica>>,
     vip: std::net::Ipv4Addr,
     ports: Vec<u16>,
+    hot: bool,
 ) {
     // The epoch of the reign this node is master in.
     let mut reign: Option<u64> = None;
@@ -70,13 +71,20 @@ pub async fn follow_mode(
             // manager has stopped the app, none of its connections on the VIP may
             // survive (their RSTs are dropped by the queue): a later restore of the
             // same 4-tuples must meet no stale socket.
+            // A hot replica keeps the service's connections: after a planned
+            // switchover they are the new master's mirrors; the interceptor resets
+            // the others itself.
             if current != Mode::Startup && (reign.is_some() || !settled) {
                 interceptor.send(QueueCommand::ForgetSessions);
-                let (vip, ports) = (vip, ports.clone());
-                cleanup = Some(tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    destroy_stale_sockets(vip, &ports).await;
-                }));
+                // Hot: stale sockets went at the agent's start (`agent.rs`); now
+                // they may be mirrors.
+                if !hot {
+                    let (vip, ports) = (vip, ports.clone());
+                    cleanup = Some(tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        destroy_stale_sockets(vip, &ports).await;
+                    }));
+                }
             }
             reign = None;
         }
@@ -118,7 +126,8 @@ async fn restore_when_listening(
 }
 
 /// `lone_master = "serve"` in sync mode: once no backup has been connected for the
-/// detection window, output is released unreplicated (the service stays available;
+/// detection window (counted from when the replication connection went, also while
+/// this node was still backup), output is released unreplicated (the service stays available;
 /// the sessions are still stored locally), and held again as soon as a backup
 /// connects (its snapshot covers everything). Both changes are events.
 pub async fn serve_when_alone(
@@ -140,12 +149,16 @@ pub async fn serve_when_alone(
         let master = mode.borrow().0 == Mode::Master;
         let connected = stats.connected.load(Ordering::Relaxed);
         let now = tokio::time::Instant::now();
-        alone_since = match (master && !connected, alone_since) {
+        // Counted from when the replication connection went, whatever the role: a
+        // backup that promotes because its master crashed has had no master to
+        // replicate from for a detection window already, so it serves at once
+        // instead of holding its output for one more window.
+        alone_since = match (!connected, alone_since) {
             (true, None) => Some(now),
             (true, since) => since,
             (false, _) => None,
         };
-        let alone = alone_since.is_some_and(|since| now - since >= grace);
+        let alone = master && alone_since.is_some_and(|since| now - since >= grace);
         if alone {
             // Re-sent every tick: a mode change elsewhere re-enables holding.
             interceptor.send(QueueCommand::SetHolding(false));
@@ -182,6 +195,9 @@ pub async fn restore_after_app_crashes(
 ) {
     while exits.recv().await.is_some() {
         if mode.borrow().0 != Mode::Master {
+            // A hot replica's service: its mirrors are gone (cold); the master is
+            // not affected.
+            interceptor.send(QueueCommand::ReplicaServiceDied);
             continue;
         }
         // Park at once: peers' segments must not reach the orphaned sockets.

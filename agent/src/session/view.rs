@@ -34,6 +34,8 @@ pub struct SessionView {
     pub vip: std::net::Ipv4Addr,
     /// Longest a switchover's drain may take.
     pub drain_limit: std::time::Duration,
+    /// `service.replica` (design §9).
+    pub replica_mode: nonstop_shared::config::ReplicaMode,
 }
 
 impl SessionView {
@@ -76,9 +78,26 @@ impl SessionView {
                 .collect::<Vec<_>>();
             ("tracker", list)
         } else {
+            let hot = self.replica_mode == nonstop_shared::config::ReplicaMode::Hot;
+            let states = if hot {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.interceptor
+                    .send(crate::session::interceptor::QueueCommand::ReplicaStates(tx));
+                rx.await.unwrap_or_default()
+            } else {
+                HashMap::new()
+            };
             let list = replicated
                 .iter()
-                .map(|(s, seq)| SessionInfo::from_state(s, *seq))
+                .map(|(s, seq)| {
+                    let mut info = SessionInfo::from_state(s, *seq);
+                    if hot {
+                        // No mirror: opened before this backup joined (or cold).
+                        info.replica =
+                            Some(states.get(&s.key).cloned().unwrap_or_else(|| "cold".into()));
+                    }
+                    info
+                })
                 .collect::<Vec<_>>();
             ("replica", list)
         };
@@ -144,6 +163,12 @@ impl SessionView {
             sessions_at_risk: i.sessions_at_risk.load(Ordering::Relaxed),
             reset_at_risk: i.reset_at_risk.load(Ordering::Relaxed),
             resyncs: self.stats.resyncs.load(Ordering::Relaxed),
+            replica: self.replica_mode.as_str().to_owned(),
+            mirrors: i.mirrors.load(Ordering::Relaxed),
+            mirrors_diverged: i.mirrors_diverged.load(Ordering::Relaxed),
+            mirrors_cold: i.mirrors_cold.load(Ordering::Relaxed),
+            mirrors_adopted: i.mirrors_adopted.load(Ordering::Relaxed),
+            mirrors_fallback: i.mirrors_fallback.load(Ordering::Relaxed),
         }
     }
 }

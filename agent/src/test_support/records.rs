@@ -57,6 +57,8 @@ pub fn sync_of(s: &SessionState, data_seq: u32, data: &[u8]) -> SessionSync {
         peer_fin: s.peer_fin,
         data_seq,
         data: data.to_vec(),
+        input_seq: 0,
+        input: Vec::new(),
         bytes_in: s.bytes_in,
         bytes_out: s.bytes_out,
         last_activity_ms: s.last_activity_ms,

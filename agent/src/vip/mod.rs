@@ -11,6 +11,7 @@
 //! the thread that opened them; they may be used from any thread afterwards.
 
 pub mod garp;
+pub mod lo;
 pub mod netlink;
 
 pub use garp::{garp_frame, GarpSender, GARP_FRAME_LEN};

@@ -108,6 +108,11 @@ fn print_event(event: &AgentEvent, json: bool) {
             format!("session {peer} reset: {reason}")
         }
         EventKind::Injected { fault } => format!("fault injected: {fault}"),
+        EventKind::Mirror {
+            peer,
+            state,
+            detail,
+        } => format!("replica {state} {peer}: {detail}"),
         EventKind::Check { healthy, detail } => format!(
             "health check {}: {detail}",
             if *healthy { "passes" } else { "FAILS" }

@@ -114,6 +114,7 @@ fn session(i: usize, seq_shift: u64, t: u64) -> SessionInfo {
         unacked_bytes: (i % 5) * 100,
         record_seq: 10_000 + i64_ * 3 + t - seq_shift,
         last_activity_ms: NOW - (i64_ * 37 % 9_000),
+        replica: None,
     }
 }
 
@@ -459,5 +460,39 @@ pub fn with_refused_injection(mut model: Model) -> Model {
             at_ms: NOW - 10,
         },
     );
+    model
+}
+
+/// A healthy hot-replica pair (design §9): the backup's sessions are hot, lagging,
+/// diverged or cold, and its node panel counts the mirrors.
+pub fn hot_replica(count: usize) -> Model {
+    let mut model = Model::new(&names(), NOW);
+    startup_events(&mut model);
+    feed_statuses(&mut model, |tick| {
+        let mut master = healthy_status(0, tick, count);
+        let mut backup = healthy_status(1, tick, count);
+        for s in [&mut master, &mut backup] {
+            s.replication.replica = "hot".into();
+        }
+        backup.replication.mirrors = count as u64 - 1;
+        backup.replication.mirrors_diverged = 1;
+        backup.replication.mirrors_cold = 2;
+        [Some(master), Some(backup)]
+    });
+    let states = ["hot", "hot", "lagging 20480 B", "diverged", "cold"];
+    for (t, at) in [(0, NOW - 1_000), (1, NOW)] {
+        model.apply(
+            0,
+            NetUpdate::Sessions {
+                list: sessions("master", Mode::Master, count, t),
+                at_ms: at,
+            },
+        );
+        let mut list = sessions("backup", Mode::Backup, count, t);
+        for (i, s) in list.sessions.iter_mut().enumerate() {
+            s.replica = Some(states[i % states.len()].to_owned());
+        }
+        model.apply(1, NetUpdate::Sessions { list, at_ms: at });
+    }
     model
 }

@@ -533,6 +533,18 @@ pub fn describe(kind: &EventKind) -> (LogKind, String) {
             format!("session {peer} reset: {reason}"),
         ),
         EventKind::Injected { fault } => (LogKind::Injected, format!("fault injected: {fault}")),
+        EventKind::Mirror {
+            peer,
+            state,
+            detail,
+        } => (
+            if state == "diverged" {
+                LogKind::AgentError
+            } else {
+                LogKind::Mode
+            },
+            format!("replica {state} {peer}: {detail}"),
+        ),
         EventKind::Check { healthy, detail } => (
             if *healthy {
                 LogKind::Mode

@@ -10,6 +10,8 @@
 //!    numbered message, echo checked); the largest gap between two echoes of a session
 //!    spanning a planned switchover or a master crash (SIGKILL of agent and service,
 //!    `heartbeat_ms` 50 × 3), p50/p99/max over the sessions.
+//!    `--replica hot|cold|both` runs it with a cold replica (restored sessions), a
+//!    hot one (sessions taken over by their mirrors), or both side by side.
 //! 3. **Post-failover overhead**: after a switchover, echo RTT and bulk throughput on a
 //!    restored (translated) session versus a fresh session through the same new master.
 //!
@@ -19,6 +21,7 @@ use nonstop_e2e::{
     bin, lab_with_agents_configured, logs, percentile, require_root, status_of, wait_for,
 };
 use nonstop_lab::{run_in_netns, Lab, LabGuard, Node};
+use nonstop_shared::config::ReplicaMode;
 use nonstop_shared::control::ReplicationView;
 use nonstop_shared::Mode;
 use serde_json::json;
@@ -29,6 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Args {
+    /// Replica modes part 2 (the pause) runs in (`--replica hot|cold|both`).
+    replicas: Vec<ReplicaMode>,
     sizes: Vec<usize>,
     pause_sizes: Vec<usize>,
     ping_ms: u64,
@@ -46,6 +51,7 @@ fn parse_list(value: &str, flag: &str) -> Result<Vec<usize>, String> {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
+        replicas: vec![ReplicaMode::Cold],
         sizes: vec![64, 128, 256, 512, 1024, 4096, 10_000],
         pause_sizes: vec![256, 1024],
         ping_ms: 10,
@@ -65,10 +71,17 @@ fn parse_args() -> Result<Args, String> {
             }
             "--bulk-mib" => args.bulk_mib = value()?.parse().map_err(|_| "bad --bulk-mib")?,
             "--out" => args.out = value()?,
+            "--replica" => {
+                args.replicas = match value()?.as_str() {
+                    "both" => vec![ReplicaMode::Cold, ReplicaMode::Hot],
+                    v => vec![v.parse::<ReplicaMode>()?],
+                }
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: bench-recovery [--sizes 64,128,...] [--pause-sizes 256,1024] \
-                     [--ping-ms 10] [--rtt-samples 3000] [--bulk-mib 32] [--out FILE]"
+                     [--ping-ms 10] [--rtt-samples 3000] [--bulk-mib 32] \
+                     [--replica cold|hot|both] [--out FILE]"
                         .into(),
                 )
             }
@@ -105,15 +118,19 @@ fn raise_fd_limit(want: u64) -> u64 {
     limit.rlim_cur
 }
 
-/// A lab with both agents managing the echo service, heartbeats every `heartbeat_ms`.
-fn echo_lab(tag: &str, heartbeat_ms: u64) -> LabGuard {
+/// A lab with both agents managing the echo service, heartbeats every `heartbeat_ms`,
+/// in `replica` mode (hot: the backup's service runs too).
+fn echo_lab(tag: &str, heartbeat_ms: u64, replica: ReplicaMode) -> LabGuard {
     let echo = bin("nonstop-echo");
     let lab = lab_with_agents_configured(tag, heartbeat_ms, 3, |c| {
         c.service.command = Some(format!("{} --listen 0.0.0.0:7000", echo.display()));
+        c.service.replica = replica;
     });
     wait_for(Duration::from_secs(10), || {
         let s = status_of(&lab, Node::Master)?;
-        (s.app?.pid.is_some() && s.replication.connected).then_some(())
+        let b = status_of(&lab, Node::Backup)?;
+        let backup_ready = replica == ReplicaMode::Cold || b.app?.pid.is_some();
+        (s.app?.pid.is_some() && s.replication.connected && backup_ready).then_some(())
     })
     .unwrap_or_else(|e| panic!("service never started: {e}\n{}", logs(&lab)));
     // The service must listen before the first connection.
@@ -160,7 +177,11 @@ fn wait_restored(lab: &Lab, node: Node, at_least: u64, limit: Duration) -> Repli
     wait_for(limit, || {
         let s = status_of(lab, node)?;
         let r = s.replication;
-        (s.mode == Mode::Master && r.restore_pending == 0 && r.restored >= at_least).then_some(r)
+        // A hot replica's sessions are taken over by their mirrors, not restored.
+        (s.mode == Mode::Master
+            && r.restore_pending == 0
+            && r.restored + r.mirrors_adopted >= at_least)
+            .then_some(r)
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -191,7 +212,7 @@ fn per_session(sizes: &[usize]) -> Vec<serde_json::Value> {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for &n in sizes {
-        let lab = echo_lab("brps", 100);
+        let lab = echo_lab("brps", 100, ReplicaMode::Cold);
         let mut streams = connect_many(&lab, n);
         let (_, broken_before) = echo_round(&mut streams, "before");
         assert_eq!(
@@ -339,62 +360,70 @@ fn ping_loop(
     arrivals
 }
 
-/// Part 2: the largest echo gap per session across a switchover or a crash.
-fn pauses(sizes: &[usize], ping: Duration) -> Vec<serde_json::Value> {
+/// Part 2: the largest echo gap per session across a switchover or a crash, for each
+/// replica mode (hot: every session mirrored before the event).
+fn pauses(sizes: &[usize], ping: Duration, replicas: &[ReplicaMode]) -> Vec<serde_json::Value> {
     println!("\n## Client-visible pause (largest gap between echoes; ping every {} ms; heartbeat_ms 50 × 3)\n", ping.as_millis());
-    println!("| event | sessions | pause p50 ms | p99 ms | max ms | sessions broken |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| replica | event | sessions | pause p50 ms | p99 ms | max ms | sessions broken | hot taken over |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for &n in sizes {
-        for event in ["switchover", "crash"] {
-            let lab = echo_lab("brpa", 50);
-            let streams = connect_many(&lab, n);
-            wait_for(Duration::from_secs(60), || {
-                let s = status_of(&lab, Node::Backup)?;
-                (s.replication.sessions >= n as u64).then_some(())
-            })
-            .unwrap_or_else(|e| panic!("{n}: backup never had every session: {e}"));
-            let pingers = start_pingers(streams, ping);
-            std::thread::sleep(Duration::from_secs(2));
-            let event_at = Instant::now();
-            match event {
-                "switchover" => switchover(&lab),
-                _ => lab.kill_all("master").expect("crash the master"),
-            }
-            wait_restored(&lab, Node::Backup, n as u64, Duration::from_secs(60));
-            std::thread::sleep(Duration::from_secs(3));
-            pingers.stop.store(true, Ordering::Relaxed);
-            let arrivals = pingers.thread.join().expect("pinger thread");
-            let end = Instant::now() - Duration::from_millis(500);
-            let mut gaps = Vec::new();
-            let mut broken = 0;
-            for times in &arrivals {
-                // A session that did not answer to the end is broken.
-                if times.last().is_none_or(|t| *t < end) {
-                    broken += 1;
-                    continue;
+    for &replica in replicas {
+        for &n in sizes {
+            for event in ["switchover", "crash"] {
+                let lab = echo_lab("brpa", 50, replica);
+                let streams = connect_many(&lab, n);
+                wait_for(Duration::from_secs(60), || {
+                    let s = status_of(&lab, Node::Backup)?;
+                    let mirrored =
+                        replica == ReplicaMode::Cold || s.replication.mirrors >= n as u64;
+                    (s.replication.sessions >= n as u64 && mirrored).then_some(())
+                })
+                .unwrap_or_else(|e| panic!("{n}: backup never had every session: {e}"));
+                let pingers = start_pingers(streams, ping);
+                std::thread::sleep(Duration::from_secs(2));
+                let event_at = Instant::now();
+                match event {
+                    "switchover" => switchover(&lab),
+                    _ => lab.kill_all("master").expect("crash the master"),
                 }
-                let gap = times
-                    .windows(2)
-                    .filter(|w| w[1] >= event_at)
-                    .map(|w| (w[1] - w[0]).as_micros() as u64)
-                    .max()
-                    .unwrap_or(0);
-                gaps.push(gap);
-            }
-            gaps.sort_unstable();
-            let ms = |us: u64| us as f64 / 1000.0;
-            println!(
-                "| {event} | {n} | {:.1} | {:.1} | {:.1} | {broken} |",
-                ms(percentile(&gaps, 50.0)),
-                ms(percentile(&gaps, 99.0)),
-                ms(gaps.last().copied().unwrap_or(0))
-            );
-            rows.push(json!({
+                let taken = wait_restored(&lab, Node::Backup, n as u64, Duration::from_secs(60));
+                std::thread::sleep(Duration::from_secs(3));
+                pingers.stop.store(true, Ordering::Relaxed);
+                let arrivals = pingers.thread.join().expect("pinger thread");
+                let end = Instant::now() - Duration::from_millis(500);
+                let mut gaps = Vec::new();
+                let mut broken = 0;
+                for times in &arrivals {
+                    // A session that did not answer to the end is broken.
+                    if times.last().is_none_or(|t| *t < end) {
+                        broken += 1;
+                        continue;
+                    }
+                    let gap = times
+                        .windows(2)
+                        .filter(|w| w[1] >= event_at)
+                        .map(|w| (w[1] - w[0]).as_micros() as u64)
+                        .max()
+                        .unwrap_or(0);
+                    gaps.push(gap);
+                }
+                gaps.sort_unstable();
+                let ms = |us: u64| us as f64 / 1000.0;
+                println!(
+                    "| {} | {event} | {n} | {:.1} | {:.1} | {:.1} | {broken} | {} |",
+                    replica.as_str(),
+                    ms(percentile(&gaps, 50.0)),
+                    ms(percentile(&gaps, 99.0)),
+                    ms(gaps.last().copied().unwrap_or(0)),
+                    taken.mirrors_adopted
+                );
+                rows.push(json!({
+                "replica": replica.as_str(), "hot_taken_over": taken.mirrors_adopted,
                 "event": event, "sessions": n, "ping_ms": ping.as_millis() as u64,
                 "pause_p50_us": percentile(&gaps, 50.0), "pause_p99_us": percentile(&gaps, 99.0),
                 "pause_max_us": gaps.last().copied().unwrap_or(0), "broken": broken,
             }));
+            }
         }
     }
     rows
@@ -446,7 +475,7 @@ fn bulk(s: &TcpStream, mib: usize) -> f64 {
 
 /// Part 3: restored versus fresh sessions through the same new master.
 fn overhead(samples: usize, mib: usize) -> serde_json::Value {
-    let lab = echo_lab("brov", 100);
+    let lab = echo_lab("brov", 100, ReplicaMode::Cold);
     let mut restored = connect_many(&lab, 2);
     echo_round(&mut restored, "warm");
     switchover(&lab);
@@ -510,7 +539,11 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let per_session = per_session(&args.sizes);
-    let pauses = pauses(&args.pause_sizes, Duration::from_millis(args.ping_ms));
+    let pauses = pauses(
+        &args.pause_sizes,
+        Duration::from_millis(args.ping_ms),
+        &args.replicas,
+    );
     let overhead = overhead(args.rtt_samples, args.bulk_mib);
     let result = json!({"per_session": per_session, "pauses": pauses, "overhead": overhead});
     if let Some(dir) = std::path::Path::new(&args.out).parent() {

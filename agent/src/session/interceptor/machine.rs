@@ -18,6 +18,7 @@
 use super::barrier::Barrier;
 use super::close_quarantine::{self, CloseQuarantine};
 use super::holding::{Holding, Offer};
+use super::mirroring::MirrorCommand;
 use super::restores::Restores;
 use super::{
     InterceptorStats, QueueCommand, Sequenced, ESTABLISHED_IDLE_MS, HANDSHAKE_IDLE_MS, INJECT_MARK,
@@ -176,6 +177,14 @@ pub struct Interceptor<M> {
     pub(super) accept_probe: AcceptProbe,
     /// The service's accept queues at the last look, and when (restore pacing).
     pub(super) accept_seen: Option<(Instant, AcceptQueues)>,
+    /// Hot replica: the mirrors (backup) and whether input is replicated (master).
+    pub(super) mirrors: crate::session::mirror::Mirrors,
+    /// Hot replica, after a planned switchover: peers' input is held until the new
+    /// backup acknowledged a record from this number on (its snapshot), so its
+    /// mirrors miss no input (see `mirroring.rs`).
+    pub(super) input_gate: Option<(u64, Instant)>,
+    /// The peers' input waiting at the gate, in order.
+    pub(super) gated_input: VecDeque<M>,
     /// The time of the current input.
     pub(super) now: Instant,
     /// Wall-clock milliseconds of the current input (session activity, expiry).
@@ -233,6 +242,9 @@ impl<M: Packet> Interceptor<M> {
             restore_origin: None,
             accept_probe,
             accept_seen: None,
+            mirrors: crate::session::mirror::Mirrors::new(),
+            input_gate: None,
+            gated_input: VecDeque::new(),
             now,
             now_ms: 0,
             last_expiry: now,
@@ -290,6 +302,8 @@ impl<M: Packet> Interceptor<M> {
         if self.restores.flying() > 0 || self.restores.waiting() > 0 {
             self.pump_restores();
         }
+        self.mirror_timeout();
+        self.check_input_gate();
     }
 
     /// Keeps an ended session's translator for [`TRANSLATOR_LINGER`] (bounded by
@@ -341,6 +355,12 @@ impl<M: Packet> Interceptor<M> {
         if let Some(due) = self.closing.next_due(now) {
             timeout = timeout.min(due + Duration::from_millis(1));
         }
+        if self.input_gate.is_some() {
+            timeout = timeout.min(Duration::from_millis(5));
+        }
+        if let Some(due) = self.mirrors.deadline() {
+            timeout = timeout.min(due.saturating_duration_since(now) + Duration::from_millis(1));
+        }
         timeout
     }
 
@@ -384,6 +404,9 @@ impl<M: Packet> Interceptor<M> {
             &self.stats.packets_in
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let Some(message) = self.mirror_packet(message, &peek) else {
+            return;
+        };
         // Our own forged handshake and fed input into the local stack: deliver
         // untouched, untracked.
         if !peek.outbound && (self.is_forged_inbound(&peek) || self.is_fed(&peek)) {
@@ -614,7 +637,10 @@ impl<M: Packet> Interceptor<M> {
     /// counted ([`Rejection`]).
     pub(super) fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
         match self.tracker.on_packet(packet, self.now_ms) {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                if self.replicates_input() {
+                    super::mirroring::attach_input(packet, self.vip, &mut outcome.records);
+                }
                 if let Some(rejection) = outcome.rejected {
                     self.stats
                         .segments_out_of_window
@@ -694,6 +720,7 @@ impl<M: Packet> Interceptor<M> {
             }
             QueueCommand::SetRole(master) => {
                 if self.master && !master {
+                    self.keep_as_mirrors();
                     self.forget_reign();
                 }
                 self.awaiting_park = master && (self.awaiting_park || !self.master);
@@ -749,6 +776,19 @@ impl<M: Packet> Interceptor<M> {
                 }
             }
             QueueCommand::SetEventLog(events) => self.events = Some(events),
+            QueueCommand::Hot { backlog } => self.on_mirror_command(MirrorCommand::Enable(backlog)),
+            QueueCommand::Mirror(records) => {
+                self.on_mirror_command(MirrorCommand::Records(records));
+            }
+            QueueCommand::MirrorSnapshot(records) => {
+                self.on_mirror_command(MirrorCommand::Snapshot(records));
+            }
+            QueueCommand::ReplicaServiceDied => {
+                self.on_mirror_command(MirrorCommand::ServiceDied);
+            }
+            QueueCommand::ReplicaStates(reply) => {
+                self.on_mirror_command(MirrorCommand::States(reply));
+            }
             QueueCommand::Snapshot(reply) => {
                 let _ = reply.send((self.holding.last_seq(), self.tracker.snapshot()));
             }

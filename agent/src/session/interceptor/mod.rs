@@ -28,6 +28,7 @@ mod barrier;
 mod close_quarantine;
 mod holding;
 pub mod machine;
+mod mirroring;
 mod raw;
 mod restore;
 mod restores;
@@ -145,6 +146,27 @@ pub enum QueueCommand {
     ResetUnsent(Vec<nonstop_shared::session::SessionKey>),
     /// Where to report finished restores.
     SetEventLog(Arc<crate::events::EventLog>),
+    /// Hot replica (design §9): mirror sessions on this node while it is backup,
+    /// with at most this many bytes waiting per mirror; replicate the peers' input
+    /// while it is master.
+    Hot {
+        /// `service.mirror_backlog`.
+        backlog: usize,
+    },
+    /// Hot replica, backup: records the replication receiver applied, in order.
+    Mirror(Vec<Record>),
+    /// Hot replica, backup: a snapshot replaced the table with these records (mirrors
+    /// it does not contradict go on, the others turn cold).
+    MirrorSnapshot(Vec<Record>),
+    /// Hot replica, backup: the local service died (its mirrors turn cold).
+    ReplicaServiceDied,
+    /// Hot replica: each mirrored session's state (`hot`, `cold`, `diverged`,
+    /// `lagging N B`), for `sessions`.
+    ReplicaStates(
+        tokio::sync::oneshot::Sender<
+            std::collections::HashMap<nonstop_shared::session::SessionKey, String>,
+        >,
+    ),
     /// Stop: release held packets, remove the table, end the thread.
     Stop,
 }
@@ -210,6 +232,18 @@ pub struct InterceptorStats {
     pub restore_session_p99_us: AtomicU64,
     /// Promotion (or service death) to the last session restored, ms.
     pub restore_since_promotion_ms: AtomicU64,
+    /// Hot replica (backup): live mirrors now.
+    pub mirrors: AtomicU64,
+    /// Hot replica (backup): mirrors opened.
+    pub mirrors_opened: AtomicU64,
+    /// Hot replica (backup): mirrors whose output differed from the master's.
+    pub mirrors_diverged: AtomicU64,
+    /// Hot replica (backup): mirrors given up (the session turned cold).
+    pub mirrors_cold: AtomicU64,
+    /// Hot replica: sessions taken over by their mirror (no restore).
+    pub mirrors_adopted: AtomicU64,
+    /// Hot replica: sessions a takeover restored cold (no usable mirror).
+    pub mirrors_fallback: AtomicU64,
 }
 
 /// The handle other tasks use to talk to the thread.

@@ -332,6 +332,8 @@ impl<M: Packet> Interceptor<M> {
     /// would answer with an RST) — until [`Worker::restore_parked`] once the service
     /// listens.
     pub(super) fn park(&mut self, states: Vec<SessionState>) {
+        // Hot replica: sessions whose mirror is open and in step serve on from it.
+        let states = self.adopt_mirrors(states);
         let (at_risk, fresh): (Vec<SessionState>, Vec<SessionState>) = states
             .into_iter()
             .filter(|s| self.tracker.session(&s.key).is_none())

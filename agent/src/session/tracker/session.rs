@@ -460,6 +460,8 @@ pub(super) fn sync_of(state: &SessionState, data_seq: u32, data: Vec<u8>) -> Ses
         peer_fin: state.peer_fin,
         data_seq,
         data,
+        input_seq: 0,
+        input: Vec::new(),
         bytes_in: state.bytes_in,
         bytes_out: state.bytes_out,
         last_activity_ms: state.last_activity_ms,

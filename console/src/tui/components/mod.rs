@@ -174,6 +174,23 @@ mod tests {
     }
 
     #[test]
+    fn hot_replica_states_and_counts() {
+        let model = fixtures::hot_replica(10);
+        let mut ui = UiState::default();
+        ui.sessions.source = Some(1);
+        let text = format!("{:?}", render(&model, &mut ui, 120, 40));
+        for word in [
+            "REPLICA",
+            "lag 20480B",
+            "diverged",
+            "hot: mirrors 9 diverged 1 cold 2",
+        ] {
+            assert!(text.contains(word), "{word} missing:\n{text}");
+        }
+        insta::assert_snapshot!(render(&model, &mut ui, 120, 40));
+    }
+
+    #[test]
     fn healthy_pair_wide() {
         let model = fixtures::healthy(40);
         insta::assert_snapshot!(render(&model, &mut UiState::default(), 170, 45));

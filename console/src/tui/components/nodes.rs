@@ -242,6 +242,16 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
                 r.restore_session_p50_us
             )));
         }
+        if r.replica == "hot" {
+            lines.push(Line::from(format!(
+                "hot: mirrors {} diverged {} cold {} took {}/{}",
+                r.mirrors,
+                r.mirrors_diverged,
+                r.mirrors_cold,
+                r.mirrors_adopted,
+                r.mirrors_fallback
+            )));
+        }
         let c = &s.counters;
         lines.push(
             Line::from(format!(

@@ -276,7 +276,7 @@ const fn col(title: &'static str, width: u16, sort: Option<SortColumn>, right: b
     }
 }
 
-fn columns(tier: usize) -> Vec<Column> {
+fn columns(tier: usize, hot: bool) -> Vec<Column> {
     use SortColumn as S;
     let mut cols = vec![col(
         "PEER",
@@ -289,8 +289,12 @@ fn columns(tier: usize) -> Vec<Column> {
     }
     let num = if tier == 0 { 7 } else { 9 };
     let rate = if tier == 0 { 6 } else { 8 };
+    cols.push(col("PHASE", 11, Some(S::Phase), false));
+    if hot {
+        // Hot replica (design §9): hot, cold, diverged, lagging N B.
+        cols.push(col("REPLICA", 11, None, false));
+    }
     cols.extend([
-        col("PHASE", 11, Some(S::Phase), false),
         col("IN", num, Some(S::BytesIn), true),
         col("OUT", num, Some(S::BytesOut), true),
         col("IN/s", rate, Some(S::RateIn), true),
@@ -316,14 +320,20 @@ fn columns(tier: usize) -> Vec<Column> {
     cols
 }
 
-fn cells(tier: usize, row: &SessionRow, now_ms: u64) -> Vec<String> {
+fn cells(tier: usize, row: &SessionRow, now_ms: u64, hot: bool) -> Vec<String> {
     let s = &row.info;
     let mut out = vec![s.peer.clone()];
     if tier >= 2 {
         out.push(s.local.clone());
     }
+    out.push(phase_name(s.phase).to_owned());
+    if hot {
+        // `lagging 20480 B` as `lag 20480B`: the column stays narrow.
+        out.push(s.replica.as_deref().map_or("-".into(), |r| {
+            r.replacen("lagging ", "lag ", 1).replacen(" B", "B", 1)
+        }));
+    }
     out.extend([
-        phase_name(s.phase).to_owned(),
         si(s.bytes_in as f64),
         si(s.bytes_out as f64),
         si(row.rate_in),
@@ -396,7 +406,8 @@ pub fn draw(frame: &mut Frame, area: Rect, model: &Model, table: &mut SessionTab
 
     let inner_width = area.width.saturating_sub(2);
     let tier = tier(inner_width);
-    let cols = columns(tier);
+    let hot = n.sessions.iter().any(|r| r.info.replica.is_some());
+    let cols = columns(tier, hot);
     let header = Row::new(cols.iter().map(|c| {
         let mut title = c.title.to_owned();
         if c.sort == Some(table.sort) {
@@ -438,7 +449,7 @@ pub fn draw(frame: &mut Frame, area: Rect, model: &Model, table: &mut SessionTab
                 phase_style(row.info.phase)
             };
             Row::new(
-                cells(tier, row, model.now_ms)
+                cells(tier, row, model.now_ms, hot)
                     .into_iter()
                     .zip(&cols)
                     .map(|(text, c)| {
