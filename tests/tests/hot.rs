@@ -638,8 +638,20 @@ fn a_crash_continues_every_slow_reader_exactly_in_hot_mode() {
         stall: Duration::from_secs(10),
         ..Slowness::default()
     };
-    let other = |n: Node| if n == Node::Master { Node::Backup } else { Node::Master };
-    let host = |n: Node| if n == Node::Master { "master" } else { "backup" };
+    let other = |n: Node| {
+        if n == Node::Master {
+            Node::Backup
+        } else {
+            Node::Master
+        }
+    };
+    let host = |n: Node| {
+        if n == Node::Master {
+            "master"
+        } else {
+            "backup"
+        }
+    };
     let mut master = Node::Master;
     let mut complete = 0;
     for trial in 0..TRIALS {
