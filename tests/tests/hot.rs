@@ -625,7 +625,7 @@ fn a_crash_continues_every_slow_reader_exactly_in_hot_mode() {
         return;
     }
     use nonstop_e2e::slow::{self, Ending, Slowness};
-    const TRIALS: usize = 8;
+    const TRIALS: usize = 25;
     const CLIENTS: usize = 2;
     let echo = bin("nonstop-echo");
     let lab = service_lab(
