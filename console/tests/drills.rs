@@ -50,10 +50,11 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Runs a shipped drill and checks that it passed and wrote all three reports.
-fn shipped(name: &str, args: &[&str]) {
+/// Runs a shipped drill and checks that it passed and wrote all three reports;
+/// returns what it printed.
+fn shipped(name: &str, args: &[&str]) -> String {
     if !require_root() {
-        return;
+        return String::new();
     }
     let file = repo().join("scripts/drills").join(format!("{name}.toml"));
     let reports = report_dir(name);
@@ -77,6 +78,30 @@ fn shipped(name: &str, args: &[&str]) {
     assert!(reports.join(format!("{name}.md")).exists());
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     let _ = std::fs::remove_dir_all(&reports);
+    all
+}
+
+/// Runs a shipped drill once with both agents in hot mode (issue 14: every shipped
+/// drill also passes with a hot replica).
+fn shipped_hot(name: &str) {
+    let all = shipped(name, &["--replica", "hot", "--rounds", "1"]);
+    if require_root() {
+        assert!(all.contains("hot replica"), "not run in hot mode:\n{all}");
+    }
+}
+
+#[test]
+fn every_failover_drill_passes_in_hot_mode() {
+    for name in [
+        "switchover",
+        "master-crash",
+        "agent-crash",
+        "app-crash",
+        "sync-partition",
+        "flap",
+    ] {
+        shipped_hot(name);
+    }
 }
 
 #[test]

@@ -39,6 +39,10 @@ pub struct DrillArgs {
     /// Name prefix of the lab the drill builds when no --lab is given.
     #[arg(long, default_value = "drill")]
     pub lab_prefix: String,
+    /// Run the drill's own lab with this replica instead of the file's `[lab] replica`
+    /// (rehearse every shipped drill in hot mode: `--replica hot`).
+    #[arg(long, value_enum)]
+    pub replica: Option<spec::Replica>,
     /// Only check the file and print the plan; run nothing.
     #[arg(long)]
     pub check: bool,
@@ -66,6 +70,14 @@ pub fn run(args: &DrillArgs, lab: Option<&str>) -> anyhow::Result<ExitCode> {
     };
     if let Some(rounds) = args.rounds {
         drill.rounds = rounds;
+    }
+    if let Some(replica) = args.replica {
+        if lab.is_some() {
+            anyhow::bail!(
+                "--replica sets up the drill's own lab; it cannot change the agents of --lab"
+            );
+        }
+        drill.lab.replica = replica;
     }
     if args.check {
         use std::io::Write as _;

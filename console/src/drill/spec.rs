@@ -82,7 +82,7 @@ impl Service {
 }
 
 /// Whether the backup runs the service too (design §9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Replica {
     /// Sessions are restored into a fresh service at takeover (the default).
