@@ -179,49 +179,15 @@ impl Lab {
         if !netns::netns_exists(&sw) {
             return Ok(faults);
         }
-        if let Ok(text) = netns::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &sw,
-                "nft",
-                "list",
-                "table",
-                FAULT_FAMILY,
-                FAULT_TABLE,
-            ],
-            None,
-        ) {
-            let loss = text
-                .split_once("numgen random mod 100 < ")
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .unwrap_or("100");
-            faults.push(format!(
-                "sync link: {loss}% drop (nft table {FAULT_FAMILY} {FAULT_TABLE} in {sw})"
-            ));
-        }
-        if let Ok(text) = netns::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &sw,
-                "nft",
-                "list",
-                "table",
-                FAULT_FAMILY,
-                PEER_FAULT_TABLE,
-            ],
-            None,
-        ) {
-            let loss = text
-                .split_once("numgen random mod 100 < ")
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .unwrap_or("100");
-            faults.push(format!(
-                "peer links: {loss}% drop each way (nft table {FAULT_FAMILY} {PEER_FAULT_TABLE} in {sw})"
-            ));
+        for (table, what) in [
+            (FAULT_TABLE, "sync link"),
+            (PEER_FAULT_TABLE, "peer links (each way)"),
+        ] {
+            if let Some(loss) = table_loss(&sw, table) {
+                faults.push(format!(
+                    "{what}: {loss}% drop (nft table {FAULT_FAMILY} {table} in {sw})"
+                ));
+            }
         }
         for link in netns::ip_json(&sw, &["link", "show"])? {
             let Some(name) = link.get("ifname").and_then(|n| n.as_str()) else {
@@ -240,6 +206,32 @@ impl Lab {
         }
         Ok(faults)
     }
+}
+
+/// The drop percentage of fault table `table` in namespace `sw` (100 for a cut), or
+/// `None` when the table does not exist.
+fn table_loss(sw: &str, table: &str) -> Option<String> {
+    let text = netns::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            sw,
+            "nft",
+            "list",
+            "table",
+            FAULT_FAMILY,
+            table,
+        ],
+        None,
+    )
+    .ok()?;
+    Some(
+        text.split_once("numgen random mod 100 < ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("100")
+            .to_owned(),
+    )
 }
 
 #[cfg(test)]

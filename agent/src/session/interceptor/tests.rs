@@ -650,6 +650,33 @@ fn ack_of(packet: &[u8]) -> u32 {
 }
 
 impl Trace {
+    /// A handshake from the peer's `port` (every packet accepted); its session key.
+    fn session_on(&mut self, port: u16) -> nonstop_shared::session::SessionKey {
+        let a = self.packet(seg().syn().seq(ISN_PEER).mss(1460).peer(PEER, port));
+        let b = self.packet(
+            seg()
+                .from_us()
+                .syn()
+                .seq(ISN_US)
+                .ack(ISN_PEER + 1)
+                .mss(1460)
+                .peer(PEER, port),
+        );
+        let c = self.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).peer(PEER, port));
+        self.tick(Duration::ZERO);
+        assert_eq!(
+            self.out(),
+            vec![Out::Accept(a), Out::Accept(b), Out::Accept(c)]
+        );
+        self.records();
+        self.core
+            .tracker
+            .sessions()
+            .map(|s| s.key)
+            .find(|k| k.peer_port == port)
+            .expect("the session")
+    }
+
     /// The bytes of the verdict on packet `id`.
     fn verdict_bytes(&self, id: u32) -> Vec<u8> {
         self.last_payload
@@ -763,36 +790,9 @@ fn a_restored_sessions_reset_the_peer_would_ignore_is_refused_and_ends_nothing()
 fn a_session_at_risk_when_the_service_dies_is_reset_not_restored_and_the_rest_wait() {
     use crate::session::risk::Observation;
     let mut t = Trace::master(false);
-    t.handshake();
-    let key = t.state().key;
+    let key = t.session_on(PEER_PORT);
     // A second session, clean.
-    let a = t.packet(
-        seg()
-            .syn()
-            .seq(ISN_PEER)
-            .mss(1460)
-            .peer(PEER, PEER_PORT + 1),
-    );
-    let b = t.packet(
-        seg()
-            .from_us()
-            .syn()
-            .seq(ISN_US)
-            .ack(ISN_PEER + 1)
-            .mss(1460)
-            .peer(PEER, PEER_PORT + 1),
-    );
-    let c = t.packet(
-        seg()
-            .seq(ISN_PEER + 1)
-            .ack(ISN_US + 1)
-            .peer(PEER, PEER_PORT + 1),
-    );
-    t.tick(Duration::ZERO);
-    assert_eq!(
-        t.out(),
-        vec![Out::Accept(a), Out::Accept(b), Out::Accept(c)]
-    );
+    t.session_on(PEER_PORT + 1);
     let owing = Observation {
         key,
         send_queue: 0,
@@ -823,29 +823,7 @@ fn a_dead_services_orphaned_socket_holding_unsent_output_loses_its_session_clean
     // Two sessions: one whose orphaned socket still holds output never sent, one
     // clean.
     let mut t = Trace::master(false);
-    let ports = [PEER_PORT, PEER_PORT + 1];
-    for port in ports {
-        t.packet(seg().syn().seq(ISN_PEER).mss(1460).peer(PEER, port));
-        t.packet(
-            seg()
-                .from_us()
-                .syn()
-                .seq(ISN_US)
-                .ack(ISN_PEER + 1)
-                .mss(1460)
-                .peer(PEER, port),
-        );
-        t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).peer(PEER, port));
-    }
-    t.tick(Duration::ZERO);
-    t.out();
-    t.records();
-    let key_of = |port: u16| {
-        let mut key = t.core.tracker.sessions().next().expect("a session").key;
-        key.peer_port = port;
-        key
-    };
-    let (unsent, clean) = (key_of(ports[0]), key_of(ports[1]));
+    let (unsent, clean) = (t.session_on(PEER_PORT), t.session_on(PEER_PORT + 1));
     // The death parks both at once (a peer's segment must not reach an orphan).
     t.command(QueueCommand::AppDied);
     assert_eq!(t.core.restores.pending(), 2);
