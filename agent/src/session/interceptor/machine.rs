@@ -33,6 +33,7 @@ use crate::recovery::tail::Tail;
 use crate::recovery::translate::{TranslateError, Translator, Verdict};
 use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
 use crate::tcp::peek::Peek;
+use crate::tcp::PacketError;
 use nonstop_shared::session::{Record, SessionKey, SessionState};
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -48,6 +49,11 @@ pub trait Packet {
     fn set_payload(&mut self, packet: Vec<u8>);
     /// The packet's firewall mark (ours on injected packets: [`INJECT_MARK`]).
     fn mark(&self) -> u32;
+    /// Whether the queue captured less than the whole packet (dropped, never
+    /// accepted: the core cannot see what it would let through).
+    fn truncated(&self) -> bool {
+        false
+    }
 }
 
 /// What to do with a packet.
@@ -306,10 +312,16 @@ impl<M: Packet> Interceptor<M> {
     }
 
     pub(super) fn on_packet(&mut self, message: M) {
+        // Fail-closed: a packet not seen whole, or not IPv4/TCP as the queue rules
+        // promise, is dropped and counted — never passed on untracked.
+        if message.truncated() {
+            self.stats.truncated.fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
         let Some(peek) = Peek::of(message.payload(), self.vip) else {
-            // Not IPv4/TCP as we expect: let the tracker count it, pass it on.
-            self.track(message.payload());
-            self.verdict_with(message, Decision::Accept);
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
             return;
         };
         let counter = if peek.outbound {
@@ -426,7 +438,11 @@ impl<M: Packet> Interceptor<M> {
             }
             return;
         }
-        self.track(message.payload());
+        if self.try_track(message.payload()).is_err() {
+            // Malformed (counted): dropped, as the core cannot say what it is.
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
         if peek.outbound {
             self.hold_or_accept(message);
         } else {
@@ -505,6 +521,11 @@ impl<M: Packet> Interceptor<M> {
     /// records; a peer's segment the kernel would refuse changes nothing and is
     /// counted ([`Rejection`]).
     pub(super) fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
+        self.try_track(packet).ok().flatten()
+    }
+
+    /// [`Interceptor::track`], telling a malformed packet (counted) apart.
+    pub(super) fn try_track(&mut self, packet: &[u8]) -> Result<Option<Rejection>, ()> {
         match self.tracker.on_packet(packet, self.now_ms) {
             Ok(outcome) => {
                 if let Some(rejection) = outcome.rejected {
@@ -516,12 +537,18 @@ impl<M: Packet> Interceptor<M> {
                 for record in outcome.records {
                     self.issue(record);
                 }
-                outcome.rejected
+                Ok(outcome.rejected)
             }
+            // Not the service's: nothing to track, nothing to hide.
+            Err(PacketError::NotOurs) => Ok(None),
+            // A new session beyond `session.max_sessions` (counted by the tracker):
+            // its SYN is dropped, the peer tries again — a session the backup would
+            // not know is never served.
+            Err(PacketError::TooManySessions) => Err(()),
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "packet not tracked");
-                None
+                Err(())
             }
         }
     }
