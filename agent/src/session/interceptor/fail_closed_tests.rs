@@ -1,7 +1,9 @@
 //! Trace tests of the core with the queue's own packet type ([`QueuedPacket`]): a
 //! packet the core cannot parse or did not see whole is dropped and counted, never
 //! accepted; GSO super-packets with a partial checksum (`NFQA_SKB_CSUMNOTREADY`) are
-//! tracked whole, passed untouched, and carry a complete checksum when rewritten.
+//! tracked whole, passed untouched, and carry a complete checksum when rewritten; the
+//! bounds (held bytes, a session's unacknowledged output) drop new output, counted,
+//! and never let it leave unreplicated.
 
 use super::machine::{CoreConfig, Decision, Interceptor, Output};
 use super::queue::{QueuedPacket, SKB_CSUMNOTREADY, SKB_GSO};
@@ -27,13 +29,17 @@ struct Core {
 
 impl Core {
     fn master(sync: bool) -> Core {
+        Core::with_limits(sync, TrackerLimits::default())
+    }
+
+    fn with_limits(sync: bool, limits: TrackerLimits) -> Core {
         let stats = Arc::new(InterceptorStats::default());
         let now = Instant::now();
         let core = Interceptor::new(
             CoreConfig {
                 vip: Ipv4Addr::from(VIP),
                 ports: vec![PORT],
-                limits: TrackerLimits::default(),
+                limits,
                 restored: Vec::new(),
                 first_seq: 1,
             },
@@ -238,4 +244,62 @@ fn a_rewritten_gso_packet_with_a_partial_checksum_leaves_with_a_complete_one() {
         wire::checksum_state(&packet.payload, &l),
         ChecksumState::Valid
     );
+}
+
+#[test]
+fn output_beyond_the_sessions_unacked_bound_waits_in_the_service_never_leaves_unreplicated() {
+    let mut c = Core::with_limits(
+        false,
+        TrackerLimits {
+            max_unacked_bytes: 10_000,
+            ..TrackerLimits::default()
+        },
+    );
+    c.handshake();
+    let first = c.feed(ours_gso(0, 8_000), None, SKB_GSO | SKB_CSUMNOTREADY);
+    let over = c.feed(ours_gso(8_000, 4_000), None, SKB_GSO | SKB_CSUMNOTREADY);
+    let decisions: Vec<_> = c.out().iter().map(|(i, d, _)| (*i, *d)).collect();
+    assert_eq!(
+        decisions,
+        vec![(first, Decision::Accept), (over, Decision::Drop)]
+    );
+    assert_eq!(c.stats.unacked_bound_drops.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        c.state().snd_nxt,
+        ISN_US + 1 + 8_000,
+        "the dropped bytes were not sent"
+    );
+    // The peer acknowledges; the service sends the rest again: room now.
+    c.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1 + 8_000));
+    let again = c.feed(ours_gso(8_000, 4_000), None, SKB_GSO | SKB_CSUMNOTREADY);
+    assert!(c
+        .out()
+        .iter()
+        .any(|(i, d, _)| *i == again && *d == Decision::Accept));
+    assert_eq!(c.state().unacked.len(), 4_000);
+}
+
+#[test]
+fn held_bytes_are_bounded_and_output_beyond_is_dropped_until_acks_free_room() {
+    let mut c = Core::master(true);
+    c.core.set_max_held_bytes(50_000);
+    c.handshake();
+    let a = c.feed(ours_gso(0, 30_000), None, SKB_GSO);
+    let b = c.feed(ours_gso(30_000, 30_000), None, SKB_GSO);
+    let decisions: Vec<_> = c.out().iter().map(|(i, d, _)| (*i, *d)).collect();
+    assert_eq!(
+        decisions,
+        vec![(b, Decision::Drop)],
+        "a is held, b overflows"
+    );
+    assert_eq!(c.stats.overflow_drops.load(Ordering::Relaxed), 1);
+    assert!(c.stats.held_bytes.load(Ordering::Relaxed) >= 30_000);
+    let last = std::iter::from_fn(|| c.core.poll_record())
+        .last()
+        .expect("records")
+        .0;
+    c.command(QueueCommand::Acked(last));
+    let decisions: Vec<_> = c.out().iter().map(|(i, d, _)| (*i, *d)).collect();
+    assert_eq!(decisions, vec![(a, Decision::Accept)]);
+    assert_eq!(c.stats.held_bytes.load(Ordering::Relaxed), 0);
 }

@@ -215,6 +215,12 @@ impl<M: Packet> Interceptor<M> {
         }
     }
 
+    /// Holds at most `bytes` bytes of outbound packets (`session.max_held_bytes`);
+    /// beyond, new output is dropped and counted (`overflow_drops`).
+    pub fn set_max_held_bytes(&mut self, bytes: usize) {
+        self.holding.set_byte_limit(bytes);
+    }
+
     /// Sessions tracked.
     pub fn sessions(&self) -> usize {
         self.tracker.len()
@@ -438,6 +444,19 @@ impl<M: Packet> Interceptor<M> {
             }
             return;
         }
+        if peek.outbound
+            && self
+                .tracker
+                .exceeds_unacked_limit(&peek.key, peek.seq, peek.payload_len)
+        {
+            // Backpressure: the replica keeps no more of this session's output; it
+            // waits in the service's kernel (sent again once the peer acked some).
+            self.stats
+                .unacked_bound_drops
+                .fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
         if self.try_track(message.payload()).is_err() {
             // Malformed (counted): dropped, as the core cannot say what it is.
             self.verdict_with(message, Decision::Drop);
@@ -556,12 +575,16 @@ impl<M: Packet> Interceptor<M> {
     /// In sync mode an outbound packet waits until the backup has acknowledged the
     /// record current now (and everything held before it).
     pub(super) fn hold_or_accept(&mut self, message: M) {
-        match self.holding.offer(message) {
+        let size = message.payload().len();
+        match self.holding.offer_sized(message, size) {
             Offer::Pass(message) => self.verdict_with(message, Decision::Accept),
             Offer::Held => {
                 self.stats
                     .held
                     .store(self.holding.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .held_bytes
+                    .store(self.holding.bytes() as u64, Ordering::Relaxed);
             }
             Offer::Overflow(message) => {
                 self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
@@ -757,6 +780,9 @@ impl<M: Packet> Interceptor<M> {
         self.stats
             .held
             .store(self.holding.len() as u64, Ordering::Relaxed);
+        self.stats
+            .held_bytes
+            .store(self.holding.bytes() as u64, Ordering::Relaxed);
     }
 
     /// Releases every held packet, in order (holding went off).
@@ -765,6 +791,7 @@ impl<M: Packet> Interceptor<M> {
             self.verdict_with(message, Decision::Accept);
         }
         self.stats.held.store(0, Ordering::Relaxed);
+        self.stats.held_bytes.store(0, Ordering::Relaxed);
     }
 
     /// Drops every held packet: never acknowledged by the backup, so it must not
@@ -774,5 +801,6 @@ impl<M: Packet> Interceptor<M> {
             self.verdict_with(message, Decision::Drop);
         }
         self.stats.held.store(0, Ordering::Relaxed);
+        self.stats.held_bytes.store(0, Ordering::Relaxed);
     }
 }

@@ -84,6 +84,21 @@ pub struct InterceptorConfig {
     pub queue: u16,
     /// Tracker limits.
     pub limits: TrackerLimits,
+    /// Most bytes of outbound packets held (`session.max_held_bytes`).
+    pub max_held_bytes: u64,
+    /// Most record bytes waiting for replication (`session.max_record_backlog_bytes`).
+    pub max_record_backlog_bytes: u64,
+}
+
+/// What a record counts against `session.max_record_backlog_bytes`: its payload
+/// bytes plus a fixed share for its header and bookkeeping.
+pub fn backlog_cost(record: &Record) -> u64 {
+    let payload = match record {
+        Record::Full(s) => s.unacked.len() + s.unread_input.len(),
+        Record::Sync(s) => s.data.len(),
+        Record::Delete(_) => 0,
+    };
+    payload as u64 + 128
 }
 
 /// A record with its replication sequence number.
@@ -173,8 +188,19 @@ pub struct InterceptorStats {
     pub verdicts_refused: AtomicU64,
     /// Packets held right now.
     pub held: AtomicU64,
-    /// Packets dropped because too many were held.
+    /// Packets dropped because too many (or too many bytes) were held: the bound of
+    /// `session.max_held_bytes` reached (backpressure; the service sends them again).
     pub overflow_drops: AtomicU64,
+    /// Bytes of the packets held right now.
+    pub held_bytes: AtomicU64,
+    /// Outbound packets dropped because their session's replicated output reached
+    /// `session.max_unacked_bytes` (backpressure; the service sends them again).
+    pub unacked_bound_drops: AtomicU64,
+    /// Record bytes waiting for the replication task now ([`backlog_cost`]).
+    pub record_backlog: AtomicU64,
+    /// Packets dropped before tracking because the record backlog reached
+    /// `session.max_record_backlog_bytes` (backpressure; peers and service resend).
+    pub backlog_drops: AtomicU64,
     /// Last record sequence number issued.
     pub last_seq: AtomicU64,
     /// Last sequence number the backup acknowledged.
@@ -329,6 +355,8 @@ struct Worker {
     core: Interceptor<QueuedPacket>,
     /// The counters the core shares (the driver adds the queue's own).
     stats: Arc<InterceptorStats>,
+    /// `session.max_record_backlog_bytes`.
+    max_backlog: u64,
 }
 
 /// The restore barrier's look at the service: no connection waits in the accept
@@ -411,6 +439,8 @@ impl Worker {
             },
             Instant::now(),
         );
+        let mut core = core;
+        core.set_max_held_bytes(usize::try_from(config.max_held_bytes).unwrap_or(usize::MAX));
         tracing::info!(queue = config.queue, vip = %config.vip, ports = ?config.ports, sessions = core.sessions(), "intercepting service traffic");
         Ok(Worker {
             _queue: queue,
@@ -424,6 +454,7 @@ impl Worker {
             outbox: VecDeque::new(),
             core,
             stats,
+            max_backlog: config.max_record_backlog_bytes,
         })
     }
 
@@ -452,9 +483,21 @@ impl Worker {
                         self.count(&report, &mut last_error_log);
                         let now = Instant::now();
                         let now_ms = unix_ms();
-                        for packet in self.batch.drain(..) {
+                        let mut batch = std::mem::take(&mut self.batch);
+                        for packet in batch.drain(..) {
+                            if self.backlog_full() && packet.mark != INJECT_MARK {
+                                // Backpressure: nothing is tracked while replication
+                                // is this far behind; the packet is sent again.
+                                self.stats.backlog_drops.fetch_add(1, Ordering::Relaxed);
+                                self.carry_out();
+                                if let Err(e) = self.socket.verdict(&packet, Decision::Drop) {
+                                    tracing::warn!(error = %e, "NFQUEUE verdicts not sent");
+                                }
+                                continue;
+                            }
                             self.core.handle_packet(packet, now, now_ms);
                         }
+                        self.batch = batch;
                         self.carry_out();
                         if report.datagrams < queue::RECV_BATCH {
                             break;
@@ -491,6 +534,9 @@ impl Worker {
     /// injections in the order they were decided.
     fn carry_out(&mut self) {
         while let Some(record) = self.core.poll_record() {
+            self.stats
+                .record_backlog
+                .fetch_add(backlog_cost(&record.1), Ordering::Relaxed);
             let _ = self.records.send(record);
         }
         while let Some(output) = self.core.poll_output() {
@@ -511,6 +557,11 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether the records waiting for replication reached their bound.
+    fn backlog_full(&self) -> bool {
+        self.stats.record_backlog.load(Ordering::Relaxed) >= self.max_backlog
     }
 
     /// Sends the verdicts gathered so far (one `sendmsg`).
