@@ -203,7 +203,7 @@ fn run(mut store: Store, jobs: mpsc::Receiver<Job>, stats: &PersistStats) {
 fn log_error(logged: &mut u64, error: &dyn std::fmt::Display) {
     *logged += 1;
     if *logged <= 10 || logged.is_power_of_two() {
-        tracing::warn!(error = %error, errors = *logged, "session store");
+        tracing::warn!(error = %error, errors = *logged, "local store");
     }
 }
 

@@ -94,6 +94,11 @@ impl SessionView {
     /// Replication and interception figures for `status`.
     pub fn replication_view(&self) -> ReplicationView {
         let i = &self.interceptor.stats;
+        let persist = self
+            .replica
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .persist_stats();
         let master = self.mode.borrow().0 == Mode::Master;
         let sessions = if master {
             i.sessions.load(Ordering::Relaxed)
@@ -128,7 +133,8 @@ impl SessionView {
             ),
             snapshots: self.stats.snapshots.load(Ordering::Relaxed),
             errors: self.stats.apply_errors.load(Ordering::Relaxed)
-                + self.stats.store_errors.load(Ordering::Relaxed),
+                + self.stats.store_errors.load(Ordering::Relaxed)
+                + persist.errors.load(Ordering::Relaxed),
             restored: i.restored.load(Ordering::Relaxed),
             restore_pending: i.restore_pending.load(Ordering::Relaxed),
             restore_failed: i.restore_failed.load(Ordering::Relaxed),
@@ -144,6 +150,17 @@ impl SessionView {
             sessions_at_risk: i.sessions_at_risk.load(Ordering::Relaxed),
             reset_at_risk: i.reset_at_risk.load(Ordering::Relaxed),
             resyncs: self.stats.resyncs.load(Ordering::Relaxed),
+            dropped_malformed: i.malformed.load(Ordering::Relaxed)
+                + i.unparsable.load(Ordering::Relaxed),
+            dropped_truncated: i.truncated.load(Ordering::Relaxed),
+            held_bytes: i.held_bytes.load(Ordering::Relaxed),
+            bound_drops: nonstop_shared::control::BoundDrops {
+                held: i.overflow_drops.load(Ordering::Relaxed),
+                unacked: i.unacked_bound_drops.load(Ordering::Relaxed),
+                backlog: i.backlog_drops.load(Ordering::Relaxed),
+            },
+            record_backlog_bytes: i.record_backlog.load(Ordering::Relaxed),
+            persist_waits: persist.waits.load(Ordering::Relaxed),
         }
     }
 }
