@@ -199,6 +199,8 @@ impl Profile {
             .spawn()
             .map_err(|e| eprintln!("perf not available: {e}"))
             .ok()?;
+        // perf needs a moment to attach before the load starts.
+        std::thread::sleep(Duration::from_millis(700));
         Some(Profile { child, data })
     }
 
