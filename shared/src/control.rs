@@ -319,6 +319,11 @@ pub struct ReplicationView {
     /// Times a writer waited for the persistence thread's queue (the disk set the pace).
     #[serde(default)]
     pub persist_waits: u64,
+    /// The master's risk watch interval now, ms: `session.risk_poll_ms`, or longer
+    /// when a look at the service's sockets is slow (many sessions): looks take at
+    /// most 1 % of a core. Sessions are marked at risk after four looks.
+    #[serde(default)]
+    pub risk_poll_ms: u64,
 }
 
 /// Packets dropped at each memory bound (backpressure; all of them sent again later).

@@ -110,8 +110,13 @@ impl RiskMonitor {
     }
 }
 
-/// On the master, every `interval`: the service's sockets, read from the kernel's
-/// table, sent to the interceptor (which holds the sessions and the monitor).
+/// The risk watch's looks take at most 1/`RISK_CPU_SHARE` of a core (1 %): a look that
+/// took `d` is followed by one after at least `RISK_CPU_SHARE × d`.
+pub const RISK_CPU_SHARE: u32 = 100;
+
+/// On the master, every `interval` (longer when a look is slow, see
+/// [`RISK_CPU_SHARE`]): the service's sockets, read from the kernel's table, sent to
+/// the interceptor (which holds the sessions and the monitor).
 pub async fn watch(
     interceptor: InterceptorHandle,
     mut mode: tokio::sync::watch::Receiver<(Mode, u64)>,
@@ -119,10 +124,10 @@ pub async fn watch(
     ports: Vec<u16>,
     interval: Duration,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut wait = interval;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(wait).await;
+        wait = interval;
         if mode.borrow_and_update().0 != Mode::Master
             || interceptor
                 .stats
@@ -133,8 +138,17 @@ pub async fn watch(
             continue;
         }
         let ports = ports.clone();
+        let started = std::time::Instant::now();
         let read =
             tokio::task::spawn_blocking(move || handover::service_connections(vip, &ports)).await;
+        // A look walks the kernel's whole TCP table (every namespace's sockets): with
+        // many sessions it costs milliseconds. Looks take at most 1/RISK_CPU_SHARE of
+        // a core: the next one waits longer when this one was slow.
+        wait = interval.max(started.elapsed() * RISK_CPU_SHARE);
+        interceptor.stats.risk_poll_ms.store(
+            wait.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let conns = match read {
             Ok(Ok(conns)) => conns,
             Ok(Err(e)) => {

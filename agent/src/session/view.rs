@@ -161,6 +161,7 @@ impl SessionView {
             },
             record_backlog_bytes: i.record_backlog.load(Ordering::Relaxed),
             persist_waits: persist.waits.load(Ordering::Relaxed),
+            risk_poll_ms: i.risk_poll_ms.load(Ordering::Relaxed),
         }
     }
 }

@@ -198,6 +198,9 @@ pub struct InterceptorStats {
     pub unacked_bound_drops: AtomicU64,
     /// Record bytes waiting for the replication task now ([`backlog_cost`]).
     pub record_backlog: AtomicU64,
+    /// The risk watch's interval now, ms (`session.risk_poll_ms`, longer when a look
+    /// is slow: see [`crate::session::risk::RISK_CPU_SHARE`]).
+    pub risk_poll_ms: AtomicU64,
     /// Packets dropped before tracking because the record backlog reached
     /// `session.max_record_backlog_bytes` (backpressure; peers and service resend).
     pub backlog_drops: AtomicU64,
