@@ -324,6 +324,11 @@ pub struct ReplicationView {
     /// most 1 % of a core. Sessions are marked at risk after four looks.
     #[serde(default)]
     pub risk_poll_ms: u64,
+    /// Master, sync loop: medians of the last sampled records' hops, µs — the packet
+    /// thread issuing a record → written to the backup, → the backup's ack arrived, →
+    /// the packet thread acted on it.
+    #[serde(default)]
+    pub sync_hops_us: [u64; 3],
 }
 
 /// Packets dropped at each memory bound (backpressure; all of them sent again later).

@@ -157,6 +157,7 @@ pub async fn run(parts: SenderParts) {
                             disconnect(&mut conn, &stats);
                         } else {
                             stats.sent(last);
+                            interceptor.stats.hops.sent(last);
                         }
                     }
                 }
@@ -209,6 +210,7 @@ async fn on_bytes(
             LeaderEvent::Established => {}
             LeaderEvent::Acked(seq) => {
                 stats.acked(seq);
+                interceptor.stats.hops.acked(seq);
                 interceptor.send(QueueCommand::Acked(seq));
             }
             LeaderEvent::SnapshotRequested => {

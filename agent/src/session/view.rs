@@ -162,6 +162,7 @@ impl SessionView {
             record_backlog_bytes: i.record_backlog.load(Ordering::Relaxed),
             persist_waits: persist.waits.load(Ordering::Relaxed),
             risk_poll_ms: i.risk_poll_ms.load(Ordering::Relaxed),
+            sync_hops_us: i.hops.p50_us(),
         }
     }
 }

@@ -263,6 +263,11 @@ fn measure(label: &str, lab: &Lab, args: &Args, agents: bool) -> serde_json::Val
     let link = summary(sync_link_rtt(lab, args.rtt_samples.min(2000)));
     eprintln!("{label}: 1-session RTT…");
     let one = summary(rtt_one(lab, args.rtt_samples));
+    // The sync loop's hops over the 1-session echo (medians, µs).
+    let hops = agents
+        .then(|| status_of(lab, Node::Master))
+        .flatten()
+        .map(|s| s.replication.sync_hops_us);
     eprintln!("{label}: 256-session RTT…");
     let pid = if agents {
         lab.agent_pid(Node::Master)
@@ -311,6 +316,7 @@ fn measure(label: &str, lab: &Lab, args: &Args, agents: bool) -> serde_json::Val
         "agent_cpu_percent_256": cpu.map(|c| (c * 10.0).round() / 10.0),
         "agent_rss_kib": after.map(|(_, rss)| rss),
         "sync_link_rtt": link,
+        "sync_hops_us": hops,
         "bulk_profile_top": profile,
     })
 }
@@ -428,6 +434,12 @@ fn main() {
         println!(
             "| {name} | {measured} | {} |",
             if *met { "yes" } else { "NO" }
+        );
+    }
+    for (label, r) in &results[1..] {
+        println!(
+            "{label}: sync loop hops (medians, µs): issue→sent {}, sent→acked {}, acked→applied {}",
+            r["sync_hops_us"][0], r["sync_hops_us"][1], r["sync_hops_us"][2]
         );
     }
     for (label, r) in &results {

@@ -201,6 +201,8 @@ pub struct InterceptorStats {
     /// The risk watch's interval now, ms (`session.risk_poll_ms`, longer when a look
     /// is slow: see [`crate::session::risk::RISK_CPU_SHARE`]).
     pub risk_poll_ms: AtomicU64,
+    /// The sync loop's hops, timed ([`crate::replication::hops`]).
+    pub hops: crate::replication::hops::Hops,
     /// Packets dropped before tracking because the record backlog reached
     /// `session.max_record_backlog_bytes` (backpressure; peers and service resend).
     pub backlog_drops: AtomicU64,
@@ -474,8 +476,16 @@ impl Worker {
                         return;
                     }
                     Ok(command) => {
+                        let acked = match &command {
+                            QueueCommand::Acked(seq) => Some(*seq),
+                            _ => None,
+                        };
                         self.core.handle_command(command, Instant::now(), unix_ms());
                         self.carry_out();
+                        if let Some(seq) = acked {
+                            self.flush_verdicts();
+                            self.stats.hops.applied(seq);
+                        }
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
@@ -540,6 +550,7 @@ impl Worker {
             self.stats
                 .record_backlog
                 .fetch_add(backlog_cost(&record.1), Ordering::Relaxed);
+            self.stats.hops.issued(record.0);
             let _ = self.records.send(record);
         }
         while let Some(output) = self.core.poll_output() {
