@@ -110,9 +110,14 @@ impl RiskMonitor {
     }
 }
 
-/// The risk watch's looks take at most 1/`RISK_CPU_SHARE` of a core (1 %): a look that
-/// took `d` is followed by one after at least `RISK_CPU_SHARE × d`.
+/// With [`RISK_BUDGET_FROM`] sessions or more, the risk watch's looks take at most
+/// 1/`RISK_CPU_SHARE` of a core (1 %): a look that took `d` is followed by one after
+/// at least `RISK_CPU_SHARE × d`.
 pub const RISK_CPU_SHARE: u32 = 100;
+
+/// Sessions from which the risk watch keeps to its CPU budget (below, a look is cheap
+/// and the interval is `session.risk_poll_ms` as configured).
+pub const RISK_BUDGET_FROM: usize = 1000;
 
 /// On the master, every `interval` (longer when a look is slow, see
 /// [`RISK_CPU_SHARE`]): the service's sockets, read from the kernel's table, sent to
@@ -141,14 +146,7 @@ pub async fn watch(
         let started = std::time::Instant::now();
         let read =
             tokio::task::spawn_blocking(move || handover::service_connections(vip, &ports)).await;
-        // A look walks the kernel's whole TCP table (every namespace's sockets): with
-        // many sessions it costs milliseconds. Looks take at most 1/RISK_CPU_SHARE of
-        // a core: the next one waits longer when this one was slow.
-        wait = interval.max(started.elapsed() * RISK_CPU_SHARE);
-        interceptor.stats.risk_poll_ms.store(
-            wait.as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let took = started.elapsed();
         let conns = match read {
             Ok(Ok(conns)) => conns,
             Ok(Err(e)) => {
@@ -157,6 +155,16 @@ pub async fn watch(
             }
             Err(_) => continue,
         };
+        // A look walks the kernel's whole TCP table and reports every session: with
+        // thousands of them it costs milliseconds. Then looks take at most
+        // 1/RISK_CPU_SHARE of a core: the next one waits longer when this one was slow.
+        if conns.len() >= RISK_BUDGET_FROM {
+            wait = interval.max(took * RISK_CPU_SHARE);
+        }
+        interceptor.stats.risk_poll_ms.store(
+            wait.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let sockets: Vec<Observation> = conns
             .into_iter()
             .filter(|c| c.open)
