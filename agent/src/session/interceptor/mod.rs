@@ -362,21 +362,7 @@ struct Worker {
     stats: Arc<InterceptorStats>,
     /// `session.max_record_backlog_bytes`.
     max_backlog: u64,
-    /// Records not handed to replication yet: while no packet waits for them they
-    /// gather for up to [`RECORD_GATHER`] (a peer's request and the service's answer
-    /// then travel to the backup together: one hop and one acknowledgement instead of
-    /// two). A held packet sends them at once.
-    pending: Vec<Sequenced>,
-    /// When the oldest pending record was issued.
-    pending_since: Option<Instant>,
 }
-
-/// Longest a record waits for company before it goes to replication (nothing waits
-/// for it meanwhile: a packet that needs it is held, and a held packet sends it).
-pub const RECORD_GATHER: Duration = Duration::from_millis(1);
-
-/// Most records gathered before they go anyway.
-const RECORD_GATHER_MAX: usize = 256;
 
 /// The restore barrier's look at the service: no connection waits in the accept
 /// queue of its listeners on `vip` at `ports` (IPv4 and dual-stack IPv6; the kernel
@@ -474,8 +460,6 @@ impl Worker {
             core,
             stats,
             max_backlog: config.max_record_backlog_bytes,
-            pending: Vec::new(),
-            pending_since: None,
         })
     }
 
@@ -550,11 +534,7 @@ impl Worker {
             if !self.outbox.is_empty() {
                 timeout = timeout.min(Duration::from_millis(1));
             }
-            if let Some(since) = self.pending_since {
-                timeout = timeout.min(RECORD_GATHER.saturating_sub(since.elapsed()));
-            }
-            // Rounded up: a deadline 0.4 ms away is a 1 ms sleep, not a busy loop.
-            let timeout_ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+            let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             if let Err(e) = poll_two(self.queue_fd, self.wake.fd(), timeout_ms) {
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(Duration::from_millis(1));
@@ -570,16 +550,8 @@ impl Worker {
             self.stats
                 .record_backlog
                 .fetch_add(backlog_cost(&record.1), Ordering::Relaxed);
-            self.pending_since.get_or_insert_with(Instant::now);
-            self.pending.push(record);
-        }
-        if self.stats.held.load(Ordering::Relaxed) > 0
-            || self.pending.len() >= RECORD_GATHER_MAX
-            || self
-                .pending_since
-                .is_some_and(|t| t.elapsed() >= RECORD_GATHER)
-        {
-            self.send_records();
+            self.stats.hops.issued(record.0);
+            let _ = self.records.send(record);
         }
         while let Some(output) = self.core.poll_output() {
             match output {
@@ -599,15 +571,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Hands the pending records to replication.
-    fn send_records(&mut self) {
-        for record in self.pending.drain(..) {
-            self.stats.hops.issued(record.0);
-            let _ = self.records.send(record);
-        }
-        self.pending_since = None;
     }
 
     /// Whether the records waiting for replication reached their bound.
@@ -685,7 +648,6 @@ impl Worker {
     fn stop(&mut self) {
         self.core.stop();
         self.carry_out();
-        self.send_records();
         self.flush_verdicts();
         if let Err(e) = queue_rules::remove() {
             tracing::error!(error = %e, "could not remove the queue rules");
