@@ -99,8 +99,11 @@ impl Agent {
             queue: config.session.queue,
             limits: TrackerLimits {
                 max_sessions: config.session.max_sessions,
-                ..TrackerLimits::default()
+                max_unacked_bytes: usize::try_from(config.session.max_unacked_bytes)
+                    .unwrap_or(usize::MAX),
             },
+            max_held_bytes: config.session.max_held_bytes,
+            max_record_backlog_bytes: config.session.max_record_backlog_bytes,
         };
         let (interceptor, queue_thread) =
             interceptor::spawn(interceptor_config, records_tx, seed, first_seq)

@@ -424,6 +424,47 @@ impl Collector for Snapshot {
         )?;
         counter(
             e,
+            "dropped_malformed",
+            "Packets dropped because they could not be parsed (fail-closed)",
+            r.dropped_malformed,
+        )?;
+        counter(
+            e,
+            "dropped_truncated",
+            "Packets dropped because the queue captured only part of them (fail-closed)",
+            r.dropped_truncated,
+        )?;
+        gauge(
+            e,
+            "held_bytes",
+            "Bytes of outbound packets held until the backup has their state",
+            r.held_bytes,
+        )?;
+        counter_family(
+            e,
+            "bound_drops",
+            "Packets dropped at a memory bound (backpressure: sent again later)",
+            "bound",
+            &[
+                ("held", r.bound_drops.held),
+                ("unacked", r.bound_drops.unacked),
+                ("backlog", r.bound_drops.backlog),
+            ],
+        )?;
+        gauge(
+            e,
+            "record_backlog_bytes",
+            "Record bytes waiting for the replication task",
+            r.record_backlog_bytes,
+        )?;
+        counter(
+            e,
+            "persist_waits",
+            "Times a writer waited for the persistence thread (the disk set the pace)",
+            r.persist_waits,
+        )?;
+        counter(
+            e,
             "resyncs",
             "Fresh snapshots because a replicated record did not apply",
             r.resyncs,

@@ -183,6 +183,21 @@ pub struct SessionConfig {
     /// (hold all output until a backup has the state: no byte unprotected).
     #[serde(default)]
     pub lone_master: LoneMaster,
+    /// Bytes of outbound packets a sync-mode master holds at most while they wait for
+    /// the backup; beyond, new output is dropped before it leaves (the service's
+    /// kernel sends it again later: nothing is lost) and counted.
+    #[serde(default = "default_max_held_bytes")]
+    pub max_held_bytes: u64,
+    /// Bytes of one session's sent-but-unacknowledged output the replica keeps at
+    /// most; output beyond is dropped before it leaves (the service's kernel sends it
+    /// again once the peer acknowledged some) and counted — never sent unreplicated.
+    #[serde(default = "default_max_unacked_bytes")]
+    pub max_unacked_bytes: u64,
+    /// Bytes of records waiting for the replication task at most (a frozen backup
+    /// stalls it); beyond, the service's packets are dropped before they are tracked
+    /// (peers and service retransmit: nothing is lost) and counted.
+    #[serde(default = "default_max_record_backlog_bytes")]
+    pub max_record_backlog_bytes: u64,
 }
 
 /// A sync-mode master's policy while no backup is connected.
@@ -207,8 +222,21 @@ impl Default for SessionConfig {
             drain_ms: default_drain_ms(),
             risk_poll_ms: default_risk_poll_ms(),
             lone_master: LoneMaster::default(),
+            max_held_bytes: default_max_held_bytes(),
+            max_unacked_bytes: default_max_unacked_bytes(),
+            max_record_backlog_bytes: default_max_record_backlog_bytes(),
         }
     }
+}
+
+fn default_max_held_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_unacked_bytes() -> u64 {
+    16 << 20
+}
+fn default_max_record_backlog_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_queue() -> u16 {
@@ -643,6 +671,33 @@ impl AgentConfig {
                 "session.max_sessions",
                 format!("must be in 1..=1000000, got {}", self.session.max_sessions),
             ));
+        }
+        for (field, value, min, max) in [
+            (
+                "session.max_held_bytes",
+                self.session.max_held_bytes,
+                1 << 20,
+                16 << 30,
+            ),
+            (
+                "session.max_unacked_bytes",
+                self.session.max_unacked_bytes,
+                64 << 10,
+                16 << 20,
+            ),
+            (
+                "session.max_record_backlog_bytes",
+                self.session.max_record_backlog_bytes,
+                1 << 20,
+                16 << 30,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("must be in {min}..={max}, got {value}"),
+                ));
+            }
         }
         if self.session.risk_poll_ms > 10_000 {
             return Err(invalid(

@@ -322,6 +322,47 @@ pub struct ReplicationView {
     /// Hot replica: sessions a promotion restored cold (no usable mirror).
     #[serde(default)]
     pub mirrors_fallback: u64,
+    /// Packets dropped because they could not be parsed (fail-closed).
+    #[serde(default)]
+    pub dropped_malformed: u64,
+    /// Packets dropped because the queue captured only part of them (fail-closed).
+    #[serde(default)]
+    pub dropped_truncated: u64,
+    /// Bytes of outbound packets held now (bound: `session.max_held_bytes`).
+    #[serde(default)]
+    pub held_bytes: u64,
+    /// Backpressure: output dropped at the held-packets bound, at a session's
+    /// unacknowledged-output bound, and packets dropped at the record-backlog bound
+    /// (each is sent again later; nothing is lost).
+    #[serde(default)]
+    pub bound_drops: BoundDrops,
+    /// Record bytes waiting for the replication task now.
+    #[serde(default)]
+    pub record_backlog_bytes: u64,
+    /// Times a writer waited for the persistence thread's queue (the disk set the pace).
+    #[serde(default)]
+    pub persist_waits: u64,
+    /// The master's risk watch interval now, ms: `session.risk_poll_ms`, or longer
+    /// when a look at the service's sockets is slow (many sessions): looks take at
+    /// most 1 % of a core. Sessions are marked at risk after four looks.
+    #[serde(default)]
+    pub risk_poll_ms: u64,
+    /// Master, sync loop: medians of the last sampled records' hops, µs — the packet
+    /// thread issuing a record → written to the backup, → the backup's ack arrived, →
+    /// the packet thread acted on it.
+    #[serde(default)]
+    pub sync_hops_us: [u64; 3],
+}
+
+/// Packets dropped at each memory bound (backpressure; all of them sent again later).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundDrops {
+    /// At `session.max_held_bytes` (or the held-packets count).
+    pub held: u64,
+    /// At `session.max_unacked_bytes` (one session's replicated output).
+    pub unacked: u64,
+    /// At `session.max_record_backlog_bytes` (records waiting for replication).
+    pub backlog: u64,
 }
 
 /// Why a node changed mode.

@@ -16,8 +16,10 @@
 //! - [`receiver`]: the backup's task — accepts the master and drives a
 //!   [`follower::Follower`] over TCP against the local replica.
 //! - [`stats`]: counters and lag, shared with status reporting.
+//! - [`hops`]: the sync loop's hops, timed (packet thread → sender → backup → back).
 
 pub mod follower;
+pub mod hops;
 pub mod leader;
 pub mod receiver;
 pub mod sender;

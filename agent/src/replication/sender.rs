@@ -1,8 +1,8 @@
 //! The master side of replication.
 //!
-//! One task consumes the interceptor's numbered records: each is applied to the local
-//! [`Replica`] (table + disk) and, while this node is master and the backup is
-//! connected, sent to the backup. A new connection starts with a hello and a snapshot
+//! One task consumes the interceptor's numbered records: each is sent to the backup
+//! (while this node is master and the backup is connected) and then applied to the
+//! local [`Replica`] (its table; its disk thread writes the log later). A new connection starts with a hello and a snapshot
 //! of the tracker's table; records numbered at or before the snapshot are not sent
 //! again. Acknowledgements go back to the interceptor, which releases held packets.
 //! While disconnected, records are only stored; the next snapshot covers them.
@@ -17,7 +17,7 @@
 
 use crate::replication::leader::{Leader, LeaderEvent};
 use crate::replication::stats::ReplicationStats;
-use crate::session::interceptor::{InterceptorHandle, QueueCommand, Sequenced};
+use crate::session::interceptor::{backlog_cost, InterceptorHandle, QueueCommand, Sequenced};
 use crate::session::replica::Replica;
 use crate::shutdown::Shutdown;
 use anyhow::Context;
@@ -137,7 +137,16 @@ pub async fn run(parts: SenderParts) {
                         Err(_) => break,
                     }
                 }
-                store_batch(&replica, &batch, &stats);
+                // Taken off the interceptor's backlog (its bound: see
+                // `session.max_record_backlog_bytes`).
+                let cost: u64 = batch.iter().map(|(_, r)| backlog_cost(r)).sum();
+                let _ = interceptor.stats.record_backlog.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |b| Some(b.saturating_sub(cost)),
+                );
+                // To the backup first, to this node's replica (memory; its disk
+                // thread writes later) after: nothing here waits for a disk.
                 if let Some(c) = conn.as_mut() {
                     if fault.take() {
                         c.leader.drop_next_payload_record();
@@ -148,9 +157,11 @@ pub async fn run(parts: SenderParts) {
                             disconnect(&mut conn, &stats);
                         } else {
                             stats.sent(last);
+                            interceptor.stats.hops.sent(last);
                         }
                     }
                 }
+                store_batch(&replica, batch, &stats);
             }
             read = read_some(&mut conn, &mut chunk) => {
                 let Some(c) = conn.as_mut() else { continue };
@@ -199,6 +210,7 @@ async fn on_bytes(
             LeaderEvent::Established => {}
             LeaderEvent::Acked(seq) => {
                 stats.acked(seq);
+                interceptor.stats.hops.acked(seq);
                 interceptor.send(QueueCommand::Acked(seq));
             }
             LeaderEvent::SnapshotRequested => {
@@ -234,28 +246,12 @@ fn disconnect(conn: &mut Option<Connection>, stats: &ReplicationStats) {
     stats.reset_in_flight();
 }
 
-fn store_batch(replica: &Mutex<Replica>, batch: &[Sequenced], stats: &ReplicationStats) {
+fn store_batch(replica: &Mutex<Replica>, batch: Vec<Sequenced>, stats: &ReplicationStats) {
+    let count = batch.len() as u64;
     let mut replica = replica.lock().unwrap_or_else(PoisonError::into_inner);
-    match replica.apply_batch(batch) {
-        Ok(rejected) => {
-            stats
-                .stored
-                .fetch_add((batch.len() - rejected) as u64, Ordering::Relaxed);
-            stats
-                .store_errors
-                .fetch_add(rejected as u64, Ordering::Relaxed);
-        }
-        Err(e) => {
-            let before = stats
-                .store_errors
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            // A full disk fails every batch: log the first few, then rarely.
-            let count = before + batch.len() as u64;
-            if before < 10 || (before + 1..=count).any(u64::is_power_of_two) {
-                tracing::warn!(error = format!("{e:#}"), errors = count, "local store");
-            }
-        }
-    }
+    let rejected = replica.apply_batch(batch) as u64;
+    stats.stored.fetch_add(count - rejected, Ordering::Relaxed);
+    stats.store_errors.fetch_add(rejected, Ordering::Relaxed);
     if let Err(e) = replica.maintain() {
         stats.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = format!("{e:#}"), "local store maintenance");

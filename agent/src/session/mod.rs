@@ -5,6 +5,7 @@
 //! - [`table`]: the backup-side table that applies records.
 //! - [`store`]: local persistence (append log + compaction).
 //! - [`replica`]: the table and its store kept in step (this node's persisted copy).
+//! - [`persist`]: the thread that writes the store (the disk off the critical path).
 //! - [`interceptor`]: the NFQUEUE thread: tracking, record numbering, holding.
 //! - [`drain`], [`handover`]: a planned switchover's drain, and the hand-over of the
 //!   service's unsent output (read from its sockets in repair mode).
@@ -16,6 +17,7 @@ pub mod drain;
 pub mod handover;
 pub mod interceptor;
 pub mod mirror;
+pub mod persist;
 pub mod queue_rules;
 pub mod replica;
 pub mod risk;

@@ -110,8 +110,18 @@ impl RiskMonitor {
     }
 }
 
-/// On the master, every `interval`: the service's sockets, read from the kernel's
-/// table, sent to the interceptor (which holds the sessions and the monitor).
+/// With [`RISK_BUDGET_FROM`] sessions or more, the risk watch's looks take at most
+/// 1/`RISK_CPU_SHARE` of a core (1 %): a look that took `d` is followed by one after
+/// at least `RISK_CPU_SHARE × d`.
+pub const RISK_CPU_SHARE: u32 = 100;
+
+/// Sessions from which the risk watch keeps to its CPU budget (below, a look is cheap
+/// and the interval is `session.risk_poll_ms` as configured).
+pub const RISK_BUDGET_FROM: usize = 1000;
+
+/// On the master, every `interval` (longer when a look is slow, see
+/// [`RISK_CPU_SHARE`]): the service's sockets, read from the kernel's table, sent to
+/// the interceptor (which holds the sessions and the monitor).
 pub async fn watch(
     interceptor: InterceptorHandle,
     mut mode: tokio::sync::watch::Receiver<(Mode, u64)>,
@@ -119,10 +129,10 @@ pub async fn watch(
     ports: Vec<u16>,
     interval: Duration,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut wait = interval;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(wait).await;
+        wait = interval;
         if mode.borrow_and_update().0 != Mode::Master
             || interceptor
                 .stats
@@ -133,8 +143,10 @@ pub async fn watch(
             continue;
         }
         let ports = ports.clone();
+        let started = std::time::Instant::now();
         let read =
             tokio::task::spawn_blocking(move || handover::service_connections(vip, &ports)).await;
+        let took = started.elapsed();
         let conns = match read {
             Ok(Ok(conns)) => conns,
             Ok(Err(e)) => {
@@ -143,6 +155,16 @@ pub async fn watch(
             }
             Err(_) => continue,
         };
+        // A look walks the kernel's whole TCP table and reports every session: with
+        // thousands of them it costs milliseconds. Then looks take at most
+        // 1/RISK_CPU_SHARE of a core: the next one waits longer when this one was slow.
+        if conns.len() >= RISK_BUDGET_FROM {
+            wait = interval.max(took * RISK_CPU_SHARE);
+        }
+        interceptor.stats.risk_poll_ms.store(
+            wait.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let sockets: Vec<Observation> = conns
             .into_iter()
             .filter(|c| c.open)

@@ -443,6 +443,68 @@ impl Store {
         Ok(())
     }
 
+    /// Installs a snapshot encoded elsewhere ([`encode_snapshot`]: the table's owner
+    /// encodes it in memory, this store's thread writes it) and empties the log, as
+    /// [`Store::compact`] does. Records appended before cover nothing it lacks.
+    pub fn compact_encoded(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.tmp_path.clone();
+        let written = (|| {
+            let mut file = File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+            file.write_all(snapshot)
+                .map_err(|e| StoreError::io("write", &tmp, e))?;
+            self.install_snapshot(file)?;
+            Ok(snapshot.len() as u64)
+        })();
+        let written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        self.snapshot_len = written;
+        if let Err(e) = self.log.set_len(0) {
+            self.broken = true;
+            return Err(StoreError::io("truncate", &self.log_path, e));
+        }
+        self.log_len = 0;
+        self.broken = false;
+        if self.policy != FsyncPolicy::Never {
+            self.log
+                .sync_all()
+                .map_err(|e| StoreError::io("fsync", &self.log_path, e))?;
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        self.compactions += 1;
+        Ok(())
+    }
+
+    /// Appends records encoded elsewhere (whole records, in order) with one write.
+    pub fn append_encoded(&mut self, encoded: &[u8]) -> Result<(), StoreError> {
+        self.check_usable()?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(encoded);
+        self.write_scratch()
+    }
+
+    /// Syncs (by policy) and renames a written snapshot file into place.
+    fn install_snapshot(&mut self, file: File) -> Result<(), StoreError> {
+        if self.policy != FsyncPolicy::Never {
+            file.sync_all()
+                .map_err(|e| StoreError::io("fsync", &self.tmp_path, e))?;
+        }
+        drop(file);
+        fs::rename(&self.tmp_path, &self.snapshot_path)
+            .map_err(|e| StoreError::io("rename", &self.snapshot_path, e))?;
+        if self.policy != FsyncPolicy::Never {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io("fsync", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
     /// Writes and installs the snapshot; returns its size.
     fn write_snapshot(&mut self, table: &SessionTable) -> Result<u64, StoreError> {
         const CHUNK: usize = 1 << 20;
@@ -484,6 +546,17 @@ impl Store {
         }
         Ok(written)
     }
+}
+
+/// The snapshot of `table` as [`Store::compact`] would write it (full records current
+/// at its last sequence number), in memory.
+pub fn encode_snapshot(table: &SessionTable) -> Result<Vec<u8>, RecordError> {
+    let seq = table.last_seq();
+    let mut out = Vec::new();
+    for state in table.sorted() {
+        encode_full(seq, state, &mut out)?;
+    }
+    Ok(out)
 }
 
 /// The result of replaying one file.

@@ -113,6 +113,11 @@ impl SessionView {
     /// Replication and interception figures for `status`.
     pub fn replication_view(&self) -> ReplicationView {
         let i = &self.interceptor.stats;
+        let persist = self
+            .replica
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .persist_stats();
         let master = self.mode.borrow().0 == Mode::Master;
         let sessions = if master {
             i.sessions.load(Ordering::Relaxed)
@@ -147,7 +152,8 @@ impl SessionView {
             ),
             snapshots: self.stats.snapshots.load(Ordering::Relaxed),
             errors: self.stats.apply_errors.load(Ordering::Relaxed)
-                + self.stats.store_errors.load(Ordering::Relaxed),
+                + self.stats.store_errors.load(Ordering::Relaxed)
+                + persist.errors.load(Ordering::Relaxed),
             restored: i.restored.load(Ordering::Relaxed),
             restore_pending: i.restore_pending.load(Ordering::Relaxed),
             restore_failed: i.restore_failed.load(Ordering::Relaxed),
@@ -169,6 +175,19 @@ impl SessionView {
             mirrors_cold: i.mirrors_cold.load(Ordering::Relaxed),
             mirrors_adopted: i.mirrors_adopted.load(Ordering::Relaxed),
             mirrors_fallback: i.mirrors_fallback.load(Ordering::Relaxed),
+            dropped_malformed: i.malformed.load(Ordering::Relaxed)
+                + i.unparsable.load(Ordering::Relaxed),
+            dropped_truncated: i.truncated.load(Ordering::Relaxed),
+            held_bytes: i.held_bytes.load(Ordering::Relaxed),
+            bound_drops: nonstop_shared::control::BoundDrops {
+                held: i.overflow_drops.load(Ordering::Relaxed),
+                unacked: i.unacked_bound_drops.load(Ordering::Relaxed),
+                backlog: i.backlog_drops.load(Ordering::Relaxed),
+            },
+            record_backlog_bytes: i.record_backlog.load(Ordering::Relaxed),
+            persist_waits: persist.waits.load(Ordering::Relaxed),
+            risk_poll_ms: i.risk_poll_ms.load(Ordering::Relaxed),
+            sync_hops_us: i.hops.p50_us(),
         }
     }
 }

@@ -27,8 +27,11 @@ pub struct Holding<P> {
     next_seq: u64,
     acked: u64,
     on: bool,
-    held: VecDeque<(u64, P)>,
+    held: VecDeque<(u64, usize, P)>,
     limit: usize,
+    /// Bytes held now, and at most.
+    bytes: usize,
+    byte_limit: usize,
 }
 
 impl<P> Holding<P> {
@@ -40,7 +43,19 @@ impl<P> Holding<P> {
             on: false,
             held: VecDeque::new(),
             limit,
+            bytes: 0,
+            byte_limit: usize::MAX,
         }
+    }
+
+    /// Holds at most `bytes` bytes of packets at once (beyond: [`Offer::Overflow`]).
+    pub fn set_byte_limit(&mut self, bytes: usize) {
+        self.byte_limit = bytes;
+    }
+
+    /// Bytes of the packets held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The number of a new record.
@@ -77,15 +92,23 @@ impl<P> Holding<P> {
     }
 
     /// An outbound packet that exposes the state of the last record numbered.
+    #[cfg(test)]
     pub fn offer(&mut self, packet: P) -> Offer<P> {
+        self.offer_sized(packet, 0)
+    }
+
+    /// [`Holding::offer`] for a packet of `size` bytes (counted against the byte
+    /// limit while held).
+    pub fn offer_sized(&mut self, packet: P, size: usize) -> Offer<P> {
         let required = self.last_seq();
         if !self.on || (required <= self.acked && self.held.is_empty()) {
             return Offer::Pass(packet);
         }
-        if self.held.len() >= self.limit {
+        if self.held.len() >= self.limit || self.bytes.saturating_add(size) > self.byte_limit {
             return Offer::Overflow(packet);
         }
-        self.held.push_back((required, packet));
+        self.bytes += size;
+        self.held.push_back((required, size, packet));
         Offer::Held
     }
 
@@ -99,9 +122,12 @@ impl<P> Holding<P> {
         if self
             .held
             .front()
-            .is_some_and(|(required, _)| *required <= self.acked)
+            .is_some_and(|(required, _, _)| *required <= self.acked)
         {
-            return self.held.pop_front().map(|(_, packet)| packet);
+            return self.held.pop_front().map(|(_, size, packet)| {
+                self.bytes -= size;
+                packet
+            });
         }
         None
     }
@@ -109,9 +135,10 @@ impl<P> Holding<P> {
     /// Every held packet, in order (to release when holding goes off, or to drop when
     /// this node stops serving).
     pub fn take_all(&mut self) -> impl Iterator<Item = P> {
+        self.bytes = 0;
         std::mem::take(&mut self.held)
             .into_iter()
-            .map(|(_, packet)| packet)
+            .map(|(_, _, packet)| packet)
     }
 }
 
@@ -210,5 +237,24 @@ mod tests {
         assert_eq!(dropped, vec![1]);
         h.handle_ack(1);
         assert_eq!(released(&mut h), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn the_byte_limit_overflows_and_frees_as_packets_leave() {
+        let mut h = Holding::new(1, 100);
+        h.set_byte_limit(1000);
+        h.set_on(true);
+        h.number();
+        assert_eq!(h.offer_sized(1, 600), Offer::Held);
+        assert_eq!(h.offer_sized(2, 600), Offer::Overflow(2));
+        assert_eq!(h.offer_sized(3, 400), Offer::Held);
+        assert_eq!(h.bytes(), 1000);
+        h.handle_ack(1);
+        assert_eq!(h.poll_released(), Some(1));
+        assert_eq!(h.bytes(), 400);
+        h.number();
+        assert_eq!(h.offer_sized(4, 600), Offer::Held);
+        assert_eq!(h.take_all().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(h.bytes(), 0);
     }
 }

@@ -44,6 +44,7 @@ use crate::recovery::tail::Tail;
 use crate::recovery::translate::{TranslateError, Translator, Verdict};
 use crate::session::tracker::{Rejection, Tracker, TrackerLimits};
 use crate::tcp::peek::Peek;
+use crate::tcp::PacketError;
 use nonstop_shared::session::{Record, SessionKey, SessionState};
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -59,6 +60,11 @@ pub trait Packet {
     fn set_payload(&mut self, packet: Vec<u8>);
     /// The packet's firewall mark (ours on injected packets: [`INJECT_MARK`]).
     fn mark(&self) -> u32;
+    /// Whether the queue captured less than the whole packet (dropped, never
+    /// accepted: the core cannot see what it would let through).
+    fn truncated(&self) -> bool {
+        false
+    }
 }
 
 /// What to do with a packet.
@@ -253,6 +259,12 @@ impl<M: Packet> Interceptor<M> {
         }
     }
 
+    /// Holds at most `bytes` bytes of outbound packets (`session.max_held_bytes`);
+    /// beyond, new output is dropped and counted (`overflow_drops`).
+    pub fn set_max_held_bytes(&mut self, bytes: usize) {
+        self.holding.set_byte_limit(bytes);
+    }
+
     /// Sessions tracked.
     pub fn sessions(&self) -> usize {
         self.tracker.len()
@@ -392,10 +404,16 @@ impl<M: Packet> Interceptor<M> {
     }
 
     pub(super) fn on_packet(&mut self, message: M) {
+        // Fail-closed: a packet not seen whole, or not IPv4/TCP as the queue rules
+        // promise, is dropped and counted — never passed on untracked.
+        if message.truncated() {
+            self.stats.truncated.fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
         let Some(peek) = Peek::of(message.payload(), self.vip) else {
-            // Not IPv4/TCP as we expect: let the tracker count it, pass it on.
-            self.track(message.payload());
-            self.verdict_with(message, Decision::Accept);
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
             return;
         };
         let counter = if peek.outbound {
@@ -525,7 +543,24 @@ impl<M: Packet> Interceptor<M> {
             }
             return;
         }
-        self.track(message.payload());
+        if peek.outbound
+            && self
+                .tracker
+                .exceeds_unacked_limit(&peek.key, peek.seq, peek.payload_len)
+        {
+            // Backpressure: the replica keeps no more of this session's output; it
+            // waits in the service's kernel (sent again once the peer acked some).
+            self.stats
+                .unacked_bound_drops
+                .fetch_add(1, Ordering::Relaxed);
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
+        if self.try_track(message.payload()).is_err() {
+            // Malformed (counted): dropped, as the core cannot say what it is.
+            self.verdict_with(message, Decision::Drop);
+            return;
+        }
         if peek.outbound {
             self.hold_or_accept(message);
         } else {
@@ -636,6 +671,11 @@ impl<M: Packet> Interceptor<M> {
     /// records; a peer's segment the kernel would refuse changes nothing and is
     /// counted ([`Rejection`]).
     pub(super) fn track(&mut self, packet: &[u8]) -> Option<Rejection> {
+        self.try_track(packet).ok().flatten()
+    }
+
+    /// [`Interceptor::track`], telling a malformed packet (counted) apart.
+    pub(super) fn try_track(&mut self, packet: &[u8]) -> Result<Option<Rejection>, ()> {
         match self.tracker.on_packet(packet, self.now_ms) {
             Ok(mut outcome) => {
                 if self.replicates_input() {
@@ -650,12 +690,18 @@ impl<M: Packet> Interceptor<M> {
                 for record in outcome.records {
                     self.issue(record);
                 }
-                outcome.rejected
+                Ok(outcome.rejected)
             }
+            // Not the service's: nothing to track, nothing to hide.
+            Err(PacketError::NotOurs) => Ok(None),
+            // A new session beyond `session.max_sessions` (counted by the tracker):
+            // its SYN is dropped, the peer tries again — a session the backup would
+            // not know is never served.
+            Err(PacketError::TooManySessions) => Err(()),
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "packet not tracked");
-                None
+                Err(())
             }
         }
     }
@@ -663,12 +709,16 @@ impl<M: Packet> Interceptor<M> {
     /// In sync mode an outbound packet waits until the backup has acknowledged the
     /// record current now (and everything held before it).
     pub(super) fn hold_or_accept(&mut self, message: M) {
-        match self.holding.offer(message) {
+        let size = message.payload().len();
+        match self.holding.offer_sized(message, size) {
             Offer::Pass(message) => self.verdict_with(message, Decision::Accept),
             Offer::Held => {
                 self.stats
                     .held
                     .store(self.holding.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .held_bytes
+                    .store(self.holding.bytes() as u64, Ordering::Relaxed);
             }
             Offer::Overflow(message) => {
                 self.stats.overflow_drops.fetch_add(1, Ordering::Relaxed);
@@ -882,6 +932,9 @@ impl<M: Packet> Interceptor<M> {
         self.stats
             .held
             .store(self.holding.len() as u64, Ordering::Relaxed);
+        self.stats
+            .held_bytes
+            .store(self.holding.bytes() as u64, Ordering::Relaxed);
     }
 
     /// Releases every held packet, in order (holding went off).
@@ -890,6 +943,7 @@ impl<M: Packet> Interceptor<M> {
             self.verdict_with(message, Decision::Accept);
         }
         self.stats.held.store(0, Ordering::Relaxed);
+        self.stats.held_bytes.store(0, Ordering::Relaxed);
     }
 
     /// Drops every held packet: never acknowledged by the backup, so it must not
@@ -899,5 +953,6 @@ impl<M: Packet> Interceptor<M> {
             self.verdict_with(message, Decision::Drop);
         }
         self.stats.held.store(0, Ordering::Relaxed);
+        self.stats.held_bytes.store(0, Ordering::Relaxed);
     }
 }

@@ -14,6 +14,11 @@
 //! 0.2.5 does not expose its socket, so we find it right after `Queue::open` as the
 //! one new `AF_NETLINK`/`NETLINK_NETFILTER` descriptor of this process.
 //!
+//! The queue hands over GSO super-packets whole (`NFQA_CFG_F_GSO`: one message per up
+//! to 64 KiB instead of one per MSS). Packets are taken in batches ([`queue`]), all
+//! of a batch go through the core, and the verdicts it decided leave in one `sendmsg`
+//! (before any packet is injected, so the order decided is the order on the wire).
+//!
 //! # Layout
 //! - `mod.rs`: the thread (queue, eventfd, poll loop) and the packet path: track,
 //!   hold, translate, verdict.
@@ -23,12 +28,16 @@
 //! - `close_quarantine`: the service's closes held in case it is dying (sans-IO).
 //! - `restore`: the restore work of the worker (handshakes, tails, probation, freeze).
 //! - `raw`: the raw socket. Header fields come from [`crate::tcp`] (`peek`).
+//! - [`queue`]: our nfnetlink-queue layer: batched receives and verdicts.
 
 mod barrier;
 mod close_quarantine;
+#[cfg(test)]
+mod fail_closed_tests;
 mod holding;
 pub mod machine;
 mod mirroring;
+pub mod queue;
 mod raw;
 mod restore;
 mod restores;
@@ -37,6 +46,7 @@ mod tests;
 
 use self::machine::CoreConfig;
 pub use self::machine::{Decision, Interceptor, Output, Packet};
+use self::queue::{QueueSocket, QueuedPacket};
 use self::raw::RawSender;
 pub use self::restores::{HANDSHAKE_RETRY, HANDSHAKE_TRIES, MAX_HANDSHAKES};
 use crate::events::unix_ms;
@@ -48,7 +58,7 @@ use nonstop_shared::session::{Record, SessionState};
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +85,21 @@ pub struct InterceptorConfig {
     pub queue: u16,
     /// Tracker limits.
     pub limits: TrackerLimits,
+    /// Most bytes of outbound packets held (`session.max_held_bytes`).
+    pub max_held_bytes: u64,
+    /// Most record bytes waiting for replication (`session.max_record_backlog_bytes`).
+    pub max_record_backlog_bytes: u64,
+}
+
+/// What a record counts against `session.max_record_backlog_bytes`: its payload
+/// bytes plus a fixed share for its header and bookkeeping.
+pub fn backlog_cost(record: &Record) -> u64 {
+    let payload = match record {
+        Record::Full(s) => s.unacked.len() + s.unread_input.len(),
+        Record::Sync(s) => s.data.len(),
+        Record::Delete(_) => 0,
+    };
+    payload as u64 + 128
 }
 
 /// A record with its replication sequence number.
@@ -178,12 +203,36 @@ pub struct InterceptorStats {
     pub packets_in: AtomicU64,
     /// Packets seen, outbound.
     pub packets_out: AtomicU64,
-    /// Packets the tracker rejected as malformed (accepted unchanged).
+    /// Packets the core could not parse (not IPv4/TCP, broken headers or options):
+    /// dropped (fail-closed).
     pub malformed: AtomicU64,
+    /// Packets the queue captured only in part (captured length below the original
+    /// length): dropped (fail-closed), never accepted.
+    pub truncated: AtomicU64,
+    /// Queue messages that could not be read at all (no packet id to verdict).
+    pub unparsable: AtomicU64,
+    /// Verdicts the kernel refused (answered with an error).
+    pub verdicts_refused: AtomicU64,
     /// Packets held right now.
     pub held: AtomicU64,
-    /// Packets dropped because too many were held.
+    /// Packets dropped because too many (or too many bytes) were held: the bound of
+    /// `session.max_held_bytes` reached (backpressure; the service sends them again).
     pub overflow_drops: AtomicU64,
+    /// Bytes of the packets held right now.
+    pub held_bytes: AtomicU64,
+    /// Outbound packets dropped because their session's replicated output reached
+    /// `session.max_unacked_bytes` (backpressure; the service sends them again).
+    pub unacked_bound_drops: AtomicU64,
+    /// Record bytes waiting for the replication task now ([`backlog_cost`]).
+    pub record_backlog: AtomicU64,
+    /// The risk watch's interval now, ms (`session.risk_poll_ms`, longer when a look
+    /// is slow: see [`crate::session::risk::RISK_CPU_SHARE`]).
+    pub risk_poll_ms: AtomicU64,
+    /// The sync loop's hops, timed ([`crate::replication::hops`]).
+    pub hops: crate::replication::hops::Hops,
+    /// Packets dropped before tracking because the record backlog reached
+    /// `session.max_record_backlog_bytes` (backpressure; peers and service resend).
+    pub backlog_drops: AtomicU64,
     /// Last record sequence number issued.
     pub last_seq: AtomicU64,
     /// Last sequence number the backup acknowledged.
@@ -333,8 +382,13 @@ pub fn spawn(
 }
 
 struct Worker {
-    queue: nfq::Queue,
+    /// Owns the socket and its configuration (unbound when dropped).
+    _queue: nfq::Queue,
     queue_fd: RawFd,
+    /// Receives and verdicts on the same socket, batched.
+    socket: QueueSocket,
+    /// The packets of one receive.
+    batch: Vec<QueuedPacket>,
     records: tokio::sync::mpsc::UnboundedSender<Sequenced>,
     commands: mpsc::Receiver<QueueCommand>,
     wake: Arc<EventFd>,
@@ -342,21 +396,11 @@ struct Worker {
     /// Packets to inject that the raw socket could not take yet (see [`Worker::inject`]).
     outbox: VecDeque<Vec<u8>>,
     /// Every decision.
-    core: Interceptor<nfq::Message>,
-}
-
-impl Packet for nfq::Message {
-    fn payload(&self) -> &[u8] {
-        self.get_payload()
-    }
-
-    fn set_payload(&mut self, packet: Vec<u8>) {
-        nfq::Message::set_payload(self, packet);
-    }
-
-    fn mark(&self) -> u32 {
-        self.get_nfmark()
-    }
+    core: Interceptor<QueuedPacket>,
+    /// The counters the core shares (the driver adds the queue's own).
+    stats: Arc<InterceptorStats>,
+    /// `session.max_record_backlog_bytes`.
+    max_backlog: u64,
 }
 
 /// The restore barrier's look at the service: no connection waits in the accept
@@ -423,8 +467,13 @@ impl Worker {
         queue.set_copy_range(config.queue, 0xffff)?;
         queue.set_queue_max_len(config.queue, MAX_HELD as u32)?;
         queue.set_fail_open(config.queue, false)?;
-        queue.set_recv_gso(config.queue, false)?;
+        // GSO super-packets whole (crates.md): partial checksums are handled where a
+        // packet is rewritten (`crate::tcp::wire::checksum_state`), truncation is
+        // refused by the core.
+        queue.set_recv_gso(config.queue, true)?;
         queue.set_nonblocking(true);
+        let socket = QueueSocket::new(queue_fd, config.queue)
+            .context("cannot enlarge the NFQUEUE send buffer")?;
         queue_rules::install(config.vip, &config.ports, config.queue)?;
         let core = Interceptor::new(
             CoreConfig {
@@ -434,23 +483,29 @@ impl Worker {
                 restored,
                 first_seq,
             },
-            stats,
+            Arc::clone(&stats),
             {
                 let vip = config.vip;
                 Box::new(move |ports: &[u16]| accept_queues(vip, ports))
             },
             Instant::now(),
         );
+        let mut core = core;
+        core.set_max_held_bytes(usize::try_from(config.max_held_bytes).unwrap_or(usize::MAX));
         tracing::info!(queue = config.queue, vip = %config.vip, ports = ?config.ports, sessions = core.sessions(), "intercepting service traffic");
         Ok(Worker {
-            queue,
+            _queue: queue,
             queue_fd,
+            socket,
+            batch: Vec::with_capacity(queue::RECV_BATCH),
             records,
             commands,
             wake,
             raw: RawSender::open().context("raw socket for restores")?,
             outbox: VecDeque::new(),
             core,
+            stats,
+            max_backlog: config.max_record_backlog_bytes,
         })
     }
 
@@ -467,21 +522,48 @@ impl Worker {
                         return;
                     }
                     Ok(command) => {
+                        let acked = match &command {
+                            QueueCommand::Acked(seq) => Some(*seq),
+                            _ => None,
+                        };
                         self.core.handle_command(command, Instant::now(), unix_ms());
                         self.carry_out();
+                        if let Some(seq) = acked {
+                            self.flush_verdicts();
+                            self.stats.hops.applied(seq);
+                        }
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
             loop {
-                match self.queue.recv() {
-                    Ok(message) => {
-                        self.core.handle_packet(message, Instant::now(), unix_ms());
+                match self.socket.recv_batch(&mut self.batch) {
+                    Ok(report) => {
+                        self.count(&report, &mut last_error_log);
+                        let now = Instant::now();
+                        let now_ms = unix_ms();
+                        let mut batch = std::mem::take(&mut self.batch);
+                        for packet in batch.drain(..) {
+                            if self.backlog_full() && packet.mark != INJECT_MARK {
+                                // Backpressure: nothing is tracked while replication
+                                // is this far behind; the packet is sent again.
+                                self.stats.backlog_drops.fetch_add(1, Ordering::Relaxed);
+                                self.carry_out();
+                                if let Err(e) = self.socket.verdict(&packet, Decision::Drop) {
+                                    tracing::warn!(error = %e, "NFQUEUE verdicts not sent");
+                                }
+                                continue;
+                            }
+                            self.core.handle_packet(packet, now, now_ms);
+                        }
+                        self.batch = batch;
                         self.carry_out();
+                        if report.datagrams < queue::RECV_BATCH {
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        // A rejected verdict of an earlier packet shows up here.
                         if last_error_log.elapsed() > Duration::from_secs(1) {
                             tracing::warn!(error = %e, "NFQUEUE receive error");
                             last_error_log = Instant::now();
@@ -493,6 +575,7 @@ impl Worker {
             self.flush_outbox();
             self.core.handle_timeout(Instant::now(), unix_ms());
             self.carry_out();
+            self.flush_verdicts();
             let mut timeout = self.core.poll_timeout(Instant::now());
             if !self.outbox.is_empty() {
                 timeout = timeout.min(Duration::from_millis(1));
@@ -510,24 +593,63 @@ impl Worker {
     /// injections in the order they were decided.
     fn carry_out(&mut self) {
         while let Some(record) = self.core.poll_record() {
+            self.stats
+                .record_backlog
+                .fetch_add(backlog_cost(&record.1), Ordering::Relaxed);
+            self.stats.hops.issued(record.0);
             let _ = self.records.send(record);
         }
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Verdict(mut message, decision) => {
-                    message.set_verdict(match decision {
-                        Decision::Accept => nfq::Verdict::Accept,
-                        Decision::Drop => nfq::Verdict::Drop,
-                    });
-                    if let Err(e) = self.queue.verdict(message) {
-                        tracing::warn!(error = %e, "NFQUEUE verdict failed");
+                Output::Verdict(message, decision) => {
+                    if let Err(e) = self.socket.verdict(&message, decision) {
+                        tracing::warn!(error = %e, "NFQUEUE verdicts not sent");
                     }
                 }
-                Output::Inject(packet) => self.inject(packet),
+                Output::Inject(packet) => {
+                    // Verdicts decided before it leave first.
+                    self.flush_verdicts();
+                    self.inject(packet);
+                }
                 Output::ForgetInjections => self.outbox.clear(),
                 Output::Continue(pids) => {
                     crate::session::handover::signal_all(&pids, libc::SIGCONT);
                 }
+            }
+        }
+    }
+
+    /// Whether the records waiting for replication reached their bound.
+    fn backlog_full(&self) -> bool {
+        self.stats.record_backlog.load(Ordering::Relaxed) >= self.max_backlog
+    }
+
+    /// Sends the verdicts gathered so far (one `sendmsg`).
+    fn flush_verdicts(&mut self) {
+        if let Err(e) = self.socket.flush() {
+            tracing::warn!(error = %e, "NFQUEUE verdicts not sent");
+        }
+    }
+
+    /// Counts what a receive brought besides packets.
+    fn count(&self, report: &queue::RecvReport, last_error_log: &mut Instant) {
+        let stats = &self.stats;
+        if report.unparsable > 0 {
+            stats
+                .unparsable
+                .fetch_add(report.unparsable as u64, Ordering::Relaxed);
+        }
+        if report.refused > 0 {
+            stats
+                .verdicts_refused
+                .fetch_add(report.refused as u64, Ordering::Relaxed);
+            if last_error_log.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(
+                    errno = report.last_errno,
+                    refused = report.refused,
+                    "NFQUEUE refused verdicts"
+                );
+                *last_error_log = Instant::now();
             }
         }
     }
@@ -572,6 +694,7 @@ impl Worker {
     fn stop(&mut self) {
         self.core.stop();
         self.carry_out();
+        self.flush_verdicts();
         if let Err(e) = queue_rules::remove() {
             tracing::error!(error = %e, "could not remove the queue rules");
         }

@@ -404,6 +404,25 @@ impl Tracker {
         self.sessions.get(key).map(|e| &e.state)
     }
 
+    /// Whether our segment `[seq, seq + len)` of session `key` carries bytes the
+    /// replica could not keep: past what `unacked` holds, beyond the per-session
+    /// limit (`max_unacked_bytes`). Such output must not leave unreplicated.
+    pub fn exceeds_unacked_limit(&self, key: &SessionKey, seq: u32, len: usize) -> bool {
+        let Some(s) = self.session(key) else {
+            return false;
+        };
+        if s.phase == nonstop_shared::session::Phase::Handshake || len == 0 {
+            return false;
+        }
+        let end = seq.wrapping_add(len as u32);
+        let held_end = unacked::data_end(s);
+        if !nonstop_shared::session::seq_lt(held_end, end) {
+            return false;
+        }
+        let new = end.wrapping_sub(held_end) as usize;
+        s.unacked.len().saturating_add(new) > self.limits.max_unacked_bytes
+    }
+
     /// Every session, in no particular order (half-open ones included).
     pub fn sessions(&self) -> impl Iterator<Item = &SessionState> {
         self.sessions.values().map(|e| &e.state)

@@ -359,11 +359,17 @@ impl Entry {
                 s.our_tsval = ts.tsval;
             }
         }
-        let data: Vec<u8> = s
-            .unacked
-            .range(s.unacked.len() - appended..)
-            .copied()
-            .collect();
+        // The bytes just appended, copied slice-wise (not byte by byte: a GSO
+        // super-packet brings up to 64 KiB).
+        let (front, back) = s.unacked.as_slices();
+        let from = s.unacked.len() - appended;
+        let mut data = Vec::with_capacity(appended);
+        if from < front.len() {
+            data.extend_from_slice(&front[from..]);
+            data.extend_from_slice(back);
+        } else {
+            data.extend_from_slice(&back[from - front.len()..]);
+        }
         self.finish(before, false, data_seq, data)
     }
 

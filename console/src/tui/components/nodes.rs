@@ -215,6 +215,20 @@ fn healthy_lines(node: &NodeModel, s: &NodeStatus, now_ms: u64, full: bool) -> V
             } else {
                 Span::raw("")
             },
+            // Backpressure at a memory bound, and packets refused fail-closed.
+            {
+                let b = r.bound_drops;
+                let bound = b.held + b.unacked + b.backlog;
+                let refused = r.dropped_malformed + r.dropped_truncated;
+                if bound + refused > 0 {
+                    Span::styled(
+                        format!(" bound {} bad {}", si(bound as f64), si(refused as f64)),
+                        Style::new().fg(Color::Yellow),
+                    )
+                } else {
+                    Span::raw("")
+                }
+            },
             match check_badge(s) {
                 Some((text, color)) => Span::styled(text, Style::new().fg(color)),
                 None => Span::raw(""),
