@@ -183,9 +183,6 @@ pub struct Interceptor<M> {
     pub(super) accept_probe: AcceptProbe,
     /// The service's accept queues at the last look, and when (restore pacing).
     pub(super) accept_seen: Option<(Instant, AcceptQueues)>,
-    /// Forged ACKs that went into the service's kernel since that look (their
-    /// connections are in its accept queue, not yet in the look).
-    pub(super) accepted_since_look: u64,
     /// Hot replica: the mirrors (backup) and whether input is replicated (master).
     pub(super) mirrors: crate::session::mirror::Mirrors,
     /// Hot replica, after a planned switchover: peers' input is held until the new
@@ -251,7 +248,6 @@ impl<M: Packet> Interceptor<M> {
             restore_origin: None,
             accept_probe,
             accept_seen: None,
-            accepted_since_look: 0,
             mirrors: crate::session::mirror::Mirrors::new(),
             input_gate: None,
             gated_input: VecDeque::new(),

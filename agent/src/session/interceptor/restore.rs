@@ -320,7 +320,6 @@ impl<M: Packet> Interceptor<M> {
         match self.forged_acks.get(&peek.key) {
             Some(&ack) if peek.ack && !peek.syn && peek.payload_len == 0 && peek.ack_no == ack => {
                 self.forged_acks.remove(&peek.key);
-                self.accepted_since_look += 1;
                 true
             }
             _ => false,
@@ -399,8 +398,7 @@ impl<M: Packet> Interceptor<M> {
     /// input held there goes on, in order.
     /// New handshakes the service's accept queues can take now: their room at the
     /// last look (at most every [`ACCEPT_POLL`]), less the connections on their way
-    /// into them (forged SYNs unanswered, forged ACKs not through the queue yet, and
-    /// those through it since the look).
+    /// into them (forged SYNs unanswered, forged ACKs not through the queue yet).
     /// Without it a batch larger than the service's `listen()` backlog overflowed
     /// the queue: the kernel dropped our forged ACKs and answered the peers'
     /// segments with resets.
@@ -411,11 +409,9 @@ impl<M: Packet> Interceptor<M> {
         if !fresh {
             let seen = (self.accept_probe)(&self.ports);
             self.accept_seen = Some((self.now, seen));
-            self.accepted_since_look = 0;
         }
         let room = self.accept_seen.map_or(u64::MAX, |(_, seen)| seen.room());
-        let coming =
-            (self.restores.flying() + self.forged_acks.len()) as u64 + self.accepted_since_look;
+        let coming = (self.restores.flying() + self.forged_acks.len()) as u64;
         usize::try_from(room.saturating_sub(coming)).unwrap_or(usize::MAX)
     }
 
