@@ -31,6 +31,16 @@ pub mod blind;
 pub mod kv;
 pub mod slow;
 
+/// A scratch folder that is removed when the test ends, pass or fail (packages and
+/// unpacked trees are hundreds of MB; CI disks are small).
+pub struct WorkDir(pub PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A lab name unique to this process and tag: `t` + tag + pid in base 36.
 pub fn unique_name(tag: &str) -> String {
     let mut pid = std::process::id();

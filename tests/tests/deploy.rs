@@ -196,6 +196,7 @@ fn deploy_guide_runs_as_written_on_the_lab() {
     let work = std::env::temp_dir().join(format!("nonstop-deploy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work");
+    let _cleanup = WorkDir(work.clone());
     let out = Command::new(repo().join("scripts/package"))
         .args(["--profile", "debug", "--out"])
         .arg(&work)
@@ -361,5 +362,4 @@ fn deploy_guide_runs_as_written_on_the_lab() {
     for mountpoint in created {
         let _ = std::fs::remove_dir(mountpoint);
     }
-    let _ = std::fs::remove_dir_all(&work);
 }

@@ -53,6 +53,7 @@ fn packaged_binaries_and_example_configs_run_a_pair_through_a_switchover() {
     let work = std::env::temp_dir().join(format!("nonstop-package-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");
+    let _cleanup = WorkDir(work.clone());
     let deb = run_ok(
         Command::new(repo().join("scripts/package"))
             .args(["--profile", "debug", "--out"])
@@ -280,5 +281,4 @@ fn packaged_binaries_and_example_configs_run_a_pair_through_a_switchover() {
         "no reset, no new connection, no abort on the peer"
     );
     drop(agents);
-    let _ = std::fs::remove_dir_all(&work);
 }
