@@ -63,6 +63,12 @@ fn the_service_follows_the_master_and_is_restarted_after_a_crash() {
         (echo_once(&lab)? == "ping\n").then_some(())
     })
     .expect("service back");
+    // The crash's restores finish first (a switchover is refused while any is
+    // pending: the session would be handed over half restored).
+    wait_for(Duration::from_secs(5), || {
+        (status_of(&lab, Node::Master)?.replication.restore_pending == 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("restores never finished: {e}\n{}", logs(&lab)));
 
     // Switchover: the service moves with the master role.
     let (ok, out) = console(&lab, &["switchover", "--json"]);
