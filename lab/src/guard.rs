@@ -38,8 +38,34 @@ impl Deref for LabGuard {
     }
 }
 
+/// Set to a folder, `NONSTOP_LAB_KEEP_LOGS` makes a guarded lab copy its logs there
+/// (`<folder>/<lab>/`) before it is torn down — to read after a failed test.
+pub const KEEP_LOGS_ENV: &str = "NONSTOP_LAB_KEEP_LOGS";
+
+fn keep_logs(lab: &Lab) {
+    let Some(to) = std::env::var_os(KEEP_LOGS_ENV).filter(|v| !v.is_empty()) else {
+        return;
+    };
+    let to = std::path::Path::new(&to).join(&lab.name);
+    let Ok(entries) = std::fs::read_dir(lab.dir()) else {
+        return;
+    };
+    if std::fs::create_dir_all(&to).is_err() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            if let Some(name) = path.file_name() {
+                let _ = std::fs::copy(&path, to.join(name));
+            }
+        }
+    }
+}
+
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        keep_logs(&self.0);
         if let Err(e) = Lab::down(&self.0.name) {
             eprintln!(
                 "nonstop-lab: tearing down lab `{}` failed: {e:#}",

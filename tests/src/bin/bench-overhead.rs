@@ -36,7 +36,12 @@ struct Args {
     bulk_mib: usize,
     out: String,
     perf: bool,
+    /// Agent paths to measure (plain is always measured: it is the yardstick).
+    paths: Vec<String>,
 }
+
+/// The agent paths, in the order they run.
+const PATHS: [&str; 3] = ["sync", "async", "sync+fsync"];
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -45,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         bulk_mib: 64,
         out: "target/bench/overhead.json".into(),
         perf: false,
+        paths: PATHS.iter().map(|p| p.to_string()).collect(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +63,13 @@ fn parse_args() -> Result<Args, String> {
             "--bulk-mib" => args.bulk_mib = value()?.parse().map_err(|_| "bad --bulk-mib")?,
             "--out" => args.out = value()?,
             "--perf" => args.perf = true,
+            "--paths" => {
+                let paths: Vec<String> = value()?.split(',').map(str::to_string).collect();
+                if let Some(bad) = paths.iter().find(|p| !PATHS.contains(&p.as_str())) {
+                    return Err(format!("unknown path {bad} (known: {})", PATHS.join(",")));
+                }
+                args.paths = paths;
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -333,10 +346,11 @@ fn main() {
         return;
     }
     let command = format!(
-        "scripts/bench-overhead --rtt-samples {} --rounds-256 {} --bulk-mib {}{}",
+        "scripts/bench-overhead --rtt-samples {} --rounds-256 {} --bulk-mib {} --paths {}{}",
         args.rtt_samples,
         args.rounds_256,
         args.bulk_mib,
+        args.paths.join(","),
         if args.perf { " --perf" } else { "" }
     );
     println!("reproduce: {command}");
@@ -366,6 +380,9 @@ fn main() {
         ("async", ReplicationMode::Async, FsyncMode::Periodic),
         ("sync+fsync", ReplicationMode::Sync, FsyncMode::Always),
     ] {
+        if !args.paths.iter().any(|p| p == label) {
+            continue;
+        }
         let tag = format!("bo{}", label.replace("+fsync", "f"));
         let lab = lab_with_agents_configured(&tag, 100, 3, |c| {
             c.session.replication = mode;

@@ -267,9 +267,15 @@ impl Mirror {
     /// acknowledged; output it cannot compare any more is skipped.
     pub fn on_snapshot(&mut self, state: &SessionState) -> Result<(), End> {
         if seq_lt(self.input_end(), state.rcv_nxt) {
-            return Err(End::Cold(
-                "a replication snapshot: input records were missed".into(),
-            ));
+            let first_pending = self.pending.keys().next().copied();
+            return Err(End::Cold(format!(
+                "a replication snapshot: input records were missed (input to {}, \
+                 the master acknowledged to {}; {} bytes waiting beyond a gap{})",
+                self.input_end(),
+                state.rcv_nxt,
+                self.pending_bytes,
+                first_pending.map_or(String::new(), |p| format!(" from {p}")),
+            )));
         }
         let master_end = self.cmp.wrapping_add(self.master_out.len() as u32);
         if seq_lt(master_end, state.snd_una) {
