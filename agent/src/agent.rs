@@ -166,6 +166,8 @@ impl Agent {
             shutdown: shutdown.clone(),
             key: key.clone(),
             fault: record_fault.clone(),
+            ack_gap: (config.session.replication == ReplicationMode::Async)
+                .then_some(sender::ASYNC_ACK_GAP),
         }));
 
         // The interceptor's roles follow the mode.

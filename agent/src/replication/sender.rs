@@ -58,6 +58,55 @@ pub struct SenderParts {
     pub key: Key,
     /// The `drop_record` fault, armed by the injector.
     pub fault: RecordFault,
+    /// How often the backup's acknowledgements reach the packet thread: `None`
+    /// forwards each at once (sync mode: held output waits for them); `Some(gap)`
+    /// forwards at most one per `gap`, the latest (async mode: nothing waits for
+    /// them but the input gate and the counters, and each forward wakes the packet
+    /// thread — on a two-core host that wake-up sat in the next packet's way).
+    pub ack_gap: Option<Duration>,
+}
+
+/// The gap between forwarded acknowledgements in async mode.
+pub const ASYNC_ACK_GAP: Duration = Duration::from_millis(1);
+
+/// Forwards the backup's acknowledgements to the packet thread, all of them or the
+/// latest once per gap (see [`SenderParts::ack_gap`]).
+#[derive(Debug)]
+struct AckForward {
+    gap: Option<Duration>,
+    last: Option<tokio::time::Instant>,
+    pending: Option<u64>,
+}
+
+impl AckForward {
+    /// An acknowledgement up to `seq` arrived at `now`: `Some(seq)` to forward now.
+    fn on_ack(&mut self, seq: u64, now: tokio::time::Instant) -> Option<u64> {
+        let Some(gap) = self.gap else {
+            return Some(seq);
+        };
+        if self.last.is_none_or(|at| now.duration_since(at) >= gap) {
+            self.last = Some(now);
+            self.pending = None;
+            Some(seq)
+        } else {
+            self.pending = Some(self.pending.map_or(seq, |p| p.max(seq)));
+            None
+        }
+    }
+
+    /// When the pending acknowledgement is due.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let gap = self.gap?;
+        self.pending?;
+        Some(self.last? + gap)
+    }
+
+    /// The pending acknowledgement, now due.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        let seq = self.pending.take()?;
+        self.last = Some(now);
+        Some(seq)
+    }
 }
 
 /// The `drop_record` fault: when armed, the next record that carries payload bytes is
@@ -120,7 +169,13 @@ pub async fn run(parts: SenderParts) {
         mut shutdown,
         key,
         fault,
+        ack_gap,
     } = parts;
+    let mut acks = AckForward {
+        gap: ack_gap,
+        last: None,
+        pending: None,
+    };
     let mut conn: Option<Connection> = None;
     let mut chunk = vec![0u8; 4096];
     let mut retry = tokio::time::interval(Duration::from_millis(100));
@@ -167,12 +222,17 @@ pub async fn run(parts: SenderParts) {
                 let Some(c) = conn.as_mut() else { continue };
                 let result = match read {
                     Ok(0) => Err(anyhow::anyhow!("closed by the backup")),
-                    Ok(n) => on_bytes(c, &chunk[..n], &interceptor, &stats).await,
+                    Ok(n) => on_bytes(c, &chunk[..n], &interceptor, &stats, &mut acks).await,
                     Err(e) => Err(e.into()),
                 };
                 if let Err(e) = result {
                     tracing::warn!(%peer, error = format!("{e:#}"), "replication connection ended");
                     disconnect(&mut conn, &stats);
+                }
+            }
+            _ = sleep_until(acks.deadline()) => {
+                if let Some(seq) = acks.take_due(tokio::time::Instant::now()) {
+                    interceptor.send(QueueCommand::Acked(seq));
                 }
             }
             changed = mode.changed() => {
@@ -194,12 +254,21 @@ pub async fn run(parts: SenderParts) {
     }
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Feeds bytes from the backup to the leader and acts on what they carried.
 async fn on_bytes(
     conn: &mut Connection,
     bytes: &[u8],
     interceptor: &InterceptorHandle,
     stats: &ReplicationStats,
+    acks: &mut AckForward,
 ) -> anyhow::Result<()> {
     if let Err(e) = conn.leader.handle_bytes(bytes) {
         stats.count_error(&e);
@@ -211,7 +280,9 @@ async fn on_bytes(
             LeaderEvent::Acked(seq) => {
                 stats.acked(seq);
                 interceptor.stats.hops.acked(seq);
-                interceptor.send(QueueCommand::Acked(seq));
+                if let Some(seq) = acks.on_ack(seq, tokio::time::Instant::now()) {
+                    interceptor.send(QueueCommand::Acked(seq));
+                }
             }
             LeaderEvent::SnapshotRequested => {
                 let sessions = send_snapshot(conn, interceptor, stats).await?;
@@ -315,4 +386,53 @@ async fn connect(
     stats.connected.store(true, Ordering::Relaxed);
     tracing::info!(%peer, sessions, "replication connected; snapshot sent");
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(gap: Option<Duration>) -> AckForward {
+        AckForward {
+            gap,
+            last: None,
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn sync_mode_forwards_every_acknowledgement_at_once() {
+        let mut acks = forward(None);
+        let t = tokio::time::Instant::now();
+        for seq in 1..=5 {
+            assert_eq!(acks.on_ack(seq, t), Some(seq));
+        }
+        assert_eq!(acks.deadline(), None);
+    }
+
+    #[test]
+    fn async_mode_forwards_the_latest_once_per_gap_and_never_loses_the_last() {
+        let gap = Duration::from_millis(1);
+        let mut acks = forward(Some(gap));
+        let t = tokio::time::Instant::now();
+        assert_eq!(acks.on_ack(1, t), Some(1), "the first goes at once");
+        assert_eq!(acks.on_ack(2, t + Duration::from_micros(100)), None);
+        assert_eq!(acks.on_ack(4, t + Duration::from_micros(200)), None);
+        assert_eq!(acks.on_ack(3, t + Duration::from_micros(300)), None);
+        assert_eq!(
+            acks.deadline(),
+            Some(t + gap),
+            "the latest is due one gap on"
+        );
+        assert_eq!(
+            acks.take_due(t + gap),
+            Some(4),
+            "the highest, not the last seen"
+        );
+        assert_eq!(acks.deadline(), None);
+        assert_eq!(acks.take_due(t + gap), None);
+        // After a quiet gap, the next goes at once again.
+        assert_eq!(acks.on_ack(5, t + gap * 3), Some(5));
+        assert_eq!(acks.deadline(), None);
+    }
 }

@@ -348,7 +348,14 @@ impl Store {
 
     /// Writes `table` as the new snapshot and empties the log (see the module doc).
     pub fn compact(&mut self, table: &SessionTable) -> Result<(), StoreError> {
-        let written = match self.write_snapshot(table) {
+        let written = self.write_snapshot(table);
+        self.finish_compaction(written)
+    }
+
+    /// After a snapshot was written (`written`: its length) or failed: a failure
+    /// leaves no partial snapshot.tmp behind; a success empties the log.
+    fn finish_compaction(&mut self, written: Result<u64, StoreError>) -> Result<(), StoreError> {
+        let written = match written {
             Ok(n) => n,
             Err(e) => {
                 // Best effort: do not leave a partial snapshot.tmp behind.
@@ -455,29 +462,7 @@ impl Store {
             self.install_snapshot(file)?;
             Ok(snapshot.len() as u64)
         })();
-        let written = match written {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        self.snapshot_len = written;
-        if let Err(e) = self.log.set_len(0) {
-            self.broken = true;
-            return Err(StoreError::io("truncate", &self.log_path, e));
-        }
-        self.log_len = 0;
-        self.broken = false;
-        if self.policy != FsyncPolicy::Never {
-            self.log
-                .sync_all()
-                .map_err(|e| StoreError::io("fsync", &self.log_path, e))?;
-        }
-        self.unsynced = false;
-        self.last_sync = Instant::now();
-        self.compactions += 1;
-        Ok(())
+        self.finish_compaction(written)
     }
 
     /// Appends records encoded elsewhere (whole records, in order) with one write.

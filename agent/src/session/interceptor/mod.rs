@@ -589,19 +589,19 @@ impl Worker {
         }
     }
 
-    /// Carries out what the core decided: records to replication, then verdicts and
-    /// injections in the order they were decided.
+    /// Carries out what the core decided: verdicts and injections in the order they
+    /// were decided (the verdicts sent at once), then records to replication. The
+    /// packets go first because nothing they carry waits for the record's journey:
+    /// a packet that must wait for the backup (sync mode) is held by the core until
+    /// the backup acknowledged its record, which is sent just after; waking the
+    /// replication task first only put its thread in the packet's way on a busy
+    /// machine.
     fn carry_out(&mut self) {
-        while let Some(record) = self.core.poll_record() {
-            self.stats
-                .record_backlog
-                .fetch_add(backlog_cost(&record.1), Ordering::Relaxed);
-            self.stats.hops.issued(record.0);
-            let _ = self.records.send(record);
-        }
+        let mut decided = false;
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Verdict(message, decision) => {
+                    decided = true;
                     if let Err(e) = self.socket.verdict(&message, decision) {
                         tracing::warn!(error = %e, "NFQUEUE verdicts not sent");
                     }
@@ -616,6 +616,16 @@ impl Worker {
                     crate::session::handover::signal_all(&pids, libc::SIGCONT);
                 }
             }
+        }
+        if decided {
+            self.flush_verdicts();
+        }
+        while let Some(record) = self.core.poll_record() {
+            self.stats
+                .record_backlog
+                .fetch_add(backlog_cost(&record.1), Ordering::Relaxed);
+            self.stats.hops.issued(record.0);
+            let _ = self.records.send(record);
         }
     }
 
