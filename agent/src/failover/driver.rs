@@ -304,6 +304,20 @@ impl Driver {
                         self.machine.vip_failed(detail, Instant::now());
                     }
                 }
+                Action::KeepVip => {
+                    // Re-added if it went meanwhile (idempotent), never announced.
+                    let vip = self.config.service.vip;
+                    match self.netlink.add_vip(self.link.index, vip).await {
+                        Ok(_) => self.vip_held = true,
+                        Err(e) => {
+                            let detail = format!("{e:#}");
+                            self.events.emit(EventKind::Error {
+                                detail: detail.clone(),
+                            });
+                            self.machine.vip_failed(detail, Instant::now());
+                        }
+                    }
+                }
                 Action::RemoveVip => {
                     if let Err(e) = self.release_vip().await {
                         self.events.emit(EventKind::Error {

@@ -60,6 +60,12 @@ pub enum Action {
     SendHeartbeat(Heartbeat),
     /// Add the VIP to the service interface, then announce it (gratuitous ARP).
     AddVip,
+    /// The VIP is on the service interface from before an agent restart: keep it,
+    /// without announcing it. Peers already point here if this node still reigns; if
+    /// the peer promoted meanwhile, an announcement would steal its peers (their
+    /// packets would reach a host that has no socket for them) until this node
+    /// yields a heartbeat later.
+    KeepVip,
     /// Remove the VIP from the service interface.
     RemoveVip,
     /// Announce the VIP again (gratuitous ARP) without re-adding it: another master
@@ -152,12 +158,13 @@ pub struct Machine {
 impl Machine {
     /// A node restarting at `now` that was master at `epoch` and still holds the VIP:
     /// it resumes as master without a new epoch, so a quick agent restart moves
-    /// nothing. If the peer promoted meanwhile it has a higher epoch and wins.
+    /// nothing. If the peer promoted meanwhile it has a higher epoch and wins. The VIP
+    /// is kept, not announced ([`Action::KeepVip`]).
     pub fn resume_as_master(settings: Settings, epoch: u64, now: Instant) -> Machine {
         let mut machine = Machine::new(settings, epoch, now);
         machine.actions.clear();
         machine.master_seen_at = now;
-        machine.actions.push_back(Action::AddVip);
+        machine.actions.push_back(Action::KeepVip);
         machine.transition(Mode::Master, Cause::Resumed, now);
         machine
     }

@@ -26,6 +26,8 @@ struct SimNode {
     fence_ok: bool,
     fence_runs: u32,
     announcements: u32,
+    /// Gratuitous ARP bursts (an added VIP or a re-announcement).
+    garps: u32,
     transitions: Vec<(Mode, Mode, Cause, Instant)>,
 }
 
@@ -47,6 +49,7 @@ impl Sim {
             fence_ok: true,
             fence_runs: 0,
             announcements: 0,
+            garps: 0,
             transitions: vec![],
         };
         Sim {
@@ -94,9 +97,16 @@ impl Sim {
                         self.in_flight.push((now + LATENCY, 1 - i, hb));
                     }
                 }
-                Action::AddVip => node.vip = true,
+                Action::AddVip => {
+                    node.vip = true;
+                    node.garps += 1;
+                }
+                Action::KeepVip => node.vip = true,
                 Action::RemoveVip => node.vip = false,
-                Action::Announce => node.announcements += 1,
+                Action::Announce => {
+                    node.announcements += 1;
+                    node.garps += 1;
+                }
                 Action::RunFence => {
                     node.fence_runs += 1;
                     let ok = node.fence_ok;
@@ -270,6 +280,7 @@ fn quick_restart_of_the_master_agent_resumes_without_failover() {
     sim.crash(0);
     sim.run(Duration::from_millis(150));
     let now = sim.now;
+    let garps_before = sim.nodes[0].garps;
     sim.nodes[0].machine = Some(Machine::resume_as_master(settings("alpha", 110), 1, now));
     sim.drain(0);
     sim.run(Duration::from_secs(1));
@@ -277,6 +288,11 @@ fn quick_restart_of_the_master_agent_resumes_without_failover() {
     assert_eq!(sim.mode(1), Mode::Backup);
     assert_eq!(sim.m(0).epoch(), 1, "no new epoch for a resume");
     assert_eq!(sim.nodes[1].transitions.len(), 1, "the backup never moved");
+    assert!(sim.nodes[0].vip);
+    assert_eq!(
+        sim.nodes[0].garps, garps_before,
+        "a resumed master keeps the VIP quietly"
+    );
 }
 
 #[test]
@@ -302,12 +318,17 @@ fn slow_restart_resumes_then_yields_to_the_promoted_backup() {
     sim.run(Duration::from_millis(600));
     assert_eq!(sim.mode(1), Mode::Master);
     let now = sim.now;
+    let garps_before = sim.nodes[0].garps;
     sim.nodes[0].machine = Some(Machine::resume_as_master(settings("alpha", 110), 1, now));
     sim.drain(0);
     sim.run(Duration::from_secs(1));
     assert_eq!(sim.mode(0), Mode::Backup);
     assert_eq!(sim.mode(1), Mode::Master);
     assert!(!sim.nodes[0].vip);
+    assert_eq!(
+        sim.nodes[0].garps, garps_before,
+        "the restarted node never pointed the peers at itself"
+    );
 }
 
 #[test]
