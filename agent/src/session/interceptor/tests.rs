@@ -851,3 +851,52 @@ fn a_dead_services_orphaned_socket_holding_unsent_output_loses_its_session_clean
     assert_eq!((t.core.tracker.len(), t.core.restores.pending()), (1, 1));
     assert!(t.core.restores.pending_for(&clean), "the clean one waits");
 }
+
+/// Hot replica, master: the peer's first flight right after the handshake (one GRO
+/// packet of ten segments, as Linux sends and receives it) goes whole into the Sync
+/// record of its segment, so a mirror opened at the handshake lacks nothing.
+#[test]
+fn a_hot_master_replicates_the_first_flight_whole() {
+    let mut t = Trace::master(true);
+    t.command(QueueCommand::Hot { backlog: 1 << 22 });
+    let a = t.packet(seg().syn().seq(ISN_PEER).mss(1460).wscale(7).ts(10, 0));
+    let b = t.packet(
+        seg()
+            .from_us()
+            .syn()
+            .seq(ISN_US)
+            .ack(ISN_PEER + 1)
+            .win(65160)
+            .mss(1460)
+            .wscale(7)
+            .ts(20, 10),
+    );
+    let c = t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).win(502).ts(11, 20));
+    let flight: Vec<u8> = (0..14_480u32).map(|i| (i % 251) as u8).collect();
+    let d = t.packet(
+        seg()
+            .seq(ISN_PEER + 1)
+            .ack(ISN_US + 1)
+            .win(502)
+            .ts(12, 20)
+            .payload(&flight),
+    );
+    t.tick(Duration::ZERO);
+    let out = t.out();
+    for id in [a, b, c, d] {
+        assert!(out.contains(&Out::Accept(id)), "{id} accepted: {out:?}");
+    }
+    let records = t.records();
+    let input: Vec<(u32, usize)> = records
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Record::Sync(s) if !s.input.is_empty() => Some((s.input_seq, s.input.len())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(records.first(), Some((_, Record::Full(_)))),
+        "the handshake announces the session first: {records:?}"
+    );
+    assert_eq!(input, vec![(ISN_PEER + 1, 14_480)]);
+}
