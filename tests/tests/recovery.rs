@@ -383,6 +383,26 @@ fn three_chat_clients_keep_chatting_through_a_switchover_and_a_crash() {
         .iter()
         .map(|(s, _)| s.local_addr().map_or(0, |a| a.port()))
         .collect();
+    // The chat subscribes a client when it accepts it, which may be after the
+    // client's connect returned: each client first hears its own hello (it is
+    // subscribed), then everybody reads up to a last line said after that (the
+    // others' hellos are drained).
+    let read_until = |r: &mut BufReader<std::net::TcpStream>, want: &str, who: usize| loop {
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .unwrap_or_else(|e| panic!("joining: client {who} waiting for {want:?}: {e}"));
+        if line.trim() == want {
+            return;
+        }
+    };
+    for (i, (s, r)) in clients.iter_mut().enumerate() {
+        writeln!(s, "hello {i}").expect("hello");
+        read_until(r, &format!("hello {i}"), i);
+    }
+    writeln!(clients[2].0, "all here").expect("all here");
+    for (i, (_, r)) in clients.iter_mut().enumerate() {
+        read_until(r, "all here", i);
+    }
     let mut round = 0;
     // Each round every client says one numbered line and must hear all three.
     let mut chat_round =

@@ -422,6 +422,17 @@ impl<M: Packet> Interceptor<M> {
             &self.stats.packets_in
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if !peek.outbound
+            && peek.payload_len > 0
+            && self.master
+            && tracing::enabled!(tracing::Level::DEBUG)
+            && self
+                .tracker
+                .session(&peek.key)
+                .is_some_and(|s| peek.seq == s.peer_isn.wrapping_add(1))
+        {
+            tracing::debug!(session = %peek.key, len = peek.payload_len, mark = message.mark(), "first input arrives");
+        }
         let Some(message) = self.mirror_packet(message, &peek) else {
             return;
         };
@@ -680,6 +691,7 @@ impl<M: Packet> Interceptor<M> {
             Ok(mut outcome) => {
                 if self.replicates_input() {
                     super::mirroring::attach_input(packet, self.vip, &mut outcome.records);
+                    self.note_first_input(packet, &outcome);
                 }
                 if let Some(rejection) = outcome.rejected {
                     self.stats
