@@ -697,7 +697,19 @@ impl<M: Packet> Interceptor<M> {
                     self.stats
                         .segments_out_of_window
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(session = %outcome.key, ?rejection, "peer segment refused");
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let session = self.tracker.session(&outcome.key);
+                        let seg = crate::tcp::segment::Segment::parse(packet).ok();
+                        tracing::debug!(
+                            session = %outcome.key,
+                            ?rejection,
+                            seq = seg.as_ref().map(|s| s.seq),
+                            len = seg.as_ref().map(|s| s.payload.len()),
+                            rcv_nxt = session.map(|s| s.rcv_nxt),
+                            our_window = session.map(|s| s.our_window),
+                            "peer segment refused"
+                        );
+                    }
                 }
                 for record in outcome.records {
                     self.issue(record);
