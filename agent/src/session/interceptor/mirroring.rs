@@ -53,8 +53,8 @@ pub(super) fn attach_input(packet: &[u8], vip: Ipv4Addr, records: &mut [Record])
 }
 
 impl<M: Packet> Interceptor<M> {
-    /// Hot replica, master: a peer segment carrying a session's first input byte, and
-    /// what replicated it (debug log: a mirror lacking its session's first bytes
+    /// Hot replica, master: a peer segment carrying a session's first 64 KiB of input,
+    /// and what replicated it (debug log: a mirror lacking its session's first bytes
     /// was seen once in ~200 crash transfers; this tells whether they left here).
     pub(super) fn note_first_input(
         &self,
@@ -73,7 +73,8 @@ impl<M: Packet> Interceptor<M> {
         let Some(state) = self.tracker.session(&outcome.key) else {
             return;
         };
-        if seg.seq != state.peer_isn.wrapping_add(1) {
+        let offset = seg.seq.wrapping_sub(state.peer_isn.wrapping_add(1));
+        if offset >= 64 * 1024 {
             return;
         }
         let carried: usize = outcome
@@ -95,11 +96,12 @@ impl<M: Packet> Interceptor<M> {
             .collect();
         tracing::debug!(
             session = %outcome.key,
+            offset,
             len = seg.payload.len(),
             carried,
             records = ?kinds,
             rejected = ?outcome.rejected,
-            "first input of a session"
+            "early input of a session"
         );
     }
 

@@ -524,6 +524,15 @@ impl Mirror {
             self.input.extend(&bytes[skip..]);
             self.drain_pending();
         } else {
+            if self.pending.is_empty() {
+                tracing::debug!(
+                    session = %self.key,
+                    seq,
+                    len = bytes.len(),
+                    input_end = end,
+                    "mirror input beyond a gap"
+                );
+            }
             self.pending_bytes += bytes.len();
             if let Some(old) = self.pending.insert(seq, bytes.to_vec()) {
                 self.pending_bytes -= old.len();
