@@ -690,7 +690,7 @@ impl<M: Packet> Interceptor<M> {
         match self.tracker.on_packet(packet, self.now_ms) {
             Ok(mut outcome) => {
                 if self.replicates_input() {
-                    super::mirroring::attach_input(packet, self.vip, &mut outcome.records);
+                    self.carry_input(packet, &mut outcome);
                     self.note_first_input(packet, &outcome);
                 }
                 if let Some(rejection) = outcome.rejected {

@@ -34,7 +34,7 @@ pub use crate::tcp::PacketError;
 pub use acceptance::Rejection;
 use nonstop_shared::record::{MAX_INPUT, MAX_PAYLOAD};
 use nonstop_shared::session::seq_lt;
-use nonstop_shared::session::{Phase, Record, SessionKey, SessionState};
+use nonstop_shared::session::{Phase, Record, SessionKey, SessionState, SessionSync};
 use serde::Serialize;
 use session::{Entry, Step};
 use std::collections::HashMap;
@@ -368,6 +368,14 @@ impl Tracker {
             }
         }
         Ok(Record::Full(s.clone()))
+    }
+
+    /// A `Sync` record of a session as it stands, carrying nothing: for input the
+    /// hot replica must receive although the segment changed no replicated field
+    /// (see `Interceptor::try_track`).
+    pub fn sync_now(&self, key: &SessionKey) -> Option<SessionSync> {
+        let s = &self.sessions.get(key)?.state;
+        (s.phase != Phase::Handshake).then(|| session::sync_of(s, unacked::data_end(s), Vec::new()))
     }
 
     /// Marks or unmarks a session `at_risk` (see `session::risk`); the `Full` record
