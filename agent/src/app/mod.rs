@@ -195,7 +195,11 @@ impl AppManager {
 
     async fn stop(&self, mut child: Child, why: &str) {
         let Some(pid) = child.id() else { return };
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
         signal_group(pid, libc::SIGTERM);
+        // A process a switchover's hand-over stopped acts on SIGTERM only once
+        // continued.
+        signal_group(pid, libc::SIGCONT);
         let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
             Ok(status) => status
                 .map(|s| s.to_string())
@@ -206,6 +210,13 @@ impl AppManager {
                 "killed after the grace period".to_owned()
             }
         };
+        // `sh -c` does not always exec the service: the shell may be gone while the
+        // service itself (its child, same group) still holds the port — a new
+        // service started at once (a quick switch back) would fail to listen.
+        if !group_gone_by(pid, deadline).await {
+            signal_group(pid, libc::SIGKILL);
+            let _ = group_gone_by(pid, tokio::time::Instant::now() + STOP_GRACE).await;
+        }
         self.handle.update(|v| {
             v.pid = None;
             v.last_exit = Some(status.clone());
@@ -221,6 +232,39 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::
         Some(child) => child.wait().await,
         None => std::future::pending().await,
     }
+}
+
+/// Waits until no process of group `pid` is left, at most until `deadline`; true if
+/// none is.
+async fn group_gone_by(pid: u32, deadline: tokio::time::Instant) -> bool {
+    loop {
+        if !group_alive(pid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether a live process of group `pid` exists (zombies do not count: an orphaned
+/// service's zombie waits for whoever reaps it, holding nothing).
+fn group_alive(pid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 1..)) else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+        pgrp == Some(pid) && state != "Z" && state != "X"
+    })
 }
 
 fn signal_group(pid: u32, signal: libc::c_int) {
@@ -275,6 +319,33 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(handle.view().pid, None);
         assert!(!std::path::Path::new(&format!("/proc/{again}")).exists() || is_zombie(again));
+        trigger.trigger();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_service_the_shell_left_behind() {
+        let (trigger, shutdown) = shutdown::channel();
+        let (mode_tx, mode_rx) = watch::channel((Mode::Master, 1));
+        let events = EventLog::new("t");
+        // The shell forks the service (no exec), which ignores SIGTERM: the shell dies
+        // at once, the service would live on holding its port.
+        let command = "sh -c \"trap '' TERM; exec sleep 30\"; true".to_owned();
+        let (manager, handle) = AppManager::new(command, OnBackup::Stop, events, mode_rx, shutdown);
+        let task = tokio::spawn(manager.run());
+        let pid = wait_pid(&handle).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(group_alive(pid));
+        mode_tx.send((Mode::Backup, 2)).expect("send");
+        let stopped = tokio::time::Instant::now();
+        while handle.view().pid.is_some() {
+            assert!(stopped.elapsed() < STOP_GRACE * 3, "stop never returned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !group_alive(pid),
+            "no process of the service's group outlives its stop"
+        );
         trigger.trigger();
         let _ = task.await;
     }
