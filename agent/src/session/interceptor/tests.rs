@@ -852,11 +852,9 @@ fn a_dead_services_orphaned_socket_holding_unsent_output_loses_its_session_clean
     assert!(t.core.restores.pending_for(&clean), "the clean one waits");
 }
 
-/// Hot replica, master: the peer's first flight right after the handshake (one GRO
-/// packet of ten segments, as Linux sends and receives it) goes whole into the Sync
-/// record of its segment, so a mirror opened at the handshake lacks nothing.
-#[test]
-fn a_hot_master_replicates_the_first_flight_whole() {
+/// A hot master (sync mode) and a handshake as Linux makes one (window scale 7,
+/// timestamps, the SYN-ACK's unscaled window); the handshake packets' ids.
+fn hot_master_after_linux_handshake() -> (Trace, [u32; 3]) {
     let mut t = Trace::master(true);
     t.command(QueueCommand::Hot { backlog: 1 << 22 });
     let a = t.packet(seg().syn().seq(ISN_PEER).mss(1460).wscale(7).ts(10, 0));
@@ -872,6 +870,15 @@ fn a_hot_master_replicates_the_first_flight_whole() {
             .ts(20, 10),
     );
     let c = t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).win(502).ts(11, 20));
+    (t, [a, b, c])
+}
+
+/// Hot replica, master: the peer's first flight right after the handshake (one GRO
+/// packet of ten segments, as Linux sends and receives it) goes whole into the Sync
+/// record of its segment, so a mirror opened at the handshake lacks nothing.
+#[test]
+fn a_hot_master_replicates_the_first_flight_whole() {
+    let (mut t, [a, b, c]) = hot_master_after_linux_handshake();
     let flight: Vec<u8> = (0..14_480u32).map(|i| (i % 251) as u8).collect();
     let d = t.packet(
         seg()
@@ -905,21 +912,7 @@ fn a_hot_master_replicates_the_first_flight_whole() {
 /// lab run (GRO packets of 5, 5, 7 and 10 segments): each one's input is replicated.
 #[test]
 fn a_hot_master_replicates_every_early_gro_packet() {
-    let mut t = Trace::master(true);
-    t.command(QueueCommand::Hot { backlog: 1 << 22 });
-    t.packet(seg().syn().seq(ISN_PEER).mss(1460).wscale(7).ts(10, 0));
-    t.packet(
-        seg()
-            .from_us()
-            .syn()
-            .seq(ISN_US)
-            .ack(ISN_PEER + 1)
-            .win(65160)
-            .mss(1460)
-            .wscale(7)
-            .ts(20, 10),
-    );
-    t.packet(seg().seq(ISN_PEER + 1).ack(ISN_US + 1).win(502).ts(11, 20));
+    let (mut t, _) = hot_master_after_linux_handshake();
     let mut offset = 0u32;
     let mut carried = Vec::new();
     for (i, len) in [7240usize, 7240, 10136, 14480, 4344]
